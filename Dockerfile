@@ -1,0 +1,20 @@
+# twilio-dg-proxy: docker build -t twilio-dg-proxy . && docker run -p 5000:5000 --env-file .env twilio-dg-proxy
+FROM python:3.13-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOST=0.0.0.0 \
+    PORT=5000
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . && useradd --system --uid 10001 --no-create-home proxy
+
+USER proxy
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '5000')}/healthz\", timeout=2)"]
+CMD ["python", "-m", "twilio_dg_proxy"]

@@ -1,0 +1,90 @@
+"""Command line: `python -m twilio_dg_proxy` starts the proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from .config import Settings, settings_table
+from .exceptions import ConfigError
+from .logs import get_logger, setup_logging
+
+EXIT_CONFIG = 2
+EXIT_LISTEN = 1
+logger = get_logger("main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface; options override the environment and `.env`."""
+    settings_help = "\n".join(
+        f"  {name:<26} {doc} (default: {default or 'unset'})"
+        for name, default, doc in settings_table()
+    )
+    parser = argparse.ArgumentParser(
+        prog="twilio-dg-proxy",
+        description=(
+            "Stream Twilio calls to Deepgram live transcription and fan the transcripts out "
+            "to every client watching on /client."
+        ),
+        epilog=f"Settings (environment variables or .env):\n{settings_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="address to listen on (overrides HOST)")
+    parser.add_argument("--port", help="TCP port to listen on (overrides PORT)")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path(".env"),
+        help="file of settings to read if it exists (default: .env); the environment wins",
+    )
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from `.env`, then the environment, then the command line (last wins)."""
+    env: dict[str, str] = {}
+    if args.env_file.is_file():
+        env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
+    elif args.env_file != Path(".env"):
+        raise ConfigError("--env-file", f"no such file: {args.env_file}")
+    env.update(os.environ)
+    if args.host is not None:
+        env["HOST"] = args.host
+    if args.port is not None:
+        env["PORT"] = args.port
+    return Settings.from_env(env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m twilio_dg_proxy` and the `twilio-dg-proxy` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    if settings.needs_api_key and not settings.deepgram_api_key:
+        logger.warning(
+            "DEEPGRAM_API_KEY is not set, so calls cannot be transcribed. Create a key at "
+            "https://console.deepgram.com and put DEEPGRAM_API_KEY=<key> in .env "
+            "(see .env.example), or point DEEPGRAM_URL at a Deepgram-compatible server."
+        )
+    from .server import serve_until_signalled  # after logging is set up
+
+    try:
+        asyncio.run(serve_until_signalled(settings))
+    except OSError as exc:  # the address is taken or not ours to bind
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return EXIT_LISTEN
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Settings: one frozen object, built once from a mapping of environment variables.
+
+`Settings.from_env(mapping)` validates every value and raises `ConfigError` naming the
+variable, so a typo stops start-up instead of failing the first call. Tests pass a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from .exceptions import ConfigError
+
+T = TypeVar("T")
+
+# The proxy decides these from the call's tracks; letting DEEPGRAM_PARAMS change them would
+# make Deepgram misread the audio.
+AUDIO_FORMAT_PARAMS = frozenset({"encoding", "sample_rate", "channels", "multichannel"})
+
+DEFAULT_DEEPGRAM_PARAMS: tuple[tuple[str, str], ...] = (
+    ("model", "nova-3"),
+    ("interim_results", "true"),
+    ("punctuate", "true"),
+    ("smart_format", "true"),
+)
+
+
+def _setting(env: str, default: T, doc: str) -> T:
+    """Declare a field read from environment variable `env`; `doc` feeds `.env.example`."""
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server can be told. Field metadata names the environment variable."""
+
+    deepgram_api_key: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "env": "DEEPGRAM_API_KEY",
+            "doc": "Deepgram API key (required for Deepgram's cloud)",
+        },
+    )
+    deepgram_url: str = _setting(
+        "DEEPGRAM_URL",
+        "wss://api.deepgram.com/v1/listen",
+        "Deepgram live endpoint (ws:// or wss://)",
+    )
+    deepgram_params: tuple[tuple[str, str], ...] = _setting(
+        "DEEPGRAM_PARAMS", (), "extra query options, merged over the defaults (URL query syntax)"
+    )
+    host: str = _setting("HOST", "127.0.0.1", "address to listen on (0.0.0.0 for all)")
+    port: int = _setting("PORT", 5000, "TCP port to listen on (0 picks a free one)")
+    chunk_ms: int = _setting("CHUNK_MS", 100, "milliseconds of audio per message to Deepgram")
+    max_track_lag_ms: int = _setting(
+        "MAX_TRACK_LAG_MS", 300, "how far one track may run ahead before the other is padded"
+    )
+    keepalive_s: float = _setting(
+        "KEEPALIVE_INTERVAL", 4.0, "seconds without audio before a KeepAlive goes to Deepgram"
+    )
+    deepgram_connect_timeout_s: float = _setting(
+        "DEEPGRAM_CONNECT_TIMEOUT", 10.0, "seconds to wait for Deepgram to accept a stream"
+    )
+    deepgram_close_timeout_s: float = _setting(
+        "DEEPGRAM_CLOSE_TIMEOUT", 10.0, "seconds to wait for Deepgram's last results at call end"
+    )
+    client_queue_size: int = _setting(
+        "CLIENT_QUEUE_SIZE", 256, "messages a client may fall behind before it is disconnected"
+    )
+    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from `env`; unset or empty variables keep their defaults."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"], "").strip()
+            if raw:
+                values[f.name] = _PARSERS[f.name](f.metadata["env"], raw)
+        return cls(**values)
+
+    @property
+    def needs_api_key(self) -> bool:
+        """True when the URL is Deepgram's cloud, which refuses streams without a key."""
+        host = urlsplit(self.deepgram_url).hostname or ""
+        return host == "deepgram.com" or host.endswith(".deepgram.com")
+
+    def listen_params(self) -> dict[str, str]:
+        """The query options the user chose: the defaults with DEEPGRAM_PARAMS merged over."""
+        return dict(DEFAULT_DEEPGRAM_PARAMS) | dict(self.deepgram_params)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for `.env.example` and docs."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        if f.name == "deepgram_params":
+            default = ""
+        rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+    return rows
+
+
+def _int_in(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _ws_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(name, f"expected a ws:// or wss:// URL, got {raw!r}")
+    if parts.query:
+        raise ConfigError(name, "put query options in DEEPGRAM_PARAMS, not in the URL")
+    return raw
+
+
+def _query(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    try:
+        pairs = parse_qsl(raw.lstrip("?"), keep_blank_values=False, strict_parsing=True)
+    except ValueError:
+        raise ConfigError(name, f"expected key=value&key=value, got {raw!r}") from None
+    fixed = sorted({key for key, _ in pairs} & AUDIO_FORMAT_PARAMS)
+    if fixed:
+        raise ConfigError(name, f"{', '.join(fixed)} are set by the proxy from the call's audio")
+    return tuple(pairs)
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(name, f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return level
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "deepgram_api_key": _text,
+    "deepgram_url": _ws_url,
+    "deepgram_params": _query,
+    "host": _text,
+    "port": _int_in(0, 65535),
+    "chunk_ms": _int_in(20, 1000),
+    "max_track_lag_ms": _int_in(20, 10_000),
+    "keepalive_s": _float_in(0.1, 9.0),
+    "deepgram_connect_timeout_s": _float_in(0.1, 120.0),
+    "deepgram_close_timeout_s": _float_in(0.1, 120.0),
+    "client_queue_size": _int_in(1, 1_000_000),
+    "log_level": _log_level,
+}

@@ -1,0 +1,107 @@
+"""The project's exceptions and the one table that maps them to WebSocket close codes.
+
+The table is applied only at the I/O edge (`call.py`, `clients.py`): the pure modules raise,
+the socket layers close with `close_frame_for(exc)`.
+"""
+
+from __future__ import annotations
+
+from websockets.frames import CloseCode
+
+# RFC 6455 limits a close reason to 123 bytes of UTF-8.
+_MAX_REASON_BYTES = 123
+
+
+class ProxyError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(ProxyError):
+    """A setting has a bad value; `variable` names it."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class TwilioProtocolError(ProxyError):
+    """Twilio sent something that breaks the Media Streams protocol."""
+
+
+class MalformedMessage(TwilioProtocolError):
+    """A message is not valid JSON, or a field is missing or has the wrong type or value."""
+
+
+class UnexpectedEvent(TwilioProtocolError):
+    """A well-formed event arrived out of order (`media` before `start`, a second `start`...)."""
+
+
+class UnsupportedFrame(TwilioProtocolError):
+    """A binary frame arrived where only JSON text is allowed."""
+
+
+class DuplicateCall(ProxyError):
+    """A second stream announced a callSid that is already streaming."""
+
+
+class UnknownCall(ProxyError):
+    """A client asked for a callSid that is not active."""
+
+
+class ClientProtocolError(ProxyError):
+    """A /client peer sent something other than a callSid as text."""
+
+
+class DeepgramError(ProxyError):
+    """The Deepgram link failed: refused at the upgrade, or closed mid-call."""
+
+
+class DeepgramRefused(DeepgramError):
+    """Deepgram answered the upgrade with an HTTP error status."""
+
+    def __init__(self, status: int, dg_error: str, request_id: str) -> None:
+        detail = dg_error or "no dg-error header"
+        super().__init__(f"Deepgram refused the connection: HTTP {status}: {detail}")
+        self.status = status
+        self.dg_error = dg_error
+        self.request_id = request_id
+
+
+class DeepgramClosed(DeepgramError):
+    """Deepgram closed the stream (or the network dropped it) before we asked it to."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"Deepgram closed the stream: code {code}: {reason or 'no reason'}")
+        self.code = code
+        self.reason = reason
+
+
+class DeepgramUnavailable(DeepgramError):
+    """Deepgram could not be reached, or no API key is configured for it."""
+
+
+# Most specific first: the first matching row wins.
+CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
+    (UnsupportedFrame, CloseCode.UNSUPPORTED_DATA),
+    (TwilioProtocolError, CloseCode.POLICY_VIOLATION),
+    (DuplicateCall, CloseCode.POLICY_VIOLATION),
+    (UnknownCall, CloseCode.POLICY_VIOLATION),
+    (ClientProtocolError, CloseCode.POLICY_VIOLATION),
+    (DeepgramError, CloseCode.BAD_GATEWAY),
+)
+
+
+def truncate_reason(reason: str) -> str:
+    """Shorten `reason` so that it fits in a close frame."""
+    encoded = reason.encode()
+    if len(encoded) <= _MAX_REASON_BYTES:
+        return reason
+    return encoded[: _MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def close_frame_for(exc: BaseException) -> tuple[CloseCode, str]:
+    """Return the close code and reason that tell a peer why `exc` ended its connection."""
+    for kind, code in CLOSE_CODES:
+        if isinstance(exc, kind):
+            return code, truncate_reason(str(exc))
+    return CloseCode.INTERNAL_ERROR, "internal error"

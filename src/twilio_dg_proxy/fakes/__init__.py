@@ -1,0 +1,1 @@
+"""Fakes of Twilio and Deepgram used by the tests, the simulator and the benchmark."""

@@ -1,0 +1,41 @@
+"""Logging set-up and the adapter that puts a call's callSid on every line about it.
+
+Level policy: ERROR a bug or a failed call; WARNING a dropped subscriber, malformed input,
+audio or transcription lost; INFO one line per call start and end, clients joining and
+leaving; DEBUG per-message detail (never on the hot path unless guarded).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+LOGGER_NAME = "twilio_dg_proxy"
+
+
+def setup_logging(level: str) -> None:
+    """Send the project's logs to stderr with timestamps, at `level`."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # websockets logs every failed handshake at INFO with a traceback; keep it for DEBUG.
+    logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def get_logger(part: str) -> logging.Logger:
+    """The named logger of one part of the project (`twilio_dg_proxy.<part>`)."""
+    return logging.getLogger(f"{LOGGER_NAME}.{part}")
+
+
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every message with `[<callSid>]`."""
+
+    def __init__(self, logger: logging.Logger, call_sid: str) -> None:
+        super().__init__(logger, {"call_sid": call_sid})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"[{self.extra['call_sid'] if self.extra else '?'}] {msg}", kwargs

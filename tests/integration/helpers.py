@@ -1,0 +1,141 @@
+"""Real peers for the proxy under test: a running proxy, a Twilio stream, a watching client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from twilio_dg_proxy.config import Settings
+from twilio_dg_proxy.fakes.twilio import SimulatedCall
+from twilio_dg_proxy.server import ProxyServer, bound_port
+
+
+@dataclass
+class RunningProxy:
+    """A proxy serving on 127.0.0.1 at an ephemeral port."""
+
+    server: ProxyServer
+    port: int
+
+    @property
+    def twilio_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio"
+
+    @property
+    def client_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/client"
+
+
+@asynccontextmanager
+async def running_proxy(deepgram_url: str, **env: str) -> AsyncIterator[RunningProxy]:
+    """Start a proxy that talks to `deepgram_url`, with settings overridden by `env`."""
+    settings = Settings.from_env(
+        {"DEEPGRAM_URL": deepgram_url, "HOST": "127.0.0.1", "PORT": "0"} | env
+    )
+    proxy = ProxyServer(settings)
+    async with proxy.running() as server:
+        yield RunningProxy(proxy, bound_port(server))
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until `condition()` holds, checking every few milliseconds (for state that
+    offers nothing to await, such as the hub's counters)."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+class TwilioPeer:
+    """Plays Twilio's side of one Media Stream against the proxy."""
+
+    def __init__(self, ws: ClientConnection, call: SimulatedCall) -> None:
+        self.ws = ws
+        self.call = call
+
+    @classmethod
+    @asynccontextmanager
+    async def started(cls, proxy: RunningProxy, call: SimulatedCall) -> AsyncIterator[TwilioPeer]:
+        """Connect, send `connected` and `start`, and wait until the proxy has opened the call
+        (it may already have ended it, if Deepgram failed at once)."""
+        hub = proxy.server.hub
+        opened = hub.counters.calls
+        async with connect(proxy.twilio_url, proxy=None) as ws:
+            await ws.send(call.connected())
+            await ws.send(call.start())
+            await until(lambda: hub.counters.calls > opened)
+            yield cls(ws, call)
+
+    async def send_all(
+        self, messages: Sequence[tuple[float, str]], *, speed: float | None = None
+    ) -> None:
+        """Send `(send_time, text)` pairs: `speed` times faster than real time, or at once."""
+        loop = asyncio.get_running_loop()
+        origin = loop.time()
+        for send_time, text in messages:
+            if speed is not None:
+                await asyncio.sleep(max(0.0, origin + send_time / speed - loop.time()))
+            await self.ws.send(text)
+
+    async def stop(self) -> None:
+        """Send `stop` and close, as Twilio does at the end of a call."""
+        await self.ws.send(self.call.stop())
+        await self.ws.close()
+
+
+class Watcher:
+    """A /client subscriber speaking the tutorial's protocol."""
+
+    def __init__(self, ws: ClientConnection, listed: list[str]) -> None:
+        self.ws = ws
+        self.listed = listed
+
+    @classmethod
+    async def join(cls, proxy: RunningProxy, call_sid: str) -> Watcher:
+        """Connect, read the call list, choose `call_sid`, and wait until subscribed."""
+        hub = proxy.server.hub
+        before = hub.counters.subscriptions
+        ws = await connect(proxy.client_url, proxy=None)
+        listed = json.loads(await ws.recv())
+        await ws.send(call_sid + "\n")
+        await until(lambda: hub.counters.subscriptions > before or ws.close_code is not None)
+        return cls(ws, listed)
+
+    async def transcript(self, within: float = 10.0) -> list[str]:
+        """Every message until the text `close`, which must be followed by a normal close."""
+        messages = []
+        async with asyncio.timeout(within):
+            async for message in self.ws:
+                assert isinstance(message, str)
+                if message == "close":
+                    break
+                messages.append(message)
+            else:
+                raise AssertionError(
+                    f"closed without 'close': {self.ws.close_code} {self.ws.close_reason}"
+                )
+            await self.ws.wait_closed()
+        assert self.ws.close_code == 1000, (self.ws.close_code, self.ws.close_reason)
+        return messages
+
+    async def closed(self, within: float = 10.0) -> tuple[int | None, str, list[str]]:
+        """Read until the connection closes: (close code, reason, messages received)."""
+        messages: list[str] = []
+        async with asyncio.timeout(within):
+            try:
+                async for message in self.ws:
+                    messages.append(message if isinstance(message, str) else repr(message))
+            except ConnectionClosed:
+                pass
+        return self.ws.close_code, self.ws.close_reason or "", messages
+
+
+def results(messages: Sequence[str]) -> list[Mapping[str, object]]:
+    """The Deepgram `Results` messages among `messages`, decoded."""
+    decoded = [json.loads(m) for m in messages]
+    return [m for m in decoded if m.get("type") == "Results"]

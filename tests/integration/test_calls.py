@@ -1,0 +1,190 @@
+"""Calls end to end over loopback: simulated Twilio → proxy → fake Deepgram → real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE, SimulatedCall, pattern
+
+from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
+
+SECOND = 8000  # mu-law bytes per second per track
+
+
+def both_tracks(seconds: float) -> dict[str, bytes]:
+    n = int(seconds * SECOND)
+    return {"inbound": pattern("inbound", n), "outbound": pattern("outbound", n)}
+
+
+async def test_two_calls_with_three_clients_each_get_every_transcript_in_order(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    calls = [SimulatedCall(), SimulatedCall()]
+
+    async def run_call(call: SimulatedCall) -> list[list[str]]:
+        async with TwilioPeer.started(proxy, call) as twilio:
+            watchers = [await Watcher.join(proxy, call.call_sid) for _ in range(3)]
+            assert call.call_sid in watchers[0].listed
+            await twilio.send_all(call.frames(both_tracks(1.0)))  # type: ignore[arg-type]
+            await twilio.stop()
+            return list(await asyncio.gather(*(w.transcript() for w in watchers)))
+
+    seen = await asyncio.gather(*(run_call(call) for call in calls))
+    streams = {tuple(stream.sent) for stream in deepgram.streams}
+    assert len(deepgram.streams) == 2
+    for transcripts in seen:
+        # Each client got exactly what Deepgram sent for its call, in order, verbatim.
+        assert transcripts[0] == transcripts[1] == transcripts[2]
+        assert tuple(transcripts[0]) in streams
+        assert len(results(transcripts[0])) >= 20  # 10 windows x 2 channels
+    assert seen[0][0] != seen[1][0]
+    assert proxy.server.hub.active_calls() == []
+
+
+async def test_deepgram_hears_both_tracks_interleaved_with_silence_for_lost_packets(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    audio = both_tracks(1.0)
+    lost = {"inbound": {3, 4, 20}, "outbound": {0, 49}}
+    async with TwilioPeer.started(proxy, call) as twilio:
+        await twilio.send_all(call.frames(audio, drop=lost))  # type: ignore[arg-type]
+        await twilio.stop()
+    stream = deepgram.streams[0]
+    await asyncio.wait_for(stream.closed.wait(), 5)
+    expected = {}
+    for track, data in audio.items():
+        frames = bytearray(data)
+        for i in lost[track]:
+            frames[i * FRAME_BYTES : (i + 1) * FRAME_BYTES] = bytes([SILENCE]) * FRAME_BYTES
+        expected[track] = bytes(frames)
+    assert stream.params["channels"] == "2" and stream.params["multichannel"] == "true"
+    assert bytes(stream.audio[0::2]) == expected["inbound"]
+    assert bytes(stream.audio[1::2]) == expected["outbound"]
+    assert stream.controls[-1] == "CloseStream"
+    assert stream.empty_frames == 0
+
+
+async def test_one_track_stream_is_sent_as_mono(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall(tracks=("inbound",))
+    audio = {"inbound": pattern("inbound", SECOND // 2)}
+    async with TwilioPeer.started(proxy, call) as twilio:
+        watcher = await Watcher.join(proxy, call.call_sid)
+        await twilio.send_all(call.frames(audio))  # type: ignore[arg-type]
+        await twilio.stop()
+        transcript = await watcher.transcript()
+    stream = deepgram.streams[0]
+    assert stream.params["channels"] == "1" and "multichannel" not in stream.params
+    assert bytes(stream.audio) == audio["inbound"]
+    assert {tuple(r["channel_index"]) for r in results(transcript)} == {(0, 1)}  # type: ignore[arg-type]
+
+
+async def test_callee_answering_after_deepgrams_idle_timeout_keeps_the_stream() -> None:
+    async with FakeDeepgram(result_ms=100, idle_timeout_s=0.5) as deepgram:
+        async with running_proxy(deepgram.url, CHUNK_MS="40") as proxy:
+            call = SimulatedCall()
+            audio = both_tracks(1.5)
+            audio["outbound"] = audio["outbound"][: SECOND // 4]  # answers 1.25 s in
+            messages = call.frames(audio, start_ms={"outbound": 1250})  # type: ignore[arg-type]
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                await twilio.send_all(messages, speed=1)
+                await twilio.stop()
+                transcript = await watcher.transcript()
+        stream = deepgram.streams[0]
+        assert stream.close_code == 1000, stream.close_reason
+        assert stream.audio[1::2].startswith(bytes([SILENCE]) * 9000)
+        assert bytes(stream.audio[1::2]).rstrip(bytes([SILENCE])).endswith(audio["outbound"])
+        right = [r for r in results(transcript) if r["channel_index"] == [1, 2]]
+        assert any(r["channel"]["alternatives"][0]["transcript"] for r in right)  # type: ignore[index]
+
+
+async def test_keepalive_flows_while_twilio_sends_nothing() -> None:
+    async with FakeDeepgram(result_ms=100, idle_timeout_s=0.6) as deepgram:
+        async with running_proxy(deepgram.url, KEEPALIVE_INTERVAL="0.2") as proxy:
+            call = SimulatedCall()
+            async with TwilioPeer.started(proxy, call) as twilio:
+                await twilio.send_all(call.frames(both_tracks(0.2)))  # type: ignore[arg-type]
+                await asyncio.sleep(1.0)  # a stalled Twilio: longer than the idle timeout
+                await twilio.send_all(call.frames(both_tracks(0.2)))  # type: ignore[arg-type]
+                await twilio.stop()
+        stream = deepgram.streams[0]
+        await asyncio.wait_for(stream.closed.wait(), 5)
+        assert stream.controls.count("KeepAlive") >= 3
+        assert stream.close_code == 1000
+
+
+async def test_end_of_call_forwards_the_last_results_then_close(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    async with TwilioPeer.started(proxy, call) as twilio:
+        watcher = await Watcher.join(proxy, call.call_sid)
+        await twilio.send_all(call.frames(both_tracks(0.25)))  # type: ignore[arg-type]
+        await twilio.stop()
+        transcript = await watcher.transcript()
+    # The partial window after the last full one is only transcribed after CloseStream.
+    assert json.loads(transcript[-1])["type"] == "Metadata"
+    ends = [r["start"] + r["duration"] for r in results(transcript)]  # type: ignore[operator]
+    assert max(ends) == pytest.approx(0.26, abs=0.011)
+
+
+async def test_twilio_closing_without_stop_still_ends_the_call_cleanly(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    async with TwilioPeer.started(proxy, call) as twilio:
+        watcher = await Watcher.join(proxy, call.call_sid)
+        await twilio.send_all(call.frames(both_tracks(0.3)))  # type: ignore[arg-type]
+        await twilio.ws.close()
+        transcript = await watcher.transcript()
+    assert json.loads(transcript[-1])["type"] == "Metadata"
+    assert deepgram.streams[0].controls[-1] == "CloseStream"
+
+
+async def test_nothing_of_a_call_survives_its_end(proxy: RunningProxy) -> None:
+    baseline = len(asyncio.all_tasks())
+    for _ in range(5):
+        call = SimulatedCall()
+        async with TwilioPeer.started(proxy, call) as twilio:
+            watcher = await Watcher.join(proxy, call.call_sid)
+            await twilio.send_all(call.frames(both_tracks(0.1)))  # type: ignore[arg-type]
+            await twilio.stop()
+            await watcher.transcript()
+    await until(lambda: len(asyncio.all_tasks()) <= baseline)
+    assert proxy.server.hub.active_calls() == []
+    assert proxy.server.hub.subscriber_count() == 0
+
+
+async def test_dtmf_and_mark_are_accepted_and_logged(
+    proxy: RunningProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = SimulatedCall()
+    caplog.set_level(logging.INFO, logger="twilio_dg_proxy")
+    sid = call.stream_sid
+    async with TwilioPeer.started(proxy, call) as twilio:
+        await twilio.ws.send(
+            json.dumps(
+                {
+                    "event": "dtmf",
+                    "sequenceNumber": "3",
+                    "streamSid": sid,
+                    "dtmf": {"track": "inbound_track", "digit": "5"},
+                }
+            )
+        )
+        await twilio.ws.send(
+            json.dumps(
+                {"event": "mark", "sequenceNumber": "4", "streamSid": sid, "mark": {"name": "m"}}
+            )
+        )
+        await twilio.stop()
+    await until(lambda: not proxy.server.hub.active_calls())
+    assert f"[{call.call_sid}] DTMF 5" in caplog.text

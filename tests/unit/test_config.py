@@ -1,0 +1,114 @@
+"""Settings.from_env, the Deepgram URL and the close-code table."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from websockets.frames import CloseCode
+
+from twilio_dg_proxy.config import Settings
+from twilio_dg_proxy.deepgram_protocol import auth_headers, listen_url
+from twilio_dg_proxy.exceptions import (
+    ConfigError,
+    DeepgramClosed,
+    MalformedMessage,
+    UnknownCall,
+    UnsupportedFrame,
+    close_frame_for,
+)
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port, settings.chunk_ms) == ("127.0.0.1", 5000, 100)
+    assert settings.deepgram_url == "wss://api.deepgram.com/v1/listen"
+    assert settings.needs_api_key
+
+
+def test_values_are_parsed_from_text() -> None:
+    settings = Settings.from_env(
+        {"PORT": "8080", "CHUNK_MS": "40", "KEEPALIVE_INTERVAL": "3.5", "LOG_LEVEL": "debug"}
+    )
+    assert (settings.port, settings.chunk_ms, settings.keepalive_s) == (8080, 40, 3.5)
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PORT", "http", "expected an integer"),
+        ("PORT", "70000", "between 0 and 65535"),
+        ("CHUNK_MS", "5", "between 20 and 1000"),
+        ("KEEPALIVE_INTERVAL", "12", "between"),
+        ("KEEPALIVE_INTERVAL", "soon", "expected a number"),
+        ("DEEPGRAM_URL", "https://api.deepgram.com/v1/listen", "ws:// or wss://"),
+        ("DEEPGRAM_URL", "wss://api.deepgram.com/v1/listen?model=x", "DEEPGRAM_PARAMS"),
+        ("DEEPGRAM_PARAMS", "model", "key=value"),
+        ("DEEPGRAM_PARAMS", "channels=1", "set by the proxy"),
+        ("LOG_LEVEL", "LOUD", "expected DEBUG"),
+        ("CLIENT_QUEUE_SIZE", "0", "between 1"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        Settings.from_env({variable: value})
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(variable)
+
+
+def test_the_api_key_never_appears_in_repr() -> None:
+    settings = Settings.from_env({"DEEPGRAM_API_KEY": "sekrit-key"})
+    assert "sekrit" not in repr(settings)
+
+
+def test_stereo_url_has_the_tutorial_query_and_user_options_merged_over_defaults() -> None:
+    settings = Settings.from_env(
+        {
+            "DEEPGRAM_URL": "ws://127.0.0.1:9/v1/listen",
+            "DEEPGRAM_PARAMS": "model=nova-2-phonecall&diarize=true",
+        }
+    )
+    url = urlsplit(listen_url(settings, 2))
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert url.netloc == "127.0.0.1:9" and url.path == "/v1/listen"
+    assert query["encoding"] == "mulaw" and query["sample_rate"] == "8000"
+    assert query["channels"] == "2" and query["multichannel"] == "true"
+    assert query["model"] == "nova-2-phonecall" and query["diarize"] == "true"
+    assert query["interim_results"] == "true" and query["punctuate"] == "true"
+
+
+def test_mono_url_has_one_channel_and_no_multichannel() -> None:
+    query = parse_qs(urlsplit(listen_url(Settings.from_env({}), 1)).query)
+    assert query["channels"] == ["1"]
+    assert "multichannel" not in query
+
+
+def test_auth_header_only_with_a_key() -> None:
+    assert auth_headers(Settings.from_env({})) == {}
+    assert auth_headers(Settings.from_env({"DEEPGRAM_API_KEY": "k"})) == {
+        "Authorization": "Token k"
+    }
+
+
+def test_a_self_hosted_deepgram_needs_no_key() -> None:
+    assert not Settings.from_env({"DEEPGRAM_URL": "ws://127.0.0.1:8080/v1/listen"}).needs_api_key
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (UnsupportedFrame("binary"), CloseCode.UNSUPPORTED_DATA),
+        (MalformedMessage("bad"), CloseCode.POLICY_VIOLATION),
+        (UnknownCall("CA1"), CloseCode.POLICY_VIOLATION),
+        (DeepgramClosed(1011, "NET-0001"), CloseCode.BAD_GATEWAY),
+        (RuntimeError("bug"), CloseCode.INTERNAL_ERROR),
+    ],
+)
+def test_each_error_maps_to_one_close_code(exc: Exception, code: CloseCode) -> None:
+    assert close_frame_for(exc)[0] == code
+
+
+def test_close_reasons_fit_in_a_close_frame() -> None:
+    _, reason = close_frame_for(MalformedMessage("é" * 200))
+    assert len(reason.encode()) <= 123

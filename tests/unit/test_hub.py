@@ -1,0 +1,99 @@
+"""Hub and Subscription: fan-out without waiting, bounded queues, eviction, endings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.frames import CloseCode
+
+from twilio_dg_proxy.exceptions import DuplicateCall, UnknownCall
+from twilio_dg_proxy.hub import CALL_ENDED, CLIENT_LEFT, Ending, Hub
+
+
+async def test_every_subscriber_gets_every_message_in_order_then_the_ending() -> None:
+    hub = Hub(queue_limit=10)
+    hub.open_call("CA1")
+    subs = [hub.subscribe("CA1") for _ in range(3)]
+    for i in range(5):
+        hub.publish("CA1", f"m{i}")
+    assert hub.end_call("CA1") == 3
+    for sub in subs:
+        assert [await sub.get() for _ in range(6)] == [f"m{i}" for i in range(5)] + [CALL_ENDED]
+
+
+async def test_messages_of_one_call_never_reach_another() -> None:
+    hub = Hub(queue_limit=10)
+    hub.open_call("CA1")
+    hub.open_call("CA2")
+    one, two = hub.subscribe("CA1"), hub.subscribe("CA2")
+    hub.publish("CA1", "for one")
+    hub.end_call("CA2")
+    assert await two.get() == CALL_ENDED
+    assert one.backlog == 1
+
+
+async def test_a_subscriber_too_far_behind_is_evicted_and_others_are_not() -> None:
+    hub = Hub(queue_limit=3)
+    hub.open_call("CA1")
+    slow, fast = hub.subscribe("CA1"), hub.subscribe("CA1")
+    for i in range(4):
+        hub.publish("CA1", f"m{i}")
+        assert await fast.get() == f"m{i}"
+    assert slow.evicted.is_set()
+    ending = await slow.get()
+    assert isinstance(ending, Ending) and ending.code == CloseCode.TRY_AGAIN_LATER
+    assert not ending.say_close
+    assert hub.subscriber_count() == 1
+    assert hub.counters.evicted == 1
+
+
+async def test_get_waits_for_the_next_message() -> None:
+    hub = Hub(queue_limit=3)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+
+    waiter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    hub.publish("CA1", "hello")
+    assert await waiter == "hello"
+
+
+def test_unknown_call_cannot_be_subscribed() -> None:
+    with pytest.raises(UnknownCall, match="CA404"):
+        Hub(queue_limit=1).subscribe("CA404")
+
+
+def test_a_call_cannot_be_opened_twice() -> None:
+    hub = Hub(queue_limit=1)
+    hub.open_call("CA1")
+    with pytest.raises(DuplicateCall):
+        hub.open_call("CA1")
+
+
+async def test_unsubscribed_client_gets_no_more_messages() -> None:
+    hub = Hub(queue_limit=3)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    hub.unsubscribe(sub)
+    hub.publish("CA1", "late")
+    assert await sub.get() == CLIENT_LEFT
+    assert hub.subscriber_count() == 0
+
+
+def test_ending_an_unknown_call_or_publishing_to_it_is_harmless() -> None:
+    hub = Hub(queue_limit=1)
+    hub.publish("CA1", "nobody")
+    assert hub.end_call("CA1") == 0
+    assert hub.active_calls() == []
+
+
+async def test_the_first_ending_wins() -> None:
+    hub = Hub(queue_limit=1)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    failure = Ending(CloseCode.BAD_GATEWAY, "Deepgram closed")
+    hub.end_call("CA1", failure)
+    sub.end(CALL_ENDED)
+    assert await sub.get() == failure
