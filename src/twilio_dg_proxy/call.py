@@ -50,6 +50,9 @@ async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> N
     session = CallSession(ws, stream, start, hub, settings, log)
     try:
         await session.run()
+    except Exception as exc:  # a bug: this call fails, the server and other calls go on
+        log.exception("call failed")
+        await session.fail(exc)
     finally:
         subscribers = hub.end_call(start.call_sid, session.ending)
         session.log_summary(subscribers)
@@ -120,7 +123,7 @@ class CallSession:
                 tasks.create_task(self.deepgram_sender(self.link), name="deepgram_sender")
                 tasks.create_task(self.deepgram_receiver(self.link), name="deepgram_receiver")
         except* DeepgramError as group:
-            await self._fail(group.exceptions[0])
+            await self.fail(group.exceptions[0])
         finally:
             if self.link is not None:
                 await self.link.close()
@@ -166,11 +169,12 @@ class CallSession:
         publish = self.hub.publish
         await link.forward_results(lambda text: publish(call_sid, text))
 
-    async def _fail(self, exc: BaseException) -> None:
-        """The Deepgram link failed: tell Twilio and every subscriber why."""
+    async def fail(self, exc: BaseException) -> None:
+        """End the call on `exc`: tell Twilio and every subscriber why."""
         code, reason = close_frame_for(exc)
         self.ending = Ending(code, reason)
-        self.log.error("transcription failed: %s", exc)
+        if isinstance(exc, DeepgramError):
+            self.log.error("transcription failed: %s", exc)
         try:
             await self.ws.close(code, reason)
         except ConnectionClosed:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .exceptions import ConfigError
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 # The proxy decides these from the call's tracks; letting DEEPGRAM_PARAMS change them would
 # make Deepgram misread the audio.
@@ -104,25 +105,15 @@ def settings_table() -> list[tuple[str, str, str]]:
     return rows
 
 
-def _int_in(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
+def _number_in(kind: type[N], low: N, high: N) -> Callable[[str, str], N]:
+    """A parser of `kind` values (int or float) between `low` and `high` inclusive."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(name: str, raw: str) -> N:
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise ConfigError(name, f"expected an integer, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(name, f"expected a number, got {raw!r}") from None
+            raise ConfigError(name, f"expected {noun}, got {raw!r}") from None
         if not low <= value <= high:
             raise ConfigError(name, f"must be between {low} and {high}, got {value}")
         return value
@@ -166,12 +157,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "deepgram_url": _ws_url,
     "deepgram_params": _query,
     "host": _text,
-    "port": _int_in(0, 65535),
-    "chunk_ms": _int_in(20, 1000),
-    "max_track_lag_ms": _int_in(20, 10_000),
-    "keepalive_s": _float_in(0.1, 9.0),
-    "deepgram_connect_timeout_s": _float_in(0.1, 120.0),
-    "deepgram_close_timeout_s": _float_in(0.1, 120.0),
-    "client_queue_size": _int_in(1, 1_000_000),
+    "port": _number_in(int, 0, 65535),
+    "chunk_ms": _number_in(int, 20, 1000),
+    "max_track_lag_ms": _number_in(int, 20, 10_000),
+    "keepalive_s": _number_in(float, 0.1, 9.0),
+    "deepgram_connect_timeout_s": _number_in(float, 0.1, 120.0),
+    "deepgram_close_timeout_s": _number_in(float, 0.1, 120.0),
+    "client_queue_size": _number_in(int, 1, 1_000_000),
     "log_level": _log_level,
 }

@@ -278,3 +278,29 @@ def _get(url: str) -> tuple[int, str, str]:
 @pytest.fixture(autouse=True)
 def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="twilio_dg_proxy")
+
+
+async def test_a_bug_in_one_call_fails_only_that_call_with_1011(
+    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing real can make the proxy's own code raise, so a patched mixer plays the bug.
+    from twilio_dg_proxy.mixer import StereoMixer
+
+    original = StereoMixer.push
+
+    def broken(self: StereoMixer, track: str, timestamp_ms: int, payload: bytes) -> None:
+        if timestamp_ms >= 100:
+            raise RuntimeError("injected bug")
+        original(self, track, timestamp_ms, payload)  # type: ignore[arg-type]
+
+    call = SimulatedCall()
+    async with TwilioPeer.started(proxy, call) as twilio:
+        watcher = await Watcher.join(proxy, call.call_sid)
+        monkeypatch.setattr(StereoMixer, "push", broken)
+        await twilio.send_all(call.frames(audio(0.2)))  # type: ignore[arg-type]
+        code, reason, _ = await watcher.closed()
+        await twilio.ws.wait_closed()
+    monkeypatch.undo()
+    assert code == 1011 and reason == "internal error"
+    assert twilio.ws.close_code == 1011
+    assert len(results(await healthy_call(proxy))) >= 10
