@@ -5,7 +5,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HOST=0.0.0.0 \
     PORT=5000
 
 WORKDIR /app
@@ -17,4 +16,5 @@ USER proxy
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '5000')}/healthz\", timeout=2)"]
-CMD ["python", "-m", "twilio_dg_proxy"]
+# --host wins over a HOST=127.0.0.1 copied from .env.example, which would be unreachable.
+CMD ["python", "-m", "twilio_dg_proxy", "--host", "0.0.0.0"]

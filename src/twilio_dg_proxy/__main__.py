@@ -17,6 +17,7 @@ from .logs import get_logger, setup_logging
 
 EXIT_CONFIG = 2
 EXIT_LISTEN = 1
+EXIT_INTERRUPTED = 130
 logger = get_logger("main")
 
 
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the address is taken or not ours to bind
         logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         return EXIT_LISTEN
+    except asyncio.CancelledError:  # a second signal cut the drain short
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -19,24 +19,34 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from .config import Settings
 from .deepgram import DeepgramLink
-from .exceptions import DeepgramError, ProxyError, close_frame_for
+from .exceptions import AudioBacklog, ProxyError, TwilioProtocolError, close_frame_for
 from .hub import CALL_ENDED, Ending, Hub
 from .logs import CallLog, get_logger
 from .mixer import StereoMixer
-from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream
+from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
 
 logger = get_logger("call")
 
 END: Final = None  # on the audio queue: no more audio will come
+
+# Twilio sends `connected` and `start` as soon as it connects.
+START_TIMEOUT_S = 10.0
+# Audio waiting for Deepgram beyond this means Deepgram is not keeping up, or the stream's
+# timestamps run far ahead of real time (each gap becomes silence that Deepgram bills).
+MAX_QUEUED_AUDIO_S = 30
 
 
 async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> None:
     """Serve one Twilio Media Stream connection until the call ends."""
     stream = TwilioStream()
     try:
-        start = await _wait_for_start(ws, stream)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            start = await _wait_for_start(ws, stream)
+    except TimeoutError:
+        await _refuse(ws, TwilioProtocolError(f"no start within {START_TIMEOUT_S:.0f} s"), logger)
+        return
     except ProxyError as exc:
-        await _refuse(ws, exc, logging.LoggerAdapter(logger))
+        await _refuse(ws, exc, logger)
         return
     if start is None:
         logger.info("Twilio stream closed before its start message")
@@ -73,7 +83,9 @@ async def _wait_for_start(ws: ServerConnection, stream: TwilioStream) -> Start |
 
 
 async def _refuse(
-    ws: ServerConnection, exc: ProxyError, log: logging.LoggerAdapter[logging.Logger]
+    ws: ServerConnection,
+    exc: ProxyError,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
     code, reason = close_frame_for(exc)
     log.warning("closing Twilio stream (%d): %s", code, exc)
@@ -101,20 +113,25 @@ class CallSession:
         self.mixer = StereoMixer(
             start.tracks, chunk_ms=settings.chunk_ms, max_lag_ms=settings.max_track_lag_ms
         )
-        # Unbounded, but filled only as fast as Twilio sends audio (real time) and emptied
-        # as fast as Deepgram takes it; a stalled Deepgram link fails the call instead.
+        # Filled as fast as Twilio sends audio (real time), emptied as fast as Deepgram takes
+        # it; bounded by `max_queued_chunks` (END must always fit, so not by maxsize).
         self.audio: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.max_queued_chunks = MAX_QUEUED_AUDIO_S * 1000 // settings.chunk_ms
+        self.unknown_events: set[str] = set()
         self.ending: Ending = CALL_ENDED
         self.link: DeepgramLink | None = None
         self.started_at = time.monotonic()
 
     async def run(self) -> None:
         """Stream the call to Deepgram and its results to the Hub until the call ends."""
+        parameters = dict(self.start.custom_parameters)
+        # Parameter values are often phone numbers: only their names at INFO.
         self.log.info(
             "call started: tracks %s, parameters %s",
             "+".join(self.start.tracks),
-            dict(self.start.custom_parameters),
+            sorted(parameters),
         )
+        self.log.debug("custom parameters: %s", parameters)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.twilio_receiver(), name="twilio_receiver")
@@ -122,7 +139,7 @@ class CallSession:
                 self.link = await DeepgramLink.open(self.settings, self.mixer.channels, self.log)
                 tasks.create_task(self.deepgram_sender(self.link), name="deepgram_sender")
                 tasks.create_task(self.deepgram_receiver(self.link), name="deepgram_receiver")
-        except* DeepgramError as group:
+        except* ProxyError as group:
             await self.fail(group.exceptions[0])
         finally:
             if self.link is not None:
@@ -135,19 +152,28 @@ class CallSession:
                 event = self.stream.receive(message)
                 if isinstance(event, Media):
                     self.mixer.push(event.track, event.timestamp_ms, event.payload)
-                    for chunk in self.mixer.pop_chunks():
-                        self.audio.put_nowait(chunk)
+                    self._queue_audio(self.mixer.pop_chunks())
                 elif isinstance(event, Stop):
                     break
                 elif isinstance(event, Dtmf):
-                    self.log.info("DTMF %s on %s", event.digit, event.track)
-        except ProxyError as exc:
+                    # Digits can be card numbers or PINs: not at INFO.
+                    self.log.debug("DTMF %s on %s", event.digit, event.track)
+                elif isinstance(event, UnknownEvent) and event.name not in self.unknown_events:
+                    self.unknown_events.add(event.name)
+                    self.log.warning("ignoring unknown Twilio event %r", event.name)
+        except TwilioProtocolError as exc:
             # Bad input ends the stream, but what was said so far is still transcribed.
             await _refuse(self.ws, exc, self.log)
         except ConnectionClosedError as exc:
             self.log.warning("Twilio's connection dropped: %s", exc)
         self.audio.put_nowait(self.mixer.flush())
         self.audio.put_nowait(END)
+
+    def _queue_audio(self, chunks: list[bytes]) -> None:
+        if self.audio.qsize() + len(chunks) > self.max_queued_chunks:
+            raise AudioBacklog(f"over {MAX_QUEUED_AUDIO_S} s of audio waiting for Deepgram")
+        for chunk in chunks:
+            self.audio.put_nowait(chunk)
 
     async def deepgram_sender(self, link: DeepgramLink) -> None:
         """Send queued audio; KeepAlive after `keepalive_s` without any; CloseStream at END."""
@@ -173,7 +199,7 @@ class CallSession:
         """End the call on `exc`: tell Twilio and every subscriber why."""
         code, reason = close_frame_for(exc)
         self.ending = Ending(code, reason)
-        if isinstance(exc, DeepgramError):
+        if isinstance(exc, ProxyError):
             self.log.error("transcription failed: %s", exc)
         try:
             await self.ws.close(code, reason)

@@ -22,6 +22,9 @@ logger = get_logger("clients")
 
 # How long an evicted client gets to accept our close frame before its socket is cut.
 _EVICTION_GRACE_S = 2.0
+# A person typing a callSid into websocat needs time; a socket that never chooses does not
+# get to hold a connection forever.
+CHOICE_TIMEOUT_S = 300.0
 
 
 async def handle_client(ws: ServerConnection, hub: Hub) -> None:
@@ -29,7 +32,13 @@ async def handle_client(ws: ServerConnection, hub: Hub) -> None:
     peer = _peer(ws)
     try:
         await ws.send(json.dumps(hub.active_calls()))
-        choice = await ws.recv()
+        try:
+            async with asyncio.timeout(CHOICE_TIMEOUT_S):
+                choice = await ws.recv()
+        except TimeoutError:
+            raise ClientProtocolError(
+                f"no callSid chosen within {CHOICE_TIMEOUT_S:.0f} s"
+            ) from None
         if not isinstance(choice, str):
             raise ClientProtocolError("expected a callSid as a text message")
         sub = hub.subscribe(choice.strip())
@@ -45,7 +54,7 @@ async def handle_client(ws: ServerConnection, hub: Hub) -> None:
         await _stream(ws, sub)
     finally:
         hub.unsubscribe(sub)
-        logger.info("client %s left %s (%s)", peer, sub.call_sid, ws.close_code)
+        logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
 
 
 async def _stream(ws: ServerConnection, sub: Subscription) -> None:
@@ -102,6 +111,13 @@ async def _close_when_evicted(ws: ServerConnection, sub: Subscription) -> None:
     except TimeoutError:
         # Its receive window is full, so not even the close frame gets through.
         ws.transport.abort()
+
+
+def _close_code(ws: ServerConnection) -> int | None:
+    """The code that ended the connection: ours if we closed first, else the client's."""
+    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+    first = sent if ws.protocol.close_rcvd_then_sent is not True else received
+    return first.code if first is not None else None
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -68,6 +68,9 @@ class Settings:
     deepgram_close_timeout_s: float = _setting(
         "DEEPGRAM_CLOSE_TIMEOUT", 10.0, "seconds to wait for Deepgram's last results at call end"
     )
+    drain_timeout_s: float = _setting(
+        "DRAIN_TIMEOUT", 10.0, "seconds calls may go on after SIGTERM before they are ended"
+    )
     client_queue_size: int = _setting(
         "CLIENT_QUEUE_SIZE", 256, "messages a client may fall behind before it is disconnected"
     )
@@ -159,10 +162,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "host": _text,
     "port": _number_in(int, 0, 65535),
     "chunk_ms": _number_in(int, 20, 1000),
-    "max_track_lag_ms": _number_in(int, 20, 10_000),
+    # Above ~5 s a one-track stretch could starve Deepgram into its 10 s idle close.
+    "max_track_lag_ms": _number_in(int, 20, 5_000),
     "keepalive_s": _number_in(float, 0.1, 9.0),
     "deepgram_connect_timeout_s": _number_in(float, 0.1, 120.0),
     "deepgram_close_timeout_s": _number_in(float, 0.1, 120.0),
+    "drain_timeout_s": _number_in(float, 0.0, 86_400.0),
     "client_queue_size": _number_in(int, 1, 1_000_000),
     "log_level": _log_level,
 }

@@ -40,6 +40,10 @@ class UnsupportedFrame(TwilioProtocolError):
     """A binary frame arrived where only JSON text is allowed."""
 
 
+class AudioBacklog(ProxyError):
+    """Audio piled up faster than Deepgram took it (or timestamps ran far ahead of time)."""
+
+
 class DuplicateCall(ProxyError):
     """A second stream announced a callSid that is already streaming."""
 
@@ -88,6 +92,7 @@ CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (UnknownCall, CloseCode.POLICY_VIOLATION),
     (ClientProtocolError, CloseCode.POLICY_VIOLATION),
     (DeepgramError, CloseCode.BAD_GATEWAY),
+    (AudioBacklog, CloseCode.TRY_AGAIN_LATER),
 )
 
 

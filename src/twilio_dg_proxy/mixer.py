@@ -57,11 +57,12 @@ class StereoMixer:
         *,
         chunk_ms: int,
         max_lag_ms: int,
-        max_gap_ms: int = 10_000,
+        max_gap_ms: int = 2_000,
     ) -> None:
         """`max_gap_ms` bounds the silence one packet can cause: a timestamp that jumps
         further than that (forwards, or backwards beyond audio handed out) is a clock
-        discontinuity, and the track is re-anchored instead of filled. This bounds memory."""
+        discontinuity, and the track is re-anchored instead of filled. This bounds memory;
+        real packet loss leaves gaps of tens to hundreds of milliseconds."""
         if not tracks or len(set(tracks)) != len(tracks):
             raise ValueError(f"need one or two distinct tracks, got {tracks!r}")
         self.tracks = tuple(t for t in CHANNEL_ORDER if t in tracks)

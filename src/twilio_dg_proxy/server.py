@@ -11,6 +11,7 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from .call import handle_twilio
@@ -45,14 +46,48 @@ class ProxyServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings.client_queue_size)
+        self._streams: set[ServerConnection] = set()  # open /twilio connections
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
 
     async def route(self, ws: ServerConnection) -> None:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far)."""
         path = _path(ws.request.path if ws.request else "")
-        if path == TWILIO_PATH:
-            await handle_twilio(ws, self.hub, self.settings)
-        else:
+        if path != TWILIO_PATH:
             await handle_client(ws, self.hub)
+            return
+        self._streams.add(ws)
+        self._no_streams.clear()
+        try:
+            await handle_twilio(ws, self.hub, self.settings)
+        finally:
+            self._streams.discard(ws)
+            if not self._streams:
+                self._no_streams.set()
+
+    async def drain(self, server: Server) -> None:
+        """Stop accepting; let calls go on for DRAIN_TIMEOUT, then end the rest properly
+        (each forwards its last results and says `close` to its watchers); then close all."""
+        server.server.close()  # the listening socket only: open connections carry on
+        calls = len(self._streams)
+        if calls:
+            logger.info(
+                "draining: %d call(s) may go on for %.0f s", calls, self.settings.drain_timeout_s
+            )
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                await self._no_streams.wait()
+        except TimeoutError:
+            logger.warning(
+                "ending %d call(s) still running after the drain timeout", len(self._streams)
+            )
+            # Each call then ends as at a hang-up: flush, CloseStream, last results, `close`.
+            await asyncio.gather(
+                *(ws.close(CloseCode.GOING_AWAY, "server shutting down") for ws in self._streams)
+            )
+            await self._no_streams.wait()
+        server.close()  # the watchers left: 1001 to those who never chose a call
+        await server.wait_closed()
 
     def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         """Answer plain HTTP requests and refuse upgrades to unknown paths with 404."""
@@ -97,12 +132,23 @@ def bound_port(server: Server) -> int:
 
 
 async def serve_until_signalled(settings: Settings) -> None:
-    """Run the proxy until SIGINT or SIGTERM, then close every connection and return."""
+    """Run the proxy until SIGINT or SIGTERM, then drain it (`ProxyServer.drain`).
+
+    A second signal cancels the drain: this coroutine then raises CancelledError."""
     proxy = ProxyServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting now")
+            main.cancel()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     async with proxy.running() as server:
         logger.info(
             "listening on ws://%s:%d (Twilio: %s, clients: %s)",
@@ -113,6 +159,7 @@ async def serve_until_signalled(settings: Settings) -> None:
         )
         await stop.wait()
         logger.info("shutting down: %d active call(s)", len(proxy.hub.active_calls()))
+        await proxy.drain(server)
 
 
 def _path(target: str) -> str:

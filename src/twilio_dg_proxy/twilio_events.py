@@ -29,6 +29,7 @@ __all__ = [
     "Track",
     "TwilioEvent",
     "TwilioStream",
+    "UnknownEvent",
     "parse_event",
 ]
 
@@ -126,7 +127,17 @@ class Stop:
     sequence_number: int
 
 
-TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """A well-formed message with an `event` this module does not know. Twilio adds events
+    over time; a live transcription must not end because of one, so it is passed on to be
+    logged and ignored."""
+
+    event: ClassVar[str] = "unknown"
+    name: str
+
+
+TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop | UnknownEvent
 
 
 def _show(value: object) -> str:
@@ -356,7 +367,7 @@ def parse_event(text: str | bytes) -> TwilioEvent:
         raise MalformedMessage(f"event: expected a string, got {_kind(event)}")
     parser = _PARSERS.get(event)
     if parser is None:
-        raise MalformedMessage(f"unknown event {_show(event)}")
+        return UnknownEvent(name=event[:_MAX_SHOWN])
     return parser(message)
 
 
@@ -400,6 +411,8 @@ class TwilioStream:
             self._connected = True
         elif type(event) is Stop:
             self.stopped = True
+        elif type(event) is UnknownEvent:
+            pass  # allowed anywhere before stop: the caller logs it
         elif start is None:
             raise UnexpectedEvent(f"{event.event} before start")
         return event

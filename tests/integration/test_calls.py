@@ -163,28 +163,28 @@ async def test_nothing_of_a_call_survives_its_end(proxy: RunningProxy) -> None:
     assert proxy.server.hub.subscriber_count() == 0
 
 
-async def test_dtmf_and_mark_are_accepted_and_logged(
+async def test_dtmf_mark_and_unknown_events_do_not_disturb_the_call(
     proxy: RunningProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     call = SimulatedCall()
-    caplog.set_level(logging.INFO, logger="twilio_dg_proxy")
+    caplog.set_level(logging.DEBUG, logger="twilio_dg_proxy")
     sid = call.stream_sid
+    extra = [
+        {"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": "5"}},
+        {"event": "mark", "mark": {"name": "m"}},
+        {"event": "somethingNew", "somethingNew": {}},
+        {"event": "somethingNew", "somethingNew": {}},
+    ]
     async with TwilioPeer.started(proxy, call) as twilio:
-        await twilio.ws.send(
-            json.dumps(
-                {
-                    "event": "dtmf",
-                    "sequenceNumber": "3",
-                    "streamSid": sid,
-                    "dtmf": {"track": "inbound_track", "digit": "5"},
-                }
-            )
-        )
-        await twilio.ws.send(
-            json.dumps(
-                {"event": "mark", "sequenceNumber": "4", "streamSid": sid, "mark": {"name": "m"}}
-            )
-        )
+        watcher = await Watcher.join(proxy, call.call_sid)
+        for n, message in enumerate(extra, start=3):
+            await twilio.ws.send(json.dumps(message | {"sequenceNumber": str(n), "streamSid": sid}))
+        await twilio.send_all(call.frames(both_tracks(0.2)))  # type: ignore[arg-type]
         await twilio.stop()
-    await until(lambda: not proxy.server.hub.active_calls())
-    assert f"[{call.call_sid}] DTMF 5" in caplog.text
+        transcript = await watcher.transcript()
+    assert twilio.ws.close_code == 1000
+    assert len(results(transcript)) >= 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"[{call.call_sid}] ignoring unknown Twilio event 'somethingNew'"]
+    digits = [r for r in caplog.records if "DTMF 5" in r.getMessage()]
+    assert [r.levelno for r in digits] == [logging.DEBUG]  # digits can be PINs: never at INFO

@@ -9,11 +9,16 @@ import signal
 import socket
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 from twilio_dg_proxy.config import settings_table
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -76,26 +81,102 @@ async def test_server_starts_from_an_env_file_answers_and_exits_0_on_sigterm(
 ) -> None:
     env_file = tmp_path / "settings.env"
     env_file.write_text("PORT=0\nDEEPGRAM_URL=ws://127.0.0.1:9/v1/listen\nLOG_LEVEL=INFO\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "twilio_dg_proxy",
-        "--env-file",
-        str(env_file),
-        stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("PORT", "DEEPGRAM_URL")},
-    )
-    assert process.stderr is not None
-    async with asyncio.timeout(20):
-        line = ""
-        while "listening on" not in line:  # other loggers (asyncio debug) may come first
-            line = (await process.stderr.readline()).decode()
-            assert line, "the server exited before listening"
-        port = int(line.split("ws://127.0.0.1:")[1].split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:  # noqa: ASYNC210
-            assert json.load(response)["status"] == "ok"
-        process.send_signal(signal.SIGTERM)
-        rest = (await process.stderr.read()).decode()
-        assert await process.wait() == 0
-    assert "shutting down" in rest
-    assert "DEEPGRAM_API_KEY is not set" not in line + rest  # not needed for a local URL
+    async with ServerProcess.started("--env-file", str(env_file)) as server:
+        status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{server.port}/healthz")
+        assert json.loads(status)["status"] == "ok"
+        server.process.send_signal(signal.SIGTERM)
+        log = server.startup + await server.stderr()
+        assert await server.process.wait() == 0
+    assert "shutting down" in log
+    assert "DEEPGRAM_API_KEY is not set" not in log  # not needed for a local URL
+
+
+def _get(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url) as response:
+        return response.read().decode(), response.headers["Content-Type"]
+
+
+class ServerProcess:
+    """`python -m twilio_dg_proxy` as a subprocess on an ephemeral port; always killed."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, startup: str) -> None:
+        self.process = process
+        self.port = port
+        self.startup = startup  # what it logged up to "listening on"
+
+    @classmethod
+    @asynccontextmanager
+    async def started(cls, *args: str, **env: str) -> AsyncIterator[ServerProcess]:
+        """Start it with `args` (default `--port 0`) and `env` over this environment."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "twilio_dg_proxy",
+            *(args or ("--port", "0")),
+            stderr=asyncio.subprocess.PIPE,
+            env=os.environ | env,
+        )
+        try:
+            assert process.stderr is not None
+            startup = line = ""
+            async with asyncio.timeout(20):
+                while "listening on" not in line:  # other loggers (asyncio debug) may come first
+                    line = (await process.stderr.readline()).decode()
+                    assert line, "the server exited before listening"
+                    startup += line
+            yield cls(process, int(line.split("ws://127.0.0.1:")[1].split()[0]), startup)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    async def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return (await self.process.stderr.read()).decode()
+
+
+async def test_sigterm_lets_a_call_finish_and_its_watcher_gets_every_result_then_close() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with ServerProcess.started(DEEPGRAM_URL=deepgram.url, DRAIN_TIMEOUT="0.3") as server:
+            call = SimulatedCall()
+            url = f"ws://127.0.0.1:{server.port}"
+            async with connect(f"{url}/twilio", proxy=None) as twilio:
+                await twilio.send(call.connected())
+                await twilio.send(call.start())
+                async with connect(f"{url}/client", proxy=None) as watcher:
+                    while call.call_sid not in json.loads(await watcher.recv()):
+                        await watcher.close()  # the call is not listed yet: ask again
+                        watcher = await connect(f"{url}/client", proxy=None)
+                    await watcher.send(call.call_sid)
+                    audio = {
+                        "inbound": pattern("inbound", 8000),
+                        "outbound": pattern("outbound", 8000),
+                    }
+                    for _, message in call.frames(audio):  # type: ignore[arg-type]
+                        await twilio.send(message)
+                    await asyncio.sleep(0.2)  # let some results flow before the signal
+                    server.process.send_signal(signal.SIGTERM)
+                    received = [m async for m in watcher]
+                    await twilio.wait_closed()
+            log = await server.stderr()
+            assert await server.process.wait() == 0
+        assert received[-1] == "close" and watcher.close_code == 1000
+        assert received[:-1] == deepgram.streams[0].sent  # nothing lost, Metadata included
+        assert twilio.close_code == 1001
+        assert "ending 1 call(s) still running after the drain timeout" in log
+
+
+async def test_a_second_signal_exits_at_once() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with ServerProcess.started(DEEPGRAM_URL=deepgram.url, DRAIN_TIMEOUT="60") as server:
+            call = SimulatedCall()
+            async with connect(f"ws://127.0.0.1:{server.port}/twilio", proxy=None) as twilio:
+                await twilio.send(call.connected())
+                await twilio.send(call.start())
+                await deepgram.next_stream()
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                assert server.process.returncode is None  # draining: the call goes on
+                server.process.send_signal(signal.SIGINT)
+                async with asyncio.timeout(5):
+                    assert await server.process.wait() == 130

@@ -304,3 +304,42 @@ async def test_a_bug_in_one_call_fails_only_that_call_with_1011(
     assert code == 1011 and reason == "internal error"
     assert twilio.ws.close_code == 1011
     assert len(results(await healthy_call(proxy))) >= 10
+
+
+async def test_a_stream_that_never_starts_is_closed(
+    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("twilio_dg_proxy.call.START_TIMEOUT_S", 0.2)
+    async with connect(proxy.twilio_url, proxy=None) as ws:
+        await ws.send(SimulatedCall().connected())
+        await ws.wait_closed()
+    assert ws.close_code == 1008 and "no start within" in (ws.close_reason or "")
+
+
+async def test_a_client_that_never_chooses_is_closed(
+    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("twilio_dg_proxy.clients.CHOICE_TIMEOUT_S", 0.2)
+    async with connect(proxy.client_url, proxy=None) as ws:
+        await ws.recv()
+        await ws.wait_closed()
+    assert ws.close_code == 1008 and "no callSid chosen" in (ws.close_reason or "")
+
+
+async def test_audio_piling_up_beyond_the_bound_ends_the_call_with_1013(
+    proxy: RunningProxy, deepgram: FakeDeepgram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("twilio_dg_proxy.call.MAX_QUEUED_AUDIO_S", 1)
+    call = SimulatedCall(tracks=("inbound",))
+    frame = pattern("inbound", 160)
+    async with TwilioPeer.started(proxy, call) as twilio:
+        watcher = await Watcher.join(proxy, call.call_sid)
+        await twilio.ws.send(call.media("inbound", 0, frame))
+        # 1.9 s after the last packet: just under a discontinuity, so 1.9 s of silence at
+        # once, more than the (lowered) bound allows to wait for Deepgram.
+        await twilio.ws.send(call.media("inbound", 1900, frame))
+        await twilio.ws.wait_closed()
+        code, reason, _ = await watcher.closed()
+    assert twilio.ws.close_code == 1013
+    assert "audio waiting for Deepgram" in (twilio.ws.close_reason or "")
+    assert (code, reason) == (1013, twilio.ws.close_reason)

@@ -37,6 +37,7 @@ from twilio_dg_proxy.twilio_events import (
     Stop,
     Track,
     TwilioStream,
+    UnknownEvent,
     parse_event,
 )
 
@@ -328,9 +329,21 @@ def test_a_message_without_event_is_malformed() -> None:
     assert malformed({"sequenceNumber": "1"}) == "event: missing"
 
 
-@pytest.mark.parametrize("event", ["clear", "Media", ""])
-def test_an_unknown_event_is_malformed(event: str) -> None:
-    assert malformed({"event": event}) == f"unknown event {event!r}"
+@pytest.mark.parametrize("event", ["clear", "Media", "", "x" * 100])
+def test_an_unknown_event_is_passed_on_not_refused(event: str) -> None:
+    assert parse_event(json.dumps({"event": event})) == UnknownEvent(name=event[:32])
+
+
+def test_an_unknown_event_is_allowed_before_and_after_start_but_not_after_stop() -> None:
+    call = SimulatedCall()
+    stream = TwilioStream()
+    new = json.dumps({"event": "somethingNew", "sequenceNumber": "9"})
+    assert isinstance(stream.receive(new), UnknownEvent)
+    stream.receive(call.start())
+    assert isinstance(stream.receive(new), UnknownEvent)
+    stream.receive(call.stop())
+    with pytest.raises(UnexpectedEvent):
+        stream.receive(new)
 
 
 @pytest.mark.parametrize(
@@ -550,7 +563,7 @@ def test_error_messages_quote_long_values_shortly() -> None:
 
 # --- Contract under fuzzing -----------------------------------------------------------------
 
-EVENT_CLASSES = (Connected, Start, Media, Dtmf, Mark, Stop)
+EVENT_CLASSES = (Connected, Start, Media, Dtmf, Mark, Stop, UnknownEvent)
 KNOWN_KEYS = sorted(
     {"event", "sequenceNumber", "streamSid", "protocol", "version", "media", "start", "dtmf"}
     | {"mark", "stop", "track", "chunk", "timestamp", "payload", "accountSid", "callSid"}
