@@ -1,92 +1,57 @@
-"""Command line: `python -m twilio_dg_proxy` starts the proxy."""
+"""Command line: `python -m twilio_dg_proxy [COMMAND]`; without a command it serves.
+
+Each command lives in its own module, imported only when used (some pull in heavy
+optional dependencies), which provides `add_arguments(parser)` and `run(args) -> int`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
+import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Protocol, cast
 
-from dotenv import dotenv_values
-
-from .config import Settings, settings_table
-from .exceptions import ConfigError
-from .logs import get_logger, setup_logging
-
-EXIT_CONFIG = 2
-EXIT_LISTEN = 1
-EXIT_INTERRUPTED = 130
-logger = get_logger("main")
+# name → (module, one-line help). `serve` comes first and is the default.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("twilio_dg_proxy.serve", "run the proxy (the default command)"),
+}
+DEFAULT_COMMAND = "serve"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface; options override the environment and `.env`."""
-    settings_help = "\n".join(
-        f"  {name:<26} {doc} (default: {default or 'unset'})"
-        for name, default, doc in settings_table()
-    )
+class CommandModule(Protocol):
+    """What a command's module provides."""
+
+    DESCRIPTION: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def command_list() -> str:
+    """The commands, one per line, for help texts."""
+    return "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items())
+
+
+def build_parser(name: str) -> tuple[argparse.ArgumentParser, CommandModule]:
+    """The parser of command `name` and its module."""
+    module = cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
     parser = argparse.ArgumentParser(
-        prog="twilio-dg-proxy",
-        description=(
-            "Stream Twilio calls to Deepgram live transcription and fan the transcripts out "
-            "to every client watching on /client."
-        ),
-        epilog=f"Settings (environment variables or .env):\n{settings_help}",
+        prog=f"twilio-dg-proxy {name}" if name != DEFAULT_COMMAND else "twilio-dg-proxy",
+        description=module.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help="address to listen on (overrides HOST)")
-    parser.add_argument("--port", help="TCP port to listen on (overrides PORT)")
-    parser.add_argument(
-        "--env-file",
-        type=Path,
-        default=Path(".env"),
-        help="file of settings to read if it exists (default: .env); the environment wins",
-    )
-    return parser
-
-
-def load_settings(args: argparse.Namespace) -> Settings:
-    """Settings from `.env`, then the environment, then the command line (last wins)."""
-    env: dict[str, str] = {}
-    if args.env_file.is_file():
-        env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
-    elif args.env_file != Path(".env"):
-        raise ConfigError("--env-file", f"no such file: {args.env_file}")
-    env.update(os.environ)
-    if args.host is not None:
-        env["HOST"] = args.host
-    if args.port is not None:
-        env["PORT"] = args.port
-    return Settings.from_env(env)
+    module.add_arguments(parser)
+    return parser, module
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m twilio_dg_proxy` and the `twilio-dg-proxy` script."""
-    args = build_parser().parse_args(argv)
-    try:
-        settings = load_settings(args)
-    except ConfigError as exc:
-        print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging(settings.log_level)
-    if settings.needs_api_key and not settings.deepgram_api_key:
-        logger.warning(
-            "DEEPGRAM_API_KEY is not set, so calls cannot be transcribed. Create a key at "
-            "https://console.deepgram.com and put DEEPGRAM_API_KEY=<key> in .env "
-            "(see .env.example), or point DEEPGRAM_URL at a Deepgram-compatible server."
-        )
-    from .server import serve_until_signalled  # after logging is set up
-
-    try:
-        asyncio.run(serve_until_signalled(settings))
-    except OSError as exc:  # the address is taken or not ours to bind
-        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
-        return EXIT_LISTEN
-    except asyncio.CancelledError:  # a second signal cut the drain short
-        return EXIT_INTERRUPTED
-    return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = args.pop(0) if args and args[0] in COMMANDS else DEFAULT_COMMAND
+    parser, module = build_parser(name)
+    return module.run(parser.parse_args(args))
 
 
 if __name__ == "__main__":

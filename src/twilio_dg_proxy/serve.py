@@ -1,0 +1,101 @@
+"""The `serve` command: settings from `.env`, the environment and options; then the proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from .config import Settings, settings_table
+from .exceptions import ConfigError
+from .logs import get_logger, setup_logging
+
+EXIT_CONFIG = 2
+EXIT_LISTEN = 1
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = (
+    "Stream Twilio calls to Deepgram live transcription and fan the transcripts out to every "
+    "client watching on /client."
+)
+logger = get_logger("main")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that override the environment and `.env`; the epilog lists every setting."""
+    from .__main__ import command_list
+
+    add_settings_arguments(parser)
+    settings_help = "\n".join(
+        f"  {name:<26} {doc} (default: {default or 'unset'})"
+        for name, default, doc in settings_table()
+    )
+    parser.epilog = (
+        f"Settings (environment variables or .env):\n{settings_help}\n\n"
+        f"Commands (twilio-dg-proxy COMMAND --help):\n{command_list()}"
+    )
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host, --port and --env-file, for every command that runs a proxy."""
+    parser.add_argument("--host", help="address to listen on (overrides HOST)")
+    parser.add_argument("--port", help="TCP port to listen on (overrides PORT)")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path(".env"),
+        help="file of settings to read if it exists (default: .env); the environment wins",
+    )
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from `.env`, then the environment, then the command line (last wins)."""
+    env: dict[str, str] = {}
+    if args.env_file.is_file():
+        env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
+    elif args.env_file != Path(".env"):
+        raise ConfigError("--env-file", f"no such file: {args.env_file}")
+    env.update(os.environ)
+    if args.host is not None:
+        env["HOST"] = args.host
+    if args.port is not None:
+        env["PORT"] = args.port
+    return Settings.from_env(env)
+
+
+def settings_or_exit(args: argparse.Namespace) -> Settings | int:
+    """The settings, with logging set up; or EXIT_CONFIG after saying what is wrong."""
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status says how it ended."""
+    settings = settings_or_exit(args)
+    if isinstance(settings, int):
+        return settings
+    if settings.needs_api_key and not settings.deepgram_api_key:
+        logger.warning(
+            "DEEPGRAM_API_KEY is not set, so calls cannot be transcribed. Create a key at "
+            "https://console.deepgram.com and put DEEPGRAM_API_KEY=<key> in .env "
+            "(see .env.example), or point DEEPGRAM_URL at a Deepgram-compatible server."
+        )
+    from .server import serve_until_signalled
+
+    try:
+        asyncio.run(serve_until_signalled(settings))
+    except OSError as exc:  # the address is taken or not ours to bind
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return EXIT_LISTEN
+    except asyncio.CancelledError:  # a second signal cut the drain short
+        return EXIT_INTERRUPTED
+    return 0
