@@ -1,10 +1,11 @@
 """One call's life on /twilio: from Twilio's `start` to the last transcript.
 
-Three tasks under one TaskGroup: `twilio_receiver` (Twilio JSON → mixer → audio queue),
-`deepgram_sender` (audio queue → Deepgram, KeepAlive when idle, CloseStream at the end) and
-`deepgram_receiver` (Deepgram results → Hub). A normal end travels down the pipe: the
-receiver flushes and queues `END`, the sender sends CloseStream, the Deepgram receiver
-returns when Deepgram closes. A failure of the Deepgram link cancels the others.
+Three tasks: `twilio_receiver` (Twilio JSON → mixer → audio buffer), and per Deepgram
+stream (`deepgram.DeepgramSession`) `deepgram_sender` (audio buffer → Deepgram, KeepAlive
+when idle, CloseStream at the end) and `deepgram_receiver` (Deepgram results → Hub). A
+normal end travels down the pipe: the receiver flushes and closes the buffer, the sender
+sends CloseStream, the Deepgram receiver returns when Deepgram closes. A Deepgram failure
+that reconnecting cannot mend cancels the rest and closes the call's connections.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
+from .audio_buffer import AudioBuffer
 from .config import Settings
-from .deepgram import DeepgramLink
-from .exceptions import AudioBacklog, ProxyError, TwilioProtocolError, close_frame_for
+from .deepgram import DeepgramSession
+from .exceptions import ProxyError, TwilioProtocolError, close_frame_for
 from .hub import CALL_ENDED, Ending, Hub
 from .logs import CallLog, get_logger
 from .mixer import StereoMixer
@@ -27,13 +28,8 @@ from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
 
 logger = get_logger("call")
 
-END: Final = None  # on the audio queue: no more audio will come
-
 # Twilio sends `connected` and `start` as soon as it connects.
 START_TIMEOUT_S = 10.0
-# Audio waiting for Deepgram beyond this means Deepgram is not keeping up, or the stream's
-# timestamps run far ahead of real time (each gap becomes silence that Deepgram bills).
-MAX_QUEUED_AUDIO_S = 30
 
 
 async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> None:
@@ -93,7 +89,7 @@ async def _refuse(
 
 
 class CallSession:
-    """The mixer, the audio queue and the three tasks of one call."""
+    """The mixer, the audio buffer and the tasks of one call."""
 
     def __init__(
         self,
@@ -113,13 +109,17 @@ class CallSession:
         self.mixer = StereoMixer(
             start.tracks, chunk_ms=settings.chunk_ms, max_lag_ms=settings.max_track_lag_ms
         )
+        channels = self.mixer.channels
         # Filled as fast as Twilio sends audio (real time), emptied as fast as Deepgram takes
-        # it; bounded by `max_queued_chunks` (END must always fit, so not by maxsize).
-        self.audio: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.max_queued_chunks = MAX_QUEUED_AUDIO_S * 1000 // settings.chunk_ms
+        # it; it only grows while Deepgram is unreachable, and never beyond its bound.
+        self.audio = AudioBuffer(max_bytes=int(settings.audio_buffer_s * 8000 * channels))
+        call_sid = start.call_sid
+        self.deepgram = DeepgramSession(
+            settings, channels, self.audio, lambda text: hub.publish(call_sid, text), log
+        )
+        self.deepgram.on_reconnect = self._count_reconnect
         self.unknown_events: set[str] = set()
         self.ending: Ending = CALL_ENDED
-        self.link: DeepgramLink | None = None
         self.started_at = time.monotonic()
 
     async def run(self) -> None:
@@ -135,15 +135,10 @@ class CallSession:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.twilio_receiver(), name="twilio_receiver")
-                # Twilio's audio queues up while Deepgram accepts the stream.
-                self.link = await DeepgramLink.open(self.settings, self.mixer.channels, self.log)
-                tasks.create_task(self.deepgram_sender(self.link), name="deepgram_sender")
-                tasks.create_task(self.deepgram_receiver(self.link), name="deepgram_receiver")
+                # Twilio's audio waits in the buffer while Deepgram accepts the stream.
+                tasks.create_task(self.deepgram.run(), name="deepgram")
         except* ProxyError as group:
             await self.fail(group.exceptions[0])
-        finally:
-            if self.link is not None:
-                await self.link.close()
 
     async def twilio_receiver(self) -> None:
         """Feed Twilio's media to the mixer until `stop`, a closed socket or bad input."""
@@ -152,48 +147,31 @@ class CallSession:
                 event = self.stream.receive(message)
                 if isinstance(event, Media):
                     self.mixer.push(event.track, event.timestamp_ms, event.payload)
-                    self._queue_audio(self.mixer.pop_chunks())
+                    for chunk in self.mixer.pop_chunks():
+                        self.audio.put(chunk)
                 elif isinstance(event, Stop):
                     break
                 elif isinstance(event, Dtmf):
                     # Digits can be card numbers or PINs: not at INFO.
                     self.log.debug("DTMF %s on %s", event.digit, event.track)
-                elif isinstance(event, UnknownEvent) and event.name not in self.unknown_events:
-                    self.unknown_events.add(event.name)
-                    self.log.warning("ignoring unknown Twilio event %r", event.name)
+                elif isinstance(event, UnknownEvent):
+                    self._note_unknown(event.name)
         except TwilioProtocolError as exc:
             # Bad input ends the stream, but what was said so far is still transcribed.
             await _refuse(self.ws, exc, self.log)
         except ConnectionClosedError as exc:
             self.log.warning("Twilio's connection dropped: %s", exc)
-        self.audio.put_nowait(self.mixer.flush())
-        self.audio.put_nowait(END)
+        self.audio.put(self.mixer.flush())
+        self.audio.close()
 
-    def _queue_audio(self, chunks: list[bytes]) -> None:
-        if self.audio.qsize() + len(chunks) > self.max_queued_chunks:
-            raise AudioBacklog(f"over {MAX_QUEUED_AUDIO_S} s of audio waiting for Deepgram")
-        for chunk in chunks:
-            self.audio.put_nowait(chunk)
+    def _note_unknown(self, name: str) -> None:
+        self.hub.counters.unknown_events += 1
+        if name not in self.unknown_events:
+            self.unknown_events.add(name)
+            self.log.warning("ignoring unknown Twilio event %r", name)
 
-    async def deepgram_sender(self, link: DeepgramLink) -> None:
-        """Send queued audio; KeepAlive after `keepalive_s` without any; CloseStream at END."""
-        while True:
-            try:
-                async with asyncio.timeout(self.settings.keepalive_s):
-                    chunk = await self.audio.get()
-            except TimeoutError:
-                await link.keepalive()
-                continue
-            if chunk is END:
-                await link.finish()
-                return
-            await link.send_audio(chunk)
-
-    async def deepgram_receiver(self, link: DeepgramLink) -> None:
-        """Publish every Deepgram message to the call's subscribers, verbatim."""
-        call_sid = self.start.call_sid
-        publish = self.hub.publish
-        await link.forward_results(lambda text: publish(call_sid, text))
+    def _count_reconnect(self) -> None:
+        self.hub.counters.deepgram_reconnects += 1
 
     async def fail(self, exc: BaseException) -> None:
         """End the call on `exc`: tell Twilio and every subscriber why."""
@@ -207,19 +185,24 @@ class CallSession:
             pass
 
     def log_summary(self, subscribers: int) -> None:
-        """One line with the call's figures."""
+        """One line with the call's figures; add them to the server's counters."""
         stats = self.mixer.stats
-        link = self.link
+        counters = self.hub.counters
+        counters.late_packets += stats.late_packets
+        counters.discontinuities += stats.discontinuities
+        counters.audio_dropped_bytes += self.audio.dropped_bytes
         self.log.info(
-            "call ended after %.1f s: %d packets, %d bytes to Deepgram, %d results, "
-            "%d subscribers at the end, %d ms of gaps filled, %d late packets dropped, "
-            "%d discontinuities",
+            "call ended after %.1f s: %d packets, %d bytes to Deepgram over %d stream(s), "
+            "%d results, %d subscribers at the end, %d ms of gaps filled, %d late packets "
+            "dropped, %d discontinuities, %d bytes of audio dropped in outages",
             time.monotonic() - self.started_at,
             stats.packets,
-            link.audio_bytes if link else 0,
-            link.results if link else 0,
+            self.deepgram.sent_bytes,
+            self.deepgram.streams,
+            self.deepgram.results,
             subscribers,
             stats.gap_samples // 8,
             stats.late_packets,
             stats.discontinuities,
+            self.audio.dropped_bytes,
         )

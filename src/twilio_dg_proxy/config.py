@@ -68,6 +68,15 @@ class Settings:
     deepgram_close_timeout_s: float = _setting(
         "DEEPGRAM_CLOSE_TIMEOUT", 10.0, "seconds to wait for Deepgram's last results at call end"
     )
+    deepgram_retry_attempts: int = _setting(
+        "DEEPGRAM_RETRY_ATTEMPTS", 5, "reconnect attempts after Deepgram drops a call's stream"
+    )
+    deepgram_retry_window_s: float = _setting(
+        "DEEPGRAM_RETRY_WINDOW", 30.0, "seconds of outage after which reconnecting stops"
+    )
+    audio_buffer_s: float = _setting(
+        "AUDIO_BUFFER_SECONDS", 30.0, "seconds of audio kept for Deepgram during an outage"
+    )
     drain_timeout_s: float = _setting(
         "DRAIN_TIMEOUT", 10.0, "seconds calls may go on after SIGTERM before they are ended"
     )
@@ -167,6 +176,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "keepalive_s": _number_in(float, 0.1, 9.0),
     "deepgram_connect_timeout_s": _number_in(float, 0.1, 120.0),
     "deepgram_close_timeout_s": _number_in(float, 0.1, 120.0),
+    "deepgram_retry_attempts": _number_in(int, 0, 100),
+    "deepgram_retry_window_s": _number_in(float, 0.0, 3600.0),
+    "audio_buffer_s": _number_in(float, 1.0, 3600.0),
     "drain_timeout_s": _number_in(float, 0.0, 86_400.0),
     "client_queue_size": _number_in(int, 1, 1_000_000),
     "log_level": _log_level,

@@ -1,45 +1,70 @@
-"""The Deepgram link's I/O: open a live stream, send audio and control messages, read results.
+"""The Deepgram link's I/O: live streams for one call, reopened when Deepgram drops them.
 
-The pure parts (URL, headers, control messages) are in `deepgram_protocol.py`.
+`DeepgramLink` is one WebSocket stream. `DeepgramSession` is the Deepgram side of a call:
+per stream, `deepgram_sender` sends the call's audio (KeepAlive when idle, CloseStream at the
+end) and `deepgram_receiver` publishes the results; when a stream fails in a retryable way
+it opens another after a jittered backoff, sends the audio that waited meanwhile first, and
+shifts the new stream's times so subscribers see one timeline. The pure parts are in
+`deepgram_protocol.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .audio_buffer import AudioBuffer
 from .config import Settings
-from .deepgram_protocol import CLOSE_STREAM, KEEPALIVE, auth_headers, listen_url
-from .exceptions import DeepgramClosed, DeepgramRefused, DeepgramUnavailable
+from .deepgram_protocol import (
+    CLOSE_STREAM,
+    KEEPALIVE,
+    Backoff,
+    auth_headers,
+    is_retryable,
+    listen_url,
+    replay_wait,
+    shift_times,
+)
+from .exceptions import (
+    DeepgramClosed,
+    DeepgramError,
+    DeepgramNotConfigured,
+    DeepgramRefused,
+    DeepgramUnavailable,
+)
+
+Log = logging.LoggerAdapter[logging.Logger]
 
 # Deepgram's messages are small JSON; a megabyte is generous and still bounds memory.
 _MAX_RESULT_BYTES = 1 << 20
+# Pings detect a stalled stream (Deepgram does not count them as traffic). Module constants
+# so that tests can shorten them.
+PING_INTERVAL_S = 5.0
+PING_TIMEOUT_S = 5.0
+# A stream that lived this long was a success: the retry budget starts over after it.
+STABLE_STREAM_S = 10.0
 
 
 class DeepgramLink:
     """One live-transcription stream. Audio and control go out; results come back."""
 
-    def __init__(
-        self, ws: ClientConnection, settings: Settings, log: logging.LoggerAdapter[logging.Logger]
-    ) -> None:
+    def __init__(self, ws: ClientConnection, settings: Settings, log: Log) -> None:
         self._ws = ws
         self._close_timeout = settings.deepgram_close_timeout_s
         self._log = log
         self._closing = False  # True once CloseStream is sent: a close is then expected
-        self.audio_bytes = 0
-        self.results = 0
+        self.offset_s = 0.0  # where this stream's time 0 lies on the call's timeline
 
     @classmethod
-    async def open(
-        cls, settings: Settings, channels: int, log: logging.LoggerAdapter[logging.Logger]
-    ) -> DeepgramLink:
+    async def open(cls, settings: Settings, channels: int, log: Log) -> DeepgramLink:
         """Open a stream for `channels` of mu-law; raise a `DeepgramError` if refused."""
         if settings.needs_api_key and not settings.deepgram_api_key:
-            raise DeepgramUnavailable(
+            raise DeepgramNotConfigured(
                 "DEEPGRAM_API_KEY is not set: add it to .env or the environment"
             )
         url = listen_url(settings, channels)
@@ -48,8 +73,10 @@ class DeepgramLink:
                 url,
                 additional_headers=auth_headers(settings),
                 open_timeout=settings.deepgram_connect_timeout_s,
-                max_size=_MAX_RESULT_BYTES,
+                ping_interval=PING_INTERVAL_S,
+                ping_timeout=PING_TIMEOUT_S,
                 close_timeout=5,
+                max_size=_MAX_RESULT_BYTES,
                 compression=None,  # mu-law does not compress; deflate would only cost CPU
             )
         except InvalidStatus as exc:
@@ -64,11 +91,10 @@ class DeepgramLink:
         log.info("Deepgram stream open: %d channel(s), request %s", channels, request_id)
         return cls(ws, settings, log)
 
-    async def send_audio(self, chunk: bytes) -> None:
+    async def send_audio(self, data: bytes) -> None:
         """Send one chunk of (interleaved) mu-law; never an empty frame."""
-        if chunk:
-            await self._send(chunk)
-            self.audio_bytes += len(chunk)
+        if data:
+            await self._send(data)
 
     async def keepalive(self) -> None:
         """Tell Deepgram the stream is alive while no audio flows."""
@@ -76,8 +102,8 @@ class DeepgramLink:
 
     async def finish(self) -> None:
         """Send CloseStream and wait (bounded) for Deepgram to send the rest and close."""
-        self._closing = True
         await self._send(CLOSE_STREAM)
+        self._closing = True
         try:
             async with asyncio.timeout(self._close_timeout):
                 await self._ws.wait_closed()
@@ -88,13 +114,12 @@ class DeepgramLink:
             await self.close()
 
     async def forward_results(self, publish: Callable[[str], None]) -> None:
-        """Pass every message from Deepgram to `publish` until the stream closes.
-
-        Returns when it closes after `finish()`; raises `DeepgramClosed` otherwise."""
+        """Pass every message from Deepgram to `publish`, times shifted by `offset_s`, until
+        the stream closes. Raises `DeepgramClosed` unless it closes after `finish()`."""
         try:
             async for message in self._ws:
-                self.results += 1
-                publish(message if isinstance(message, str) else message.decode(errors="replace"))
+                text = message if isinstance(message, str) else message.decode(errors="replace")
+                publish(shift_times(text, self.offset_s) if self.offset_s else text)
         except ConnectionClosed:
             pass  # read the code and reason below, whichever way it closed
         code, reason = self._ws.close_code, self._ws.close_reason or ""
@@ -115,3 +140,129 @@ class DeepgramLink:
             # The receiving side reports why; sending more is pointless.
             if not self._closing:
                 raise DeepgramClosed(self._ws.close_code, self._ws.close_reason or "") from None
+
+
+class DeepgramSession:
+    """The Deepgram side of one call: every chunk of `audio` goes to Deepgram once, across
+    as many streams as it takes; every result reaches `publish` on the call's timeline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        channels: int,
+        audio: AudioBuffer,
+        publish: Callable[[str], None],
+        log: Log,
+    ) -> None:
+        self.settings = settings
+        self.channels = channels
+        self.audio = audio
+        self.publish = publish
+        self.log = log
+        self.bytes_per_s = 8000 * channels
+        self.backoff = Backoff(settings.deepgram_retry_attempts, settings.deepgram_retry_window_s)
+        self.streams = 0
+        self.sent_bytes = 0
+        self.results = 0
+        self.on_reconnect: Callable[[], None] = lambda: None
+
+    async def run(self) -> None:
+        """Stream until the audio ends and Deepgram has sent its last results.
+
+        Raises the `DeepgramError` that ended it: not retryable, or the budget spent."""
+        loop = asyncio.get_running_loop()
+        attempt, outage_start = 0, 0.0
+        while True:
+            try:
+                link = await DeepgramLink.open(self.settings, self.channels, self.log)
+            except DeepgramError as exc:
+                failure: DeepgramError | None = exc
+                lived = 0.0
+            else:
+                if self.streams:
+                    self.on_reconnect()
+                    self.log.info(
+                        "Deepgram stream reopened after %.1f s; %.1f s of audio waiting",
+                        loop.time() - outage_start,
+                        self.audio.held_bytes / self.bytes_per_s,
+                    )
+                self.streams += 1
+                opened = loop.time()
+                failure = await self._stream(link)
+                lived = loop.time() - opened
+            if failure is None:
+                return
+            if attempt == 0 or lived >= STABLE_STREAM_S:
+                attempt, outage_start = 0, loop.time()
+            attempt += 1
+            await self._wait_to_retry(failure, attempt, loop.time() - outage_start)
+
+    async def _stream(self, link: DeepgramLink) -> DeepgramError | None:
+        """Run one stream's sender and receiver; the error that ended it, or None."""
+        failure: DeepgramError | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.deepgram_sender(link), name="deepgram_sender")
+                tasks.create_task(self.deepgram_receiver(link), name="deepgram_receiver")
+        except* DeepgramError as group:
+            failure = next(e for e in group.exceptions if isinstance(e, DeepgramError))
+        finally:
+            await link.close()
+        return failure
+
+    async def _wait_to_retry(self, failure: DeepgramError, attempt: int, outage_s: float) -> None:
+        """Sleep before the next attempt, or raise `failure` when retrying cannot help."""
+        if not is_retryable(failure):
+            raise failure
+        if self.backoff.gives_up(attempt, outage_s):
+            self.log.error(
+                "giving up on Deepgram after %d attempt(s), %.1f s", attempt - 1, outage_s
+            )
+            raise failure
+        delay = self.backoff.delay(attempt, random.random())
+        self.log.warning(
+            "%s; reconnecting in %.2f s (attempt %d of %d)",
+            failure,
+            delay,
+            attempt,
+            self.backoff.max_attempts,
+        )
+        await asyncio.sleep(delay)
+
+    async def deepgram_sender(self, link: DeepgramLink) -> None:
+        """Send the waiting audio (no faster than Deepgram takes a backlog), KeepAlive after
+        KEEPALIVE_INTERVAL without any, and CloseStream once the call's audio has ended."""
+        loop = asyncio.get_running_loop()
+        started, sent_s, first = loop.time(), 0.0, True
+        # Only a reopened stream starts with a backlog worth pacing; the first one's is what
+        # waited while it opened, and pacing it would slow down tests and fast simulations.
+        pace = self.streams > 1
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.keepalive_s):
+                    chunk = await self.audio.get()
+            except TimeoutError:
+                await link.keepalive()
+                continue
+            if chunk is None:
+                await link.finish()
+                return
+            if first:  # this stream's time 0 is this chunk's place on the call's timeline
+                link.offset_s, first = chunk.position / self.bytes_per_s, False
+            if pace and (wait := replay_wait(sent_s, loop.time() - started)):
+                await asyncio.sleep(wait)
+            try:
+                await link.send_audio(chunk.data)
+            except BaseException:
+                self.audio.put_back(chunk)  # not sent: it goes first on the next stream
+                raise
+            self.sent_bytes += len(chunk.data)
+            sent_s += len(chunk.data) / self.bytes_per_s
+
+    async def deepgram_receiver(self, link: DeepgramLink) -> None:
+        """Publish every Deepgram message of the stream, verbatim but for the time shift."""
+        await link.forward_results(self._publish)
+
+    def _publish(self, text: str) -> None:
+        self.results += 1
+        self.publish(text)

@@ -1,10 +1,14 @@
-"""The pure half of the Deepgram link: the listen URL, its headers and control messages."""
+"""The pure half of the Deepgram link: the listen URL, its headers, control messages, and
+the reconnect policy (what is retryable, backoff, replay pace, the time shift)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from .config import Settings
+from .exceptions import DeepgramClosed, DeepgramError, DeepgramNotConfigured, DeepgramRefused
 
 # Control messages are JSON text frames. Never send an empty binary frame: it is the
 # deprecated end-of-stream signal and makes Deepgram close unexpectedly.
@@ -29,3 +33,77 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     if not settings.deepgram_api_key:
         return {}
     return {"Authorization": f"Token {settings.deepgram_api_key}"}
+
+
+# --- reconnecting -------------------------------------------------------------------------
+
+# Refusals that a retry cannot fix: bad query, bad key, no credit, model not allowed.
+FATAL_STATUSES = frozenset({400, 401, 402, 403, 404})
+# 1008 is DATA-0000, audio Deepgram cannot decode: a new stream would get the same audio.
+FATAL_CLOSE_CODES = frozenset({1008})
+# Deepgram takes a backlog at about 1.25x real time; allow a short burst on top.
+REPLAY_SPEED = 1.25
+REPLAY_BURST_S = 2.0
+
+
+def is_retryable(exc: DeepgramError) -> bool:
+    """Whether a new stream may succeed where this one failed (drops, 429, 5xx: yes)."""
+    if isinstance(exc, DeepgramRefused):
+        return exc.status not in FATAL_STATUSES
+    if isinstance(exc, DeepgramClosed):
+        return exc.code not in FATAL_CLOSE_CODES
+    return not isinstance(exc, DeepgramNotConfigured)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Jittered exponential backoff with a budget: a live call cannot wait long, so delays
+    start at a quarter second and stay within a few seconds (websockets' own reconnect
+    starts at up to 5 s and grows to 90 s: far too slow for a call)."""
+
+    max_attempts: int
+    budget_s: float
+    first_s: float = 0.25
+    longest_s: float = 4.0
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Seconds to wait before attempt `attempt` (1-based); `jitter` is uniform in [0, 1)."""
+        ceiling = min(self.longest_s, self.first_s * 2.0 ** (attempt - 1))
+        return ceiling * (0.5 + jitter / 2)  # "equal jitter": never zero, never above ceiling
+
+    def gives_up(self, attempt: int, outage_s: float) -> bool:
+        """True when attempt `attempt` would exceed the attempts or the outage budget."""
+        return attempt > self.max_attempts or outage_s >= self.budget_s
+
+
+def replay_wait(sent_s: float, elapsed_s: float) -> float:
+    """Seconds to wait before sending more, after `sent_s` of audio in `elapsed_s` on one
+    stream, so a backlog goes out no faster than Deepgram accepts it."""
+    return max(0.0, (sent_s - REPLAY_BURST_S) / REPLAY_SPEED - elapsed_s)
+
+
+_TIME_FIELDS = ("start", "last_word_end", "timestamp")
+
+
+def shift_times(message: str, offset_s: float) -> str:
+    """Move a Deepgram message's times `offset_s` later (times restart at 0 on every new
+    stream; subscribers see the call's one timeline). Messages without times, and text
+    that is not a JSON object, pass unchanged. Sums are rounded to the microsecond to hide
+    float noise (Deepgram's own times have millisecond precision)."""
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return message
+    if not isinstance(data, dict):
+        return message
+    changed = False
+    for key in _TIME_FIELDS:
+        if isinstance(data.get(key), int | float):
+            data[key] = round(data[key] + offset_s, 6)
+            changed = True
+    for alternative in (data.get("channel") or {}).get("alternatives") or ():
+        for word in alternative.get("words") or ():
+            for key in ("start", "end"):
+                if isinstance(word.get(key), int | float):
+                    word[key] = round(word[key] + offset_s, 6)
+    return json.dumps(data) if changed else message

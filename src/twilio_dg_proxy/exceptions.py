@@ -40,10 +40,6 @@ class UnsupportedFrame(TwilioProtocolError):
     """A binary frame arrived where only JSON text is allowed."""
 
 
-class AudioBacklog(ProxyError):
-    """Audio piled up faster than Deepgram took it (or timestamps ran far ahead of time)."""
-
-
 class DuplicateCall(ProxyError):
     """A second stream announced a callSid that is already streaming."""
 
@@ -81,7 +77,11 @@ class DeepgramClosed(DeepgramError):
 
 
 class DeepgramUnavailable(DeepgramError):
-    """Deepgram could not be reached, or no API key is configured for it."""
+    """Deepgram could not be reached (network error or timeout)."""
+
+
+class DeepgramNotConfigured(DeepgramError):
+    """The proxy is not set up to use Deepgram (no API key for Deepgram's cloud)."""
 
 
 # Most specific first: the first matching row wins.
@@ -92,7 +92,6 @@ CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (UnknownCall, CloseCode.POLICY_VIOLATION),
     (ClientProtocolError, CloseCode.POLICY_VIOLATION),
     (DeepgramError, CloseCode.BAD_GATEWAY),
-    (AudioBacklog, CloseCode.TRY_AGAIN_LATER),
 )
 
 

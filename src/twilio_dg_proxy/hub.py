@@ -91,6 +91,11 @@ class HubCounters:
     subscriptions: int = 0
     published: int = 0
     evicted: int = 0
+    deepgram_reconnects: int = 0
+    late_packets: int = 0
+    discontinuities: int = 0
+    unknown_events: int = 0
+    audio_dropped_bytes: int = 0
 
 
 class Hub:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -109,6 +110,7 @@ class ProxyServer:
             "status": "ok",
             "calls": len(self.hub.active_calls()),
             "subscribers": self.hub.subscriber_count(),
+            "totals": dataclasses.asdict(self.hub.counters),
         }
 
     @asynccontextmanager

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -135,7 +136,7 @@ class Watcher:
         return self.ws.close_code, self.ws.close_reason or "", messages
 
 
-def results(messages: Sequence[str]) -> list[Mapping[str, object]]:
+def results(messages: Sequence[str]) -> list[dict[str, Any]]:
     """The Deepgram `Results` messages among `messages`, decoded."""
     decoded = [json.loads(m) for m in messages]
     return [m for m in decoded if m.get("type") == "Results"]

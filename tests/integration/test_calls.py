@@ -83,7 +83,7 @@ async def test_one_track_stream_is_sent_as_mono(
     stream = deepgram.streams[0]
     assert stream.params["channels"] == "1" and "multichannel" not in stream.params
     assert bytes(stream.audio) == audio["inbound"]
-    assert {tuple(r["channel_index"]) for r in results(transcript)} == {(0, 1)}  # type: ignore[arg-type]
+    assert {tuple(r["channel_index"]) for r in results(transcript)} == {(0, 1)}
 
 
 async def test_callee_answering_after_deepgrams_idle_timeout_keeps_the_stream() -> None:
@@ -103,7 +103,7 @@ async def test_callee_answering_after_deepgrams_idle_timeout_keeps_the_stream() 
         assert stream.audio[1::2].startswith(bytes([SILENCE]) * 9000)
         assert bytes(stream.audio[1::2]).rstrip(bytes([SILENCE])).endswith(audio["outbound"])
         right = [r for r in results(transcript) if r["channel_index"] == [1, 2]]
-        assert any(r["channel"]["alternatives"][0]["transcript"] for r in right)  # type: ignore[index]
+        assert any(r["channel"]["alternatives"][0]["transcript"] for r in right)
 
 
 async def test_keepalive_flows_while_twilio_sends_nothing() -> None:
@@ -132,7 +132,7 @@ async def test_end_of_call_forwards_the_last_results_then_close(
         transcript = await watcher.transcript()
     # The partial window after the last full one is only transcribed after CloseStream.
     assert json.loads(transcript[-1])["type"] == "Metadata"
-    ends = [r["start"] + r["duration"] for r in results(transcript)]  # type: ignore[operator]
+    ends = [r["start"] + r["duration"] for r in results(transcript)]
     assert max(ends) == pytest.approx(0.26, abs=0.011)
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -39,6 +40,8 @@ __all__ = [
     "MODEL_UUID",
     "MULAW_SILENCE",
     "SAMPLE_RATE",
+    "DATA_REASON",
+    "EMPTY_FRAME_REASON",
     "Control",
     "FakeDeepgram",
     "FakeStream",
@@ -52,6 +55,7 @@ __all__ = [
     "next_deadline",
     "parse_query",
     "query_problem",
+    "refusal_response",
     "results_message",
     "transcript_for",
     "words_for",
@@ -77,8 +81,8 @@ _NEVER_FED_REASON: Final = (
     "NET-0001: no audio received within the timeout window (KeepAlive alone does not count)"
 )
 _DROP_REASON: Final = "NET-0000 fake drop"
-_DATA_REASON: Final = "DATA-0000: expected audio or a KeepAlive, Finalize or CloseStream message"
-_EMPTY_FRAME_REASON: Final = "empty binary frame"
+DATA_REASON: Final = "DATA-0000: expected audio or a KeepAlive, Finalize or CloseStream message"
+EMPTY_FRAME_REASON: Final = "empty binary frame"
 _HANDLER_ERROR_REASON: Final = "fake deepgram internal error"
 
 
@@ -135,12 +139,23 @@ def results_message(
     speech_final: bool,
     from_finalize: bool,
     request_id: str,
+    words: list[JSONDict] | None = None,
+    confidence: float | None = None,
+    model_uuid: str = MODEL_UUID,
+    model_info: Mapping[str, str] = MODEL_INFO,
 ) -> JSONDict:
     """Return a Deepgram ``Results`` message for one channel, with Deepgram's field names.
 
-    `start` and `duration` are seconds on the connection's audio timeline. The I/O layer adds
-    the ``fake`` field (send time and sequence number) just before sending.
+    `start` and `duration` are seconds on the connection's audio timeline. `words` (Deepgram
+    word objects) and `confidence` default to the fake's: `words_for` and a fixed confidence
+    (0 for an empty transcript). `model_uuid` and `model_info` name the model in ``metadata``.
+    The fake's I/O layer adds the ``fake`` field (send time and sequence number) just before
+    sending.
     """
+    if words is None:
+        words = words_for(transcript, start=start, duration=duration)
+    if confidence is None:
+        confidence = _WORD_CONFIDENCE if transcript else 0.0
     return {
         "type": "Results",
         "channel_index": [channel, channels],
@@ -153,25 +168,33 @@ def results_message(
             "alternatives": [
                 {
                     "transcript": transcript,
-                    "confidence": _WORD_CONFIDENCE if transcript else 0.0,
-                    "words": words_for(transcript, start=start, duration=duration),
+                    "confidence": confidence,
+                    "words": words,
                 }
             ]
         },
         "metadata": {
             "request_id": request_id,
-            "model_info": dict(MODEL_INFO),
-            "model_uuid": MODEL_UUID,
+            "model_info": dict(model_info),
+            "model_uuid": model_uuid,
         },
     }
 
 
 def metadata_message(
-    *, request_id: str, created: str, duration: float, channels: int, sha256: str
+    *,
+    request_id: str,
+    created: str,
+    duration: float,
+    channels: int,
+    sha256: str,
+    model_uuid: str = MODEL_UUID,
+    model_info: Mapping[str, str] = MODEL_INFO,
 ) -> JSONDict:
     """Return the ``Metadata`` message Deepgram sends after ``CloseStream``, before closing.
 
-    `duration` is the seconds of audio received, `sha256` the hex digest of all of it.
+    `duration` is the seconds of audio received, `sha256` the hex digest of all of it;
+    `model_uuid` and `model_info` name the model (the fake's by default).
     """
     return {
         "type": "Metadata",
@@ -181,8 +204,8 @@ def metadata_message(
         "created": created,
         "duration": duration,
         "channels": channels,
-        "models": [MODEL_UUID],
-        "model_info": {MODEL_UUID: dict(MODEL_INFO)},
+        "models": [model_uuid],
+        "model_info": {model_uuid: dict(model_info)},
     }
 
 
@@ -263,6 +286,20 @@ def check_upgrade(
     if problem is not None:
         return Refusal(HTTPStatus.BAD_REQUEST, "Bad Request", f"Bad Request: {problem}")
     return None
+
+
+def refusal_response(connection: ServerConnection, refusal: Refusal) -> Response:
+    """Return Deepgram's answer to a refused upgrade: `refusal.status` with a JSON body, and
+    the ``dg-error`` and ``dg-request-id`` headers (a fresh request id)."""
+    request_id = str(uuid.uuid4())
+    # Deepgram's body is JSON and dg-error repeats its message.
+    body = {"err_code": refusal.err_code, "err_msg": refusal.message, "request_id": request_id}
+    response = connection.respond(refusal.status, json.dumps(body))
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    response.headers["dg-error"] = refusal.message
+    response.headers["dg-request-id"] = request_id
+    return response
 
 
 def next_deadline(
@@ -534,6 +571,8 @@ class FakeDeepgram:
         self.refusals: list[Refusal] = []
         self._accepted: asyncio.Queue[FakeStream] = asyncio.Queue()
         self._server: Server | None = None
+        self._refuse_next: list[int] = []
+        self._connections: dict[FakeStream, ServerConnection] = {}
 
     async def __aenter__(self) -> Self:
         """Start serving on an ephemeral port of 127.0.0.1; ready when this returns."""
@@ -583,6 +622,35 @@ class FakeDeepgram:
         async with asyncio.timeout(timeout):
             return await self._accepted.get()
 
+    # Faults on demand.
+
+    def refuse_next(self, *statuses: int) -> None:
+        """Refuse the next upgrades with these HTTP statuses, in order (then as configured)."""
+        self._refuse_next.extend(statuses)
+
+    async def drop(
+        self,
+        stream: FakeStream,
+        code: int = CloseCode.INTERNAL_ERROR,
+        reason: str = "NET-0000 fake drop",
+    ) -> None:
+        """Close `stream` from Deepgram's side, as Deepgram does on an internal error."""
+        ws = self._connections.get(stream)
+        if ws is not None:
+            await self._close(ws, stream, code, reason)
+
+    def cut(self, stream: FakeStream) -> None:
+        """Drop `stream`'s TCP connection without a close frame, like a network failure."""
+        ws = self._connections.get(stream)
+        if ws is not None:
+            ws.transport.abort()
+
+    def stall(self, stream: FakeStream) -> None:
+        """Stop reading `stream` (no results, no pongs): a hung server or a black hole."""
+        ws = self._connections.get(stream)
+        if ws is not None:
+            ws.transport.pause_reading()
+
     # Handshake.
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -590,20 +658,12 @@ class FakeDeepgram:
             request.path,
             request.headers,
             api_key=self.api_key,
-            reject_status=self.reject_status,
+            reject_status=self._refuse_next.pop(0) if self._refuse_next else self.reject_status,
         )
         if refusal is None:
             return None
         self.refusals.append(refusal)
-        request_id = str(uuid.uuid4())
-        # Deepgram's body is JSON and dg-error repeats its message.
-        body = {"err_code": refusal.err_code, "err_msg": refusal.message, "request_id": request_id}
-        response = connection.respond(refusal.status, json.dumps(body))
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "application/json"
-        response.headers["dg-error"] = refusal.message
-        response.headers["dg-request-id"] = request_id
-        return response
+        return refusal_response(connection, refusal)
 
     def _process_response(
         self, connection: ServerConnection, request: Request, response: Response
@@ -634,6 +694,7 @@ class FakeDeepgram:
             request_id=request_id,
         )
         self.streams.append(stream)
+        self._connections[stream] = ws
         self._accepted.put_nowait(stream)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -647,6 +708,7 @@ class FakeDeepgram:
                 stream.close_code = ws.close_code
                 stream.close_reason = ws.close_reason or ""
             stream.closed.set()
+            self._connections.pop(stream, None)
 
     async def _watch(
         self, ws: ServerConnection, stream: FakeStream, receiver: asyncio.Task[None]
@@ -684,7 +746,7 @@ class FakeDeepgram:
                         # The deprecated end-of-stream signal: record it so tests can assert
                         # that the proxy never sends one.
                         stream.empty_frames += 1
-                        await self._close(ws, stream, CloseCode.INTERNAL_ERROR, _EMPTY_FRAME_REASON)
+                        await self._close(ws, stream, CloseCode.INTERNAL_ERROR, EMPTY_FRAME_REASON)
                         return
                     stream._note_audio(message)
                     for result in transcriber.feed(message):
@@ -693,7 +755,7 @@ class FakeDeepgram:
                 kind = control_type(message)
                 if kind is None:
                     stream.invalid_texts.append(message)
-                    await self._close(ws, stream, CloseCode.POLICY_VIOLATION, _DATA_REASON)
+                    await self._close(ws, stream, CloseCode.POLICY_VIOLATION, DATA_REASON)
                     return
                 stream.controls.append(kind)
                 # Deepgram words NET-0001 as no "audio data or a text message": any control counts.

@@ -1,0 +1,73 @@
+"""Audio waiting for Deepgram: a bounded FIFO of mixed chunks, each with its place on the
+call's timeline.
+
+Normally it holds a chunk or two. While Deepgram is unreachable it holds what the call says
+meanwhile, up to `max_bytes`; beyond that the oldest audio is dropped and counted, so memory
+stays bounded however long the outage. A chunk that could not be sent goes back to the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import NamedTuple
+
+
+class Chunk(NamedTuple):
+    """Mixed audio and the byte offset of its first byte on the call's timeline."""
+
+    position: int
+    data: bytes
+
+
+class AudioBuffer:
+    """Chunks in order; `get()` waits for the next one and returns None after `close()`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.produced_bytes = 0  # the call's timeline so far
+        self.dropped_bytes = 0  # oldest audio dropped to stay within max_bytes
+        self._chunks: deque[Chunk] = deque()
+        self._held = 0  # bytes in _chunks
+        self._closed = False
+        self._wakeup = asyncio.Event()
+
+    def put(self, data: bytes) -> None:
+        """Append the call's next audio; drop the oldest if over the bound."""
+        if not data:
+            return
+        self._chunks.append(Chunk(self.produced_bytes, data))
+        self.produced_bytes += len(data)
+        self._held += len(data)
+        while self._held > self.max_bytes and len(self._chunks) > 1:
+            oldest = self._chunks.popleft()
+            self._held -= len(oldest.data)
+            self.dropped_bytes += len(oldest.data)
+        self._wakeup.set()
+
+    def put_back(self, chunk: Chunk) -> None:
+        """Return a chunk that was taken but not sent: it goes out first next time."""
+        self._chunks.appendleft(chunk)
+        self._held += len(chunk.data)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """No more audio will come; `get()` returns None once the rest is taken."""
+        self._closed = True
+        self._wakeup.set()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes waiting."""
+        return self._held
+
+    async def get(self) -> Chunk | None:
+        """The oldest waiting chunk, waiting for one if needed; None when closed and empty."""
+        while not self._chunks and not self._closed:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if not self._chunks:
+            return None
+        chunk = self._chunks.popleft()
+        self._held -= len(chunk.data)
+        return chunk

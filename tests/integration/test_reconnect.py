@@ -1,0 +1,181 @@
+"""Deepgram outages mid-call: the proxy reopens the stream and loses no audio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
+from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+
+from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
+
+SECOND = 8000  # mu-law bytes per second per track
+
+
+def both_tracks(seconds: float) -> dict[str, bytes]:
+    n = int(seconds * SECOND)
+    return {"inbound": pattern("inbound", n), "outbound": pattern("outbound", n)}
+
+
+def interleaved(audio: dict[str, bytes]) -> bytes:
+    out = bytearray(2 * len(audio["inbound"]))
+    out[0::2], out[1::2] = audio["inbound"], audio["outbound"]
+    return bytes(out)
+
+
+def assert_one_timeline(
+    transcript: Sequence[str], streams: Sequence[FakeStream], produced: int
+) -> None:
+    """What the watcher got is what each stream sent, in order, its times moved to where
+    the stream's audio lies on the call's timeline (the last stream carries the call's
+    last `len(audio)` bytes, the one before it the bytes before those, and so on; the first
+    starts at zero)."""
+    expected = []
+    starts = [0] + [
+        produced - sum(s.audio_bytes for s in streams[i:]) for i in range(1, len(streams))
+    ]
+    for stream, start in zip(streams, starts, strict=True):
+        offset = start / (2 * SECOND)
+        for text in stream.sent:
+            message = json.loads(text)
+            if message["type"] == "Results" and offset:
+                message["start"] = round(message["start"] + offset, 6)
+                for word in message["channel"]["alternatives"][0]["words"]:
+                    word["start"] = round(word["start"] + offset, 6)
+                    word["end"] = round(word["end"] + offset, 6)
+            expected.append(message)
+    assert [json.loads(t) for t in transcript] == expected
+    for channel in (0, 1):
+        finals = [
+            r for r in results(transcript) if r["is_final"] and r["channel_index"][0] == channel
+        ]
+        starts = [r["start"] for r in finals]
+        assert starts == sorted(starts)  # one timeline: it never restarts at zero
+
+
+async def call_with_fault(
+    proxy: RunningProxy, deepgram: FakeDeepgram, fault: str, seconds: float = 1.6
+) -> tuple[list[str], bytes]:
+    """A call whose first Deepgram stream suffers `fault` once it has 0.4 s of audio."""
+    call = SimulatedCall()
+    audio = both_tracks(seconds)
+    async with TwilioPeer.started(proxy, call) as twilio:
+        watcher = await Watcher.join(proxy, call.call_sid)
+        first = await deepgram.next_stream()
+        sending = asyncio.create_task(twilio.send_all(call.frames(audio), speed=2))  # type: ignore[arg-type]
+        await until(lambda: first.audio_bytes >= 2 * SECOND * 0.4)
+        if fault == "drop":
+            await deepgram.drop(first)
+        elif fault == "cut":
+            deepgram.cut(first)
+        else:
+            deepgram.stall(first)
+        await sending
+        await twilio.stop()
+        transcript = await watcher.transcript(within=20)
+    return transcript, interleaved(audio)
+
+
+@pytest.mark.parametrize("fault", ["drop", "cut", "stall"])
+async def test_a_failed_stream_is_reopened_and_no_audio_or_time_is_lost(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("twilio_dg_proxy.deepgram.PING_INTERVAL_S", 0.2)
+    monkeypatch.setattr("twilio_dg_proxy.deepgram.PING_TIMEOUT_S", 0.2)
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            transcript, produced = await call_with_fault(proxy, deepgram, fault)
+            assert proxy.server.hub.counters.deepgram_reconnects == 1
+    assert len(deepgram.streams) == 2
+    if fault != "stall":
+        assert b"".join(bytes(s.audio) for s in deepgram.streams) == produced
+    else:
+        # What went into the hung stream's socket before the pings timed out is lost with
+        # it; the new stream carries on exactly where the audio stands.
+        assert deepgram.streams[1].audio and produced.endswith(deepgram.streams[1].audio)
+    assert_one_timeline(transcript, deepgram.streams, len(produced))
+    assert json.loads(transcript[-1])["type"] == "Metadata"
+
+
+async def test_retryable_refusals_are_retried_with_backoff() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            deepgram.refuse_next()  # the first stream opens
+            call = SimulatedCall()
+            audio = both_tracks(1.0)
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                first = await deepgram.next_stream()
+                deepgram.refuse_next(503, 429)
+                await twilio.send_all(call.frames(audio)[:10])  # type: ignore[arg-type]
+                await until(lambda: first.audio_bytes > 0)
+                await deepgram.drop(first)
+                await twilio.send_all(call.frames(audio)[10:], speed=4)  # type: ignore[arg-type]
+                await twilio.stop()
+                transcript = await watcher.transcript(within=20)
+    assert [r.status for r in deepgram.refusals] == [503, 429]
+    assert b"".join(bytes(s.audio) for s in deepgram.streams) == interleaved(audio)
+    assert_one_timeline(transcript, deepgram.streams, len(interleaved(audio)))
+
+
+@pytest.mark.parametrize("status", [400, 401, 402, 403])
+async def test_a_configuration_refusal_is_not_retried(status: int) -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            call = SimulatedCall()
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                first = await deepgram.next_stream()
+                deepgram.refuse_next(status, 503)
+                await twilio.send_all(call.frames(both_tracks(0.3)))  # type: ignore[arg-type]
+                await until(lambda: first.audio_bytes > 0)
+                await deepgram.drop(first)
+                code, reason, _ = await watcher.closed()
+                await twilio.ws.wait_closed()
+    assert (code, twilio.ws.close_code) == (1014, 1014)
+    assert f"HTTP {status}" in reason
+    assert len(deepgram.refusals) == 1  # not retried
+
+
+async def test_a_permanent_outage_ends_the_call_cleanly_after_the_retry_budget() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url, DEEPGRAM_RETRY_ATTEMPTS="3") as proxy:
+            call = SimulatedCall()
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                first = await deepgram.next_stream()
+                deepgram.refuse_next(*[503] * 10)
+                await twilio.send_all(call.frames(both_tracks(0.5)))  # type: ignore[arg-type]
+                await until(lambda: len(first.sent) >= 4)
+                await deepgram.drop(first)
+                code, reason, messages = await watcher.closed()
+                await twilio.ws.wait_closed()
+    assert code == 1014 and "503" in reason
+    assert messages == first.sent  # everything transcribed before the outage was delivered
+    assert len(deepgram.refusals) == 3
+
+
+async def test_audio_beyond_the_buffer_during_an_outage_is_dropped_and_counted() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url, AUDIO_BUFFER_SECONDS="1") as proxy:
+            call = SimulatedCall()
+            audio = both_tracks(3.0)
+            frames = call.frames(audio)  # type: ignore[arg-type]
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                first = await deepgram.next_stream()
+                deepgram.refuse_next(*[503] * 3)  # ~1 to 2 s of backoff
+                await twilio.send_all(frames[:20])
+                await until(lambda: first.audio_bytes > 0)
+                await deepgram.drop(first)
+                await twilio.send_all(frames[20:], speed=1)
+                await twilio.stop()
+                await watcher.transcript(within=20)
+            dropped = proxy.server.hub.counters.audio_dropped_bytes
+    received = sum(s.audio_bytes for s in deepgram.streams)
+    assert dropped > 0
+    assert received + dropped == len(interleaved(audio))
