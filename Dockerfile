@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . && useradd --system --uid 10001 --no-create-home proxy
+RUN pip install '.[twilio]' && useradd --system --uid 10001 --no-create-home proxy
 
 USER proxy
 EXPOSE 5000

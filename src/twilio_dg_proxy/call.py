@@ -20,7 +20,8 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from .audio_buffer import AudioBuffer
 from .config import Settings
 from .deepgram import DeepgramSession
-from .exceptions import ProxyError, TwilioProtocolError, close_frame_for
+from .doors import redacted, secret_matches
+from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
 from .hub import CALL_ENDED, Ending, Hub
 from .logs import CallLog, get_logger
 from .mixer import StereoMixer
@@ -48,6 +49,11 @@ async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> N
         logger.info("Twilio stream closed before its start message")
         return
     log = CallLog(logger, start.call_sid)
+    secret = settings.twilio_stream_secret
+    if secret and not secret_matches(start.custom_parameters, secret):
+        hub.counters.refused_unauthorized += 1
+        await _refuse(ws, Unauthorized("missing or wrong stream secret"), log)
+        return
     try:
         hub.open_call(start.call_sid)
     except ProxyError as exc:
@@ -131,7 +137,7 @@ class CallSession:
             "+".join(self.start.tracks),
             sorted(parameters),
         )
-        self.log.debug("custom parameters: %s", parameters)
+        self.log.debug("custom parameters: %s", redacted(parameters))
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.twilio_receiver(), name="twilio_receiver")

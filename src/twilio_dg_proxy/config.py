@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,17 +34,17 @@ def _setting(env: str, default: T, doc: str) -> T:
     return field(default=default, metadata={"env": env, "doc": doc})
 
 
+def _secret(env: str, default: T, doc: str) -> T:
+    """A setting that must never be shown: left out of repr (and so of logs)."""
+    return field(default=default, repr=False, metadata={"env": env, "doc": doc})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the server can be told. Field metadata names the environment variable."""
 
-    deepgram_api_key: str = field(
-        default="",
-        repr=False,
-        metadata={
-            "env": "DEEPGRAM_API_KEY",
-            "doc": "Deepgram API key (required for Deepgram's cloud)",
-        },
+    deepgram_api_key: str = _secret(
+        "DEEPGRAM_API_KEY", "", "Deepgram API key (required for Deepgram's cloud)"
     )
     deepgram_url: str = _setting(
         "DEEPGRAM_URL",
@@ -84,6 +85,33 @@ class Settings:
         "CLIENT_QUEUE_SIZE", 256, "messages a client may fall behind before it is disconnected"
     )
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    twilio_auth_token: str = _secret(
+        "TWILIO_AUTH_TOKEN", "", "check X-Twilio-Signature on /twilio with this auth token"
+    )
+    public_url: str = _setting(
+        "PUBLIC_URL", "", "the proxy's address as Twilio reaches it (for the signature)"
+    )
+    twilio_stream_secret: str = _secret(
+        "TWILIO_STREAM_SECRET", "", 'require <Parameter name="secret"> with this value'
+    )
+    client_tokens: tuple[str, ...] = _secret(
+        "CLIENT_TOKENS", (), "comma-separated tokens, one required on /client"
+    )
+    tls_cert: str = _setting("TLS_CERT", "", "certificate chain (PEM) to serve wss:// directly")
+    tls_key: str = _setting("TLS_KEY", "", "private key (PEM) of TLS_CERT")
+    max_calls: int = _setting("MAX_CALLS", 1000, "concurrent calls; more are refused (503)")
+    max_subscribers: int = _setting(
+        "MAX_SUBSCRIBERS", 5000, "concurrent /client connections; more are refused (503)"
+    )
+    max_subscribers_per_call: int = _setting(
+        "MAX_SUBSCRIBERS_PER_CALL", 100, "subscribers of one call; more are closed (1013)"
+    )
+    twilio_max_message_bytes: int = _setting(
+        "TWILIO_MAX_MESSAGE_BYTES", 65536, "largest message accepted on /twilio (else 1009)"
+    )
+    client_max_message_bytes: int = _setting(
+        "CLIENT_MAX_MESSAGE_BYTES", 4096, "largest message accepted on /client (else 1009)"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -93,7 +121,24 @@ class Settings:
             raw = env.get(f.metadata["env"], "").strip()
             if raw:
                 values[f.name] = _PARSERS[f.name](f.metadata["env"], raw)
-        return cls(**values)
+        settings = cls(**values)
+        settings._check_together()
+        return settings
+
+    def _check_together(self) -> None:
+        """Settings that only make sense with others."""
+        if self.twilio_auth_token and not self.public_url:
+            raise ConfigError(
+                "PUBLIC_URL", "required with TWILIO_AUTH_TOKEN: Twilio signs the URL it calls"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS_KEY" if self.tls_cert else "TLS_CERT", "set both or neither")
+
+    @property
+    def twilio_stream_url(self) -> str:
+        """The wss:// URL of /twilio as the TwiML gives it to Twilio (what Twilio signs)."""
+        parts = urlsplit(self.public_url)
+        return f"wss://{parts.netloc}{parts.path.rstrip('/')}/twilio"
 
     @property
     def needs_api_key(self) -> bool:
@@ -111,7 +156,7 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for f in fields(Settings):
         default = f.default
-        if f.name == "deepgram_params":
+        if isinstance(default, tuple):
             default = ""
         rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
     return rows
@@ -157,6 +202,26 @@ def _query(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _public_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "wss") or not parts.hostname or parts.query:
+        raise ConfigError(name, f"expected https://host or wss://host (no query), got {raw!r}")
+    return raw
+
+
+def _tokens(name: str, raw: str) -> tuple[str, ...]:
+    tokens = tuple(token.strip() for token in raw.split(",") if token.strip())
+    if any(len(token) < 16 for token in tokens):
+        raise ConfigError(name, "each token must be at least 16 characters")
+    return tokens
+
+
+def _file(name: str, raw: str) -> str:
+    if not Path(raw).is_file():
+        raise ConfigError(name, f"no such file: {raw}")
+    return raw
+
+
 def _log_level(name: str, raw: str) -> str:
     level = raw.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -182,4 +247,15 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "drain_timeout_s": _number_in(float, 0.0, 86_400.0),
     "client_queue_size": _number_in(int, 1, 1_000_000),
     "log_level": _log_level,
+    "twilio_auth_token": _text,
+    "public_url": _public_url,
+    "twilio_stream_secret": _text,
+    "client_tokens": _tokens,
+    "tls_cert": _file,
+    "tls_key": _file,
+    "max_calls": _number_in(int, 1, 1_000_000),
+    "max_subscribers": _number_in(int, 1, 1_000_000),
+    "max_subscribers_per_call": _number_in(int, 1, 1_000_000),
+    "twilio_max_message_bytes": _number_in(int, 1024, 16 << 20),
+    "client_max_message_bytes": _number_in(int, 256, 16 << 20),
 }

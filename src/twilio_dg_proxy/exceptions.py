@@ -48,6 +48,14 @@ class UnknownCall(ProxyError):
     """A client asked for a callSid that is not active."""
 
 
+class TooManySubscribers(ProxyError):
+    """A call already has MAX_SUBSCRIBERS_PER_CALL subscribers."""
+
+
+class Unauthorized(ProxyError):
+    """A stream did not carry the configured secret."""
+
+
 class ClientProtocolError(ProxyError):
     """A /client peer sent something other than a callSid as text."""
 
@@ -91,6 +99,8 @@ CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (DuplicateCall, CloseCode.POLICY_VIOLATION),
     (UnknownCall, CloseCode.POLICY_VIOLATION),
     (ClientProtocolError, CloseCode.POLICY_VIOLATION),
+    (Unauthorized, CloseCode.POLICY_VIOLATION),
+    (TooManySubscribers, CloseCode.TRY_AGAIN_LATER),
     (DeepgramError, CloseCode.BAD_GATEWAY),
 )
 

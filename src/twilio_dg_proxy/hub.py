@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from websockets.frames import CloseCode
 
-from .exceptions import DuplicateCall, UnknownCall
+from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,8 @@ class HubCounters:
     subscriptions: int = 0
     published: int = 0
     evicted: int = 0
+    refused_unauthorized: int = 0
+    refused_over_limit: int = 0
     deepgram_reconnects: int = 0
     late_packets: int = 0
     discontinuities: int = 0
@@ -101,8 +103,9 @@ class HubCounters:
 class Hub:
     """callSid → the call's subscribers. Publishing and ending never await anything."""
 
-    def __init__(self, queue_limit: int) -> None:
+    def __init__(self, queue_limit: int, max_per_call: int = 1_000_000) -> None:
         self._queue_limit = queue_limit
+        self._max_per_call = max_per_call
         self._calls: dict[str, _Call] = {}
         self.counters = HubCounters()
 
@@ -127,6 +130,9 @@ class Hub:
         call = self._calls.get(call_sid)
         if call is None:
             raise UnknownCall(f"unknown callSid {call_sid!r}: not an active call")
+        if len(call.subscribers) >= self._max_per_call:
+            self.counters.refused_over_limit += 1
+            raise TooManySubscribers(f"call {call_sid} has {self._max_per_call} subscribers")
         sub = Subscription(call_sid, self._queue_limit)
         call.subscribers.add(sub)
         self.counters.subscriptions += 1

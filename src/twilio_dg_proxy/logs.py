@@ -20,7 +20,9 @@ def setup_logging(level: str) -> None:
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    # websockets logs every failed handshake at INFO with a traceback; keep it for DEBUG.
+    logging.getLogger(LOGGER_NAME).setLevel(level)
+    # websockets logs failed handshakes at INFO with tracebacks, and at DEBUG every request
+    # header (Authorization, ?token=): never below WARNING.
     logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 

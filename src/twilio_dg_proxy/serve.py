@@ -98,4 +98,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_LISTEN
     except asyncio.CancelledError:  # a second signal cut the drain short
         return EXIT_INTERRUPTED
+    except ConfigError as exc:  # a setting the server could not use (e.g. no twilio package)
+        print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0

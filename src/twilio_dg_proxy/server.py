@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -18,6 +20,7 @@ from websockets.http11 import Request, Response
 from .call import handle_twilio
 from .clients import handle_client
 from .config import Settings
+from .doors import SIGNATURE_HEADER, open_doors, token_allowed, token_of, twilio_signature_check
 from .hub import Hub
 from .logs import get_logger
 
@@ -28,9 +31,9 @@ CLIENT_PATH = "/client"
 HEALTH_PATH = "/healthz"
 WEBSOCKET_PATHS = frozenset({TWILIO_PATH, CLIENT_PATH})
 
-# Twilio's largest message is a media frame (~300 bytes; payloads are capped at 16 kB by the
-# parser) and a client only sends a callSid: 64 KiB is ample and bounds memory per peer.
-MAX_MESSAGE_BYTES = 64 * 1024
+# Per path limits (TWILIO_MAX_MESSAGE_BYTES, CLIENT_MAX_MESSAGE_BYTES) are set on each
+# connection at the upgrade; this is the ceiling for the handshake itself.
+MAX_MESSAGE_BYTES = 16 << 20
 
 _HELP = (
     "twilio-dg-proxy\n\n"
@@ -45,9 +48,12 @@ class ProxyServer:
     """The proxy: one Hub shared by every /twilio and /client connection."""
 
     def __init__(self, settings: Settings) -> None:
+        """Raises ConfigError if a setting cannot be used (e.g. no twilio package)."""
         self.settings = settings
-        self.hub = Hub(settings.client_queue_size)
+        self.hub = Hub(settings.client_queue_size, settings.max_subscribers_per_call)
+        self.signature_check = twilio_signature_check(settings)
         self._streams: set[ServerConnection] = set()  # open /twilio connections
+        self._clients: set[ServerConnection] = set()  # open /client connections
         self._no_streams = asyncio.Event()
         self._no_streams.set()
 
@@ -55,7 +61,11 @@ class ProxyServer:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far)."""
         path = _path(ws.request.path if ws.request else "")
         if path != TWILIO_PATH:
-            await handle_client(ws, self.hub)
+            self._clients.add(ws)
+            try:
+                await handle_client(ws, self.hub)
+            finally:
+                self._clients.discard(ws)
             return
         self._streams.add(ws)
         self._no_streams.clear()
@@ -91,11 +101,13 @@ class ProxyServer:
         await server.wait_closed()
 
     def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Answer plain HTTP requests and refuse upgrades to unknown paths with 404."""
+        """Answer plain HTTP requests; check upgrades (path 404, doors 401/403, limits 503)."""
         path = _path(request.path)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        if path in WEBSOCKET_PATHS and upgrade:
-            return None  # go on with the handshake
+        if path == TWILIO_PATH and upgrade:
+            return self._admit_stream(ws, request)
+        if path == CLIENT_PATH and upgrade:
+            return self._admit_client(ws, request)
         if path == HEALTH_PATH:
             return _json(ws, self.health())
         if path == "/" and not upgrade:
@@ -103,6 +115,43 @@ class ProxyServer:
         if path in WEBSOCKET_PATHS:
             return None  # websockets answers 426 Upgrade Required
         return ws.respond(HTTPStatus.NOT_FOUND, f"Not found: {path}\n")
+
+    def _admit_stream(self, ws: ServerConnection, request: Request) -> Response | None:
+        counters = self.hub.counters
+        if self.signature_check and not self.signature_check(
+            request.headers.get(SIGNATURE_HEADER, "")
+        ):
+            counters.refused_unauthorized += 1
+            logger.warning("refused a /twilio upgrade from %s: bad or missing signature", _peer(ws))
+            return ws.respond(
+                HTTPStatus.FORBIDDEN, "Forbidden: bad or missing X-Twilio-Signature\n"
+            )
+        if len(self._streams) >= self.settings.max_calls:
+            counters.refused_over_limit += 1
+            logger.warning("refused a call: MAX_CALLS (%d) reached", self.settings.max_calls)
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many calls\n")
+        ws.protocol.max_message_size = self.settings.twilio_max_message_bytes
+        return None
+
+    def _admit_client(self, ws: ServerConnection, request: Request) -> Response | None:
+        counters = self.hub.counters
+        tokens = self.settings.client_tokens
+        if tokens and not token_allowed(token_of(request.path, request.headers), tokens):
+            counters.refused_unauthorized += 1
+            logger.warning("refused a /client upgrade from %s: bad or missing token", _peer(ws))
+            response = ws.respond(
+                HTTPStatus.UNAUTHORIZED, "Unauthorized: a client token is required\n"
+            )
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if len(self._clients) >= self.settings.max_subscribers:
+            counters.refused_over_limit += 1
+            logger.warning(
+                "refused a client: MAX_SUBSCRIBERS (%d) reached", self.settings.max_subscribers
+            )
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many clients\n")
+        ws.protocol.max_message_size = self.settings.client_max_message_bytes
+        return None
 
     def health(self) -> dict[str, object]:
         """The status served on /healthz."""
@@ -124,8 +173,18 @@ class ProxyServer:
             max_size=MAX_MESSAGE_BYTES,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
             server_header=None,
+            ssl=tls_context(self.settings),
         ) as server:
             yield server
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context from TLS_CERT and TLS_KEY, or None to serve plain ws://."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
 
 
 def bound_port(server: Server) -> int:
@@ -153,15 +212,37 @@ async def serve_until_signalled(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal)
     async with proxy.running() as server:
         logger.info(
-            "listening on ws://%s:%d (Twilio: %s, clients: %s)",
+            "listening on %s://%s:%d (Twilio: %s, clients: %s)",
+            "wss" if settings.tls_cert else "ws",
             settings.host,
             bound_port(server),
             TWILIO_PATH,
             CLIENT_PATH,
         )
+        warn_if_exposed(settings)
         await stop.wait()
         logger.info("shutting down: %d active call(s)", len(proxy.hub.active_calls()))
         await proxy.drain(server)
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """Warn when anyone who can reach a non-loopback address may use an open endpoint."""
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    doors = open_doors(settings)
+    if doors and not loopback:
+        logger.warning(
+            "listening on %s with open endpoints: anyone who can reach it may use %s",
+            settings.host,
+            "; ".join(doors),
+        )
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
 
 
 def _path(target: str) -> str:
