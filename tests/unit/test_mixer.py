@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from twilio_dg_proxy.exceptions import TwilioProtocolError
+from twilio_dg_proxy.fakes.twilio import SimulatedCall
 from twilio_dg_proxy.mixer import SILENCE, StereoMixer
-from twilio_dg_proxy.twilio_events import Track
+from twilio_dg_proxy.twilio_events import Media, Track, TwilioStream
 
 FRAME = 160  # bytes (= samples) in one 20 ms Twilio frame
 
@@ -272,3 +274,33 @@ def test_memory_stays_bounded_whatever_the_timestamps(
             assert len(chunk) == 2 * chunk_ms * 8
         assert mixer.pending_samples() < (max_lag_ms + chunk_ms) * 8
     assert len(mixer.flush()) < 2 * (max_lag_ms + chunk_ms) * 8
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(TRACKS), st.integers(0, 10**14), st.binary(max_size=400)),
+            st.text(max_size=40),
+        ),
+        max_size=80,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_parser_and_mixer_together_raise_only_protocol_errors_and_stay_bounded(
+    inputs: list[tuple[Track, int, bytes] | str],
+) -> None:
+    """The /twilio path without sockets: any messages, valid or not, at any timestamps."""
+    call = SimulatedCall()
+    stream = TwilioStream()
+    stream.receive(call.start())
+    mixer = StereoMixer(TRACKS, chunk_ms=100, max_lag_ms=300)
+    for item in inputs:
+        text = call.media(*item) if isinstance(item, tuple) else item
+        try:
+            event = stream.receive(text)
+        except TwilioProtocolError:
+            continue
+        if isinstance(event, Media):
+            mixer.push(event.track, event.timestamp_ms, event.payload)
+            mixer.pop_chunks()
+        assert mixer.pending_samples() < (300 + 100) * 8
