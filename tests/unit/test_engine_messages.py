@@ -148,3 +148,20 @@ def test_utterance_end() -> None:
         "channel": [0, 2],
         "last_word_end": 3.5,
     }
+
+
+def test_whisper_pieces_without_a_leading_space_continue_the_previous_word() -> None:
+    from twilio_dg_proxy.engine.model import Word, join_word_pieces
+
+    pieces = [
+        (" at", 0.0, 0.2, 0.9),
+        (" 8", 0.2, 0.4, 0.8),
+        (" o", 0.4, 0.5, 0.7),
+        ("'clock.", 0.5, 0.9, 0.6),
+    ]
+    assert join_word_pieces(pieces) == [
+        Word("at", 0.0, 0.2, 0.9),
+        Word("8", 0.2, 0.4, 0.8),
+        Word("o'clock.", 0.4, 0.9, 0.6),
+    ]
+    assert join_word_pieces([("'tis", 0.0, 0.3, 0.5)]) == [Word("'tis", 0.0, 0.3, 0.5)]

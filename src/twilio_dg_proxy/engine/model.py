@@ -20,7 +20,7 @@ import hashlib
 import os
 import signal
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -183,11 +183,26 @@ def decode(audio: Samples, beam_size: int = 1) -> list[Word]:
         condition_on_previous_text=False,
         vad_filter=False,  # the segmenter already cut the audio on speech
     )
-    return [
-        Word(str(word.word).strip(), float(word.start), float(word.end), float(word.probability))
+    return join_word_pieces(
+        (str(word.word), float(word.start), float(word.end), float(word.probability))
         for segment in segments
         for word in (segment.words or ())
-    ]
+    )
+
+
+def join_word_pieces(pieces: Iterable[tuple[str, float, float, float]]) -> list[Word]:
+    """Words from Whisper's (text, start, end, probability) pieces. Whisper starts a word's
+    text with a space; a piece without one continues the previous word ("o" + "'clock")."""
+    words: list[Word] = []
+    for text, start, end, probability in pieces:
+        if words and text and not text[0].isspace():
+            last = words[-1]
+            words[-1] = Word(
+                last.text + text.strip(), last.start, end, min(last.probability, probability)
+            )
+        elif text.strip():
+            words.append(Word(text.strip(), start, end, probability))
+    return words
 
 
 def warm_up() -> int:
