@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "twilio_dg_proxy.engine.command",
         "run the offline transcription engine (Deepgram's protocol)",
     ),
+    "bench": ("twilio_dg_proxy.bench", "measure calls held, added latency and fan-out latency"),
     "simulate": (
         "twilio_dg_proxy.simulate",
         "stream an audio file through a proxy as Twilio would",

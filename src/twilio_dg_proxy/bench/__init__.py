@@ -1,0 +1,211 @@
+"""The `bench` command: how many calls one proxy process holds, and the delays it adds.
+
+Pure: `measure` (latency mapping, percentiles, completeness, verdict, sweep plan) and
+`report` (the table and the JSON line). I/O: `procfs` (CPU and memory from /proc), `wire` (a
+lean WebSocket client for the load), `fake_server` (the fake Deepgram in its own process),
+`processes` (the proxy under test, CPU placement, py-spy) and `load` (one run: the calls,
+their watchers, the shared ticker, and the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
+from .procfs import wait_until_quiet
+
+DESCRIPTION = f"""\
+Measure the proxy under load. Starts `python -m twilio_dg_proxy --port 0` as a separate
+process pinned to one CPU, with DEEPGRAM_URL pointing at a fake Deepgram (its own process)
+that sends a final result per channel every --result-ms of audio; on the other CPUs, runs N
+simulated Twilio calls (both tracks, 20 ms frames in real time from one shared ticker) with
+M /client subscribers each, for a warm-up then D measured seconds; prints one table (and,
+with --json, one JSON line).
+
+Figures, over the measured window:
+  proxy CPU        share of one core, and CPU-milliseconds per call-second (/proc/PID/stat)
+  proxy RSS        resident memory idle, loaded, per call, and after the calls ended
+  added latency    from a Twilio frame leaving to the fake Deepgram holding the stereo
+                   bytes covering it; includes the CHUNK_MS chunking wait (by design)
+  fan-out latency  from the fake Deepgram sending a result to each subscriber receiving it
+  completeness     audio bytes at Deepgram vs sent, both channels byte-exact (SHA-256 of the
+                   stream against the expected interleaving), every result to every watcher
+  load             the generator's and the fake Deepgram's CPU, and the ticker's lateness;
+                   above {GENERATOR_SATURATED:.0%} of a core the figures may be the load's
+  other activity   CPU the run's CPUs spent on anything else (/proc/stat): the noise
+
+A run HOLDS REAL TIME when its p99 added latency is at most CHUNK_MS + {REAL_TIME_MARGIN_MS} ms and
+nothing was lost. --sweep raises N (doubling, then bisecting) to the largest N that holds.
+Other processes on the machine skew every figure: compare runs made side by side.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench command's options."""
+    parser.add_argument(
+        "-n", "--calls", type=int, default=100, help="concurrent calls (default 100)"
+    )
+    parser.add_argument(
+        "-m", "--subscribers", type=int, default=2, help="subscribers per call (default 2)"
+    )
+    parser.add_argument(
+        "-d", "--duration", type=float, default=10.0, help="measured seconds (default 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of audio before measuring (default 1)"
+    )
+    parser.add_argument(
+        "--chunk-ms", type=int, default=100, help="the proxy's CHUNK_MS (default 100)"
+    )
+    parser.add_argument(
+        "--result-ms",
+        type=int,
+        default=250,
+        help="the fake Deepgram sends a final result per channel every this many ms of audio "
+        "(default 250)",
+    )
+    parser.add_argument(
+        "--interim",
+        action="store_true",
+        help="Deepgram interim results too (interim_results=true: twice the results)",
+    )
+    parser.add_argument(
+        "--proxy-cpu",
+        type=int,
+        help="CPU to pin the proxy to (default: the last one; the load gets the others)",
+    )
+    parser.add_argument(
+        "--proxy-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the proxy (repeatable), e.g. CLIENT_QUEUE_SIZE=512",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        metavar="N",
+        help="run the proxy, the fake and the load at this niceness (e.g. -10, as root) so "
+        "that other work on a shared machine disturbs them less",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to SECONDS for the machine to be under 10%% busy "
+        "(for shared machines; default: do not wait)",
+    )
+    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the proxy with py-spy over the window (raw collapsed stacks) into FILE",
+    )
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument(
+        "--sweep", action="store_true", help="find the largest N that holds real time"
+    )
+    sweep.add_argument("--sweep-start", type=int, default=50, help="first N (default 50)")
+    sweep.add_argument("--sweep-max", type=int, default=2000, help="largest N (default 2000)")
+    sweep.add_argument(
+        "--sweep-retries",
+        type=int,
+        default=1,
+        help="run a size again when it failed on a noisy machine (default: once)",
+    )
+    sweep.add_argument(
+        "--sweep-resolution",
+        type=int,
+        default=25,
+        help="stop bisecting when held and failed N are this close (default 25)",
+    )
+
+
+def _proxy_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"twilio-dg-proxy bench: --proxy-env expects NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
+
+
+def _wait_quiet(max_wait_s: float) -> None:
+    if max_wait_s > 0:
+        busy = wait_until_quiet(max_wait_s)
+        print(f"bench: machine {busy:.0%} busy before the run", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one measurement or a sweep; 0 if the (last) run held real time, else 1."""
+    from .load import BenchError, BenchOptions, run_bench
+    from .report import format_report, format_sweep, report_json, sweep_json
+
+    options = BenchOptions(
+        calls=args.calls,
+        subscribers=args.subscribers,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        chunk_ms=args.chunk_ms,
+        result_ms=args.result_ms,
+        interim=args.interim,
+        proxy_cpu=args.proxy_cpu,
+        nice=args.nice,
+        proxy_env=_proxy_env(args.proxy_env),
+        profile=args.profile,
+    )
+    try:
+        if not args.sweep:
+            _wait_quiet(args.wait_quiet)
+            report = asyncio.run(run_bench(options))
+            print(format_report(report))
+            if args.json:
+                print(json.dumps(report_json(report)))
+            if args.profile is not None and args.profile.exists():
+                print(f"\nproxy profile ({args.profile}), most CPU by function (self time):")
+                for frame, share in top_frames(args.profile.read_text()):
+                    print(f"  {share:6.1%}  {frame}")
+            return 0 if report.held else 1
+        reports = []
+        outcomes: dict[int, bool] = {}
+        while (
+            n := next_sweep_size(
+                outcomes,
+                start=args.sweep_start,
+                limit=args.sweep_max,
+                resolution=args.sweep_resolution,
+            )
+        ) is not None:
+            for attempt in range(1 + max(0, args.sweep_retries)):
+                print(f"sweep: {n} calls (attempt {attempt + 1}) ...", file=sys.stderr, flush=True)
+                _wait_quiet(args.wait_quiet)
+                try:
+                    report = asyncio.run(run_bench(replace(options, calls=n, profile=None)))
+                except BenchError as exc:  # e.g. a proxy too busy to accept the calls
+                    print(f"sweep: {n} calls could not run: {exc}", file=sys.stderr)
+                    outcomes[n] = False
+                    break
+                reports.append(report)
+                outcomes[n] = report.held
+                print(format_report(report) + "\n", file=sys.stderr, flush=True)
+                # Noise can sink a size the proxy holds; never the other way round.
+                if report.held or not report.noisy:
+                    break
+            if reports and reports[-1].generator_saturated:
+                print("sweep: the load side saturated; stopping", file=sys.stderr)
+                break
+        print(format_sweep(reports))
+        if args.json:
+            print(sweep_json(reports))
+        return 0 if any(outcomes.values()) else 1
+    except BenchError as exc:
+        print(f"twilio-dg-proxy bench: {exc}", file=sys.stderr)
+        return 2

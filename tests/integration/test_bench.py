@@ -1,0 +1,182 @@
+"""The benchmark: its arithmetic (pure), its wire helpers, and one small real run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from twilio_dg_proxy.__main__ import build_parser
+from twilio_dg_proxy.bench.load import BenchOptions, run_bench
+from twilio_dg_proxy.bench.measure import (
+    coverage_latencies,
+    expected_stereo_sha256,
+    fake_stamp,
+    held_real_time,
+    next_sweep_size,
+    percentile,
+    summarize,
+    top_frames,
+    window_range,
+)
+from twilio_dg_proxy.bench.procfs import busy_seconds, cpu_seconds, rss_bytes
+from twilio_dg_proxy.bench.wire import text_frame
+from twilio_dg_proxy.fakes.deepgram import results_message
+from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def test_percentiles_are_nearest_rank_values_that_were_measured() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summary_is_in_milliseconds_and_empty_when_nothing_was_measured() -> None:
+    summary = summarize([0.003, 0.001, 0.002])
+    assert (summary.count, summary.p50_ms, summary.max_ms) == (3, 2.0, 3.0)
+    assert summarize([]).count == 0
+
+
+# --- the latency mapping --------------------------------------------------------------------
+
+
+def test_a_frame_is_held_when_the_cumulative_bytes_cover_all_of_it() -> None:
+    sent = [0.00, 0.02, 0.04, 0.06, 0.08]
+    # Chunks of two frames (640 stereo bytes), then the rest at the end, then padding.
+    log = [(0.05, 640), (0.09, 1000), (0.10, 1600), (0.20, 2000)]
+    latencies = coverage_latencies(sent, log, frame_bytes=320)
+    assert latencies == pytest.approx([0.05, 0.03, 0.05, 0.04, 0.02])
+
+
+def test_frames_that_never_fully_arrive_get_no_latency() -> None:
+    assert coverage_latencies([0.0, 0.02, 0.04], [(0.1, 319), (0.2, 700)], 320) == [
+        pytest.approx(0.2),
+        pytest.approx(0.18),
+    ]
+
+
+def test_window_range_selects_times_in_a_half_open_interval() -> None:
+    times = [0.0, 1.0, 2.0, 3.0]
+    assert window_range(times, 1.0, 3.0) == range(1, 3)
+    assert window_range(times, 5.0, 6.0) == range(4, 4)
+
+
+def test_the_fake_deepgrams_stamp_is_read_from_a_results_message() -> None:
+    message = results_message(
+        transcript="ch0 w1 abcdef12",
+        channel=0,
+        channels=2,
+        start=0.25,
+        duration=0.25,
+        is_final=True,
+        speech_final=False,
+        from_finalize=False,
+        request_id="r",
+    )
+    message["fake"] = {"sent_at": 12345.678901, "seq": 42}  # as FakeDeepgram._send stamps it
+    assert fake_stamp(json.dumps(message).encode()) == (12345.678901, 42)
+    assert fake_stamp(b'{"type": "Metadata"}') is None
+
+
+def test_expected_stream_is_both_tracks_interleaved_inbound_first() -> None:
+    inbound, outbound = pattern("inbound", 160 * 3, offset=5), pattern("outbound", 480, offset=5)
+    stereo = bytes(b for pair in zip(inbound, outbound, strict=True) for b in pair)
+    assert expected_stereo_sha256(5, 3) == hashlib.sha256(stereo).hexdigest()
+
+
+# --- verdict and sweep ----------------------------------------------------------------------
+
+
+def test_real_time_means_p99_within_chunk_plus_margin_and_nothing_lost() -> None:
+    assert held_real_time(p99_added_ms=199.0, chunk_ms=100, complete=True)[0]
+    assert not held_real_time(p99_added_ms=201.0, chunk_ms=100, complete=True)[0]
+    assert not held_real_time(p99_added_ms=50.0, chunk_ms=100, complete=False)[0]
+
+
+def test_the_sweep_doubles_until_a_failure_then_bisects() -> None:
+    outcomes: dict[int, bool] = {}
+    truth = 330  # the largest size that holds
+    tried = []
+    while (n := next_sweep_size(outcomes, start=50, limit=2000, resolution=25)) is not None:
+        tried.append(n)
+        outcomes[n] = n <= truth
+    assert tried[:5] == [50, 100, 200, 400, 300]
+    assert max(n for n, ok in outcomes.items() if ok) > truth - 25
+    assert next_sweep_size({50: False}, start=50, limit=2000, resolution=25) == 25
+    assert next_sweep_size({2000: True}, start=50, limit=2000, resolution=25) is None
+
+
+def test_profile_summary_counts_self_samples_of_innermost_frames() -> None:
+    collapsed = "m (a.py:1);parse (a.py:7) 2\nm (a.py:1);parse (a.py:8) 1\nm;send (b.py:2) 1\n"
+    assert top_frames(collapsed) == [("parse (a.py)", 0.75), ("send (b.py)", 0.25)]
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+
+def test_proc_parsers_read_cpu_and_memory() -> None:
+    stat = "42 (odd) name) S 1 42 42 0 -1 4194304 10 0 0 0 250 50 0 0 20 0 1 0 5 0 0"
+    assert cpu_seconds(stat, ticks_per_second=100) == 3.0
+    assert rss_bytes("Name:\tpython\nVmRSS:\t  2048 kB\nThreads:\t1\n") == 2048 * 1024
+    proc_stat = "cpu  9 0 9 9 9 0 0 0 0 0\ncpu0 100 5 20 900 50 1 2 3 0 0\nintr 1\n"
+    assert busy_seconds(proc_stat, ticks_per_second=100) == {0: 1.31}
+
+
+# --- the wire -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [3, 125, 126, 400, 70_000])
+def test_text_frames_parse_as_masked_text_frames(size: int) -> None:
+    data = bytes(ord("a") + i % 26 for i in range(size))
+    reader = StreamReader()
+    reader.feed_data(text_frame(data))
+    parser = Frame.parse(reader.read_exact, mask=True)
+    with pytest.raises(StopIteration) as stopped:
+        next(parser)
+    frame = stopped.value.value
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, data)
+
+
+def test_media_templates_render_what_media_would() -> None:
+    call = SimulatedCall()
+    template = call.media_template("outbound")
+    expected = SimulatedCall(call.call_sid, call.stream_sid, call.account_sid)
+    expected._sequence = 6
+    assert template.render(
+        sequence=7, chunk=3, timestamp_ms=40, payload_b64="AAEC"
+    ) == expected.media("outbound", 40, b"\x00\x01\x02", chunk=3)
+    assert json.loads(call.stop(sequence=9))["sequenceNumber"] == "9"
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_help_states_the_real_time_criterion() -> None:
+    parser, _ = build_parser("bench")
+    text = parser.format_help()
+    assert "CHUNK_MS + 100 ms" in text and "--sweep" in text
+
+
+async def test_a_small_run_delivers_everything_with_sane_figures() -> None:
+    report = await run_bench(
+        BenchOptions(calls=3, subscribers=2, duration_s=2.0, warmup_s=0.5, chunk_ms=100)
+    )
+    assert report.complete, report
+    assert report.calls_exact == 3 and report.calls_failed == 0
+    assert report.audio_received == report.audio_sent > 0
+    assert report.deliveries == report.expected_deliveries > 0
+    # Chunking alone puts the median near half a chunk and bounds the best case.
+    assert 20 < report.added.p50_ms < 100 + 100
+    assert report.added.count == 3 * 100  # 2 s of 20 ms frames per call
+    assert 0 <= report.fanout.p50_ms < 100 and report.fanout.count > 0
+    assert 0 < report.proxy_cpu_share < 1.5 and report.proxy_rss_loaded > 10_000_000
+    assert 0 < report.generator_cpu_share < 1.0
