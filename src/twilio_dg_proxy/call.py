@@ -20,9 +20,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from .audio_buffer import AudioBuffer
 from .config import Settings
 from .deepgram import DeepgramSession
-from .doors import redacted, secret_matches
+from .doors import SECRET_PARAMETER, redacted, secret_matches
 from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
-from .hub import CALL_ENDED, Ending, Hub
+from .hub import CALL_ENDED, CallInfo, Ending, Hub
 from .logs import CallLog, get_logger
 from .mixer import StereoMixer
 from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
@@ -55,7 +55,7 @@ async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> N
         await _refuse(ws, Unauthorized("missing or wrong stream secret"), log)
         return
     try:
-        hub.open_call(start.call_sid)
+        hub.open_call(start.call_sid, call_info(start))
     except ProxyError as exc:
         await _refuse(ws, exc, log)
         return
@@ -68,6 +68,12 @@ async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> N
     finally:
         subscribers = hub.end_call(start.call_sid, session.ending)
         session.log_summary(subscribers)
+
+
+def call_info(start: Start) -> CallInfo:
+    """What viewers may know of a call: never the stream secret, which authenticates it."""
+    parameters = {k: v for k, v in start.custom_parameters.items() if k != SECRET_PARAMETER}
+    return CallInfo(start.call_sid, parameters, start.tracks, int(time.time() * 1000))
 
 
 async def _wait_for_start(ws: ServerConnection, stream: TwilioStream) -> Start | None:

@@ -1,21 +1,39 @@
-"""The /client protocol, as in Deepgram's tutorial.
+"""The client protocols: /client, as in Deepgram's tutorial, and /viewer/ws, its JSON
+extension for the web viewer (and any program that wants the same).
 
+/client:
 1. The server sends a JSON array of the active callSids.
 2. The client sends one callSid as a text line.
 3. The server sends every Deepgram message of that call verbatim, then the text `close`
    and a normal close when the call ends.
+
+/viewer/ws (JSON both ways; README, "The viewer protocol"):
+1. The server sends `calls` (the active calls with their metadata), then `call_started` and
+   `call_ended` as calls come and go.
+2. The client sends `subscribe` or `unsubscribe` commands naming a callSid, at any time.
+3. For each subscription the server sends `subscribed` (with the call's final results so
+   far), then every Deepgram message of the call wrapped in `deepgram`, until `call_ended`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from dataclasses import dataclass
+from typing import Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .exceptions import ClientProtocolError, ProxyError, close_frame_for
-from .hub import CLIENT_LEFT, Ending, Hub, Subscription
+from .exceptions import (
+    ClientProtocolError,
+    ProxyError,
+    TooManySubscribers,
+    UnknownCall,
+    close_frame_for,
+)
+from .hub import CLIENT_LEFT, Ending, Hub, Outbox, Subscription, ViewerFeed
 from .logs import get_logger
 
 logger = get_logger("clients")
@@ -61,7 +79,7 @@ async def _stream(ws: ServerConnection, sub: Subscription) -> None:
     """Forward the subscription until it ends, the client leaves, or it is evicted."""
     async with asyncio.TaskGroup() as tasks:
         reader = tasks.create_task(_read_until_closed(ws, sub))
-        watchdog = tasks.create_task(_close_when_evicted(ws, sub))
+        watchdog = tasks.create_task(_close_when_evicted(ws, sub, sub.call_sid))
         try:
             await _forward(ws, sub)
         finally:
@@ -69,10 +87,10 @@ async def _stream(ws: ServerConnection, sub: Subscription) -> None:
             watchdog.cancel()
 
 
-async def _forward(ws: ServerConnection, sub: Subscription) -> None:
+async def _forward(ws: ServerConnection, outbox: Outbox) -> None:
     try:
         while True:
-            item = await sub.get()
+            item = await outbox.get()
             if isinstance(item, Ending):
                 await _end(ws, item)
                 return
@@ -99,18 +117,96 @@ async def _read_until_closed(ws: ServerConnection, sub: Subscription) -> None:
     sub.end(CLIENT_LEFT)
 
 
-async def _close_when_evicted(ws: ServerConnection, sub: Subscription) -> None:
+async def _close_when_evicted(ws: ServerConnection, outbox: Outbox, watching: str) -> None:
     """Close a client that fell too far behind, even if it has stopped reading."""
-    await sub.evicted.wait()
-    ending = sub.ending
+    await outbox.evicted.wait()
+    ending = outbox.ending
     assert ending is not None  # eviction always sets one
-    logger.warning("client %s of %s disconnected: %s", _peer(ws), sub.call_sid, ending.reason)
+    logger.warning("client %s of %s disconnected: %s", _peer(ws), watching, ending.reason)
     try:
         async with asyncio.timeout(_EVICTION_GRACE_S):
             await ws.close(ending.code, ending.reason)
     except TimeoutError:
         # Its receive window is full, so not even the close frame gets through.
         ws.transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerCommand:
+    """A command of the viewer protocol: start or stop following a call."""
+
+    action: Literal["subscribe", "unsubscribe"]
+    call_sid: str
+
+
+def parse_viewer_command(message: str | bytes) -> ViewerCommand:
+    """Parse `{"type": "subscribe" | "unsubscribe", "callSid": "CA..."}`; anything else
+    raises ClientProtocolError."""
+    if not isinstance(message, str):
+        raise ClientProtocolError("expected a JSON command as a text message")
+    try:
+        command = json.loads(message)
+    except ValueError:
+        raise ClientProtocolError("expected a JSON command") from None
+    if not isinstance(command, dict):
+        raise ClientProtocolError("expected a JSON object")
+    action = command.get("type")
+    call_sid = command.get("callSid")
+    if not isinstance(call_sid, str) or not call_sid.strip():
+        raise ClientProtocolError("expected callSid, a string")
+    if action == "subscribe":
+        return ViewerCommand("subscribe", call_sid.strip())
+    if action == "unsubscribe":
+        return ViewerCommand("unsubscribe", call_sid.strip())
+    raise ClientProtocolError(f"unknown command type {str(action)[:40]!r}")
+
+
+async def handle_viewer(ws: ServerConnection, hub: Hub) -> None:
+    """Serve one /viewer/ws connection: the call list, then the calls it subscribes to."""
+    peer = _peer(ws)
+    viewer = hub.add_viewer(now_ms=int(time.time() * 1000))
+    logger.info("viewer %s connected", peer)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            reader = tasks.create_task(_read_commands(ws, hub, viewer))
+            watchdog = tasks.create_task(_close_when_evicted(ws, viewer, "the call list"))
+            try:
+                await _forward(ws, viewer)
+            finally:
+                reader.cancel()
+                watchdog.cancel()
+    finally:
+        hub.remove_viewer(viewer)
+        logger.info("viewer %s left (%s)", peer, _close_code(ws))
+
+
+async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> None:
+    """Apply the viewer's commands until it leaves; a malformed one closes it (1008)."""
+    peer = _peer(ws)
+    try:
+        async for message in ws:
+            command = parse_viewer_command(message)
+            if command.action == "unsubscribe":
+                hub.unfollow(viewer, command.call_sid)
+                continue
+            try:
+                hub.follow(viewer, command.call_sid)
+            except (UnknownCall, TooManySubscribers) as exc:
+                code, reason = close_frame_for(exc)
+                hub.tell(
+                    viewer,
+                    {"type": "error", "callSid": command.call_sid, "code": code, "reason": reason},
+                )
+            else:
+                logger.info("viewer %s subscribed to %s", peer, command.call_sid)
+    except ConnectionClosed:
+        pass
+    except ClientProtocolError as exc:
+        code, reason = close_frame_for(exc)
+        logger.info("viewer %s refused (%d): %s", peer, code, exc)
+        viewer.end(Ending(code, reason))
+        return
+    viewer.end(CLIENT_LEFT)
 
 
 def _close_code(ws: ServerConnection) -> int | None:

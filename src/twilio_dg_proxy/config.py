@@ -84,6 +84,11 @@ class Settings:
     client_queue_size: int = _setting(
         "CLIENT_QUEUE_SIZE", 256, "messages a client may fall behind before it is disconnected"
     )
+    history_messages: int = _setting(
+        "HISTORY_MESSAGES",
+        1000,
+        "final results kept per active call, replayed to a viewer that joins late (0: none)",
+    )
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     twilio_auth_token: str = _secret(
         "TWILIO_AUTH_TOKEN", "", "check X-Twilio-Signature on /twilio with this auth token"
@@ -246,6 +251,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "audio_buffer_s": _number_in(float, 1.0, 3600.0),
     "drain_timeout_s": _number_in(float, 0.0, 86_400.0),
     "client_queue_size": _number_in(int, 1, 1_000_000),
+    "history_messages": _number_in(int, 0, 1_000_000),
     "log_level": _log_level,
     "twilio_auth_token": _text,
     "public_url": _public_url,

@@ -452,7 +452,8 @@ def _sayer(out: TextIO) -> Callable[[str], None]:
 def _next_steps(settings: Settings) -> str:
     """Where to go from here, with the commands for the configured host and port."""
     # PORT=0 means a free port, which the proxy logs when it starts.
-    url = f"ws://{_connect_host(settings.host)}:{settings.port or 'PORT'}"
+    address = f"{_connect_host(settings.host)}:{settings.port or 'PORT'}"
+    url = f"ws://{address}"
     return (
         "\nThat was the whole path: Twilio's messages, the proxy's mixer, a speech engine that\n"
         "speaks Deepgram's protocol, and the /client fan-out. Next:\n"
@@ -461,6 +462,7 @@ def _next_steps(settings: Settings) -> str:
         "  - Watch its calls (type a callSid from the list, press Enter; -n keeps websocat\n"
         "    reading after its input ends, without it the transcripts are cut off):\n"
         f"      websocat -n {url}/client\n"
+        f"  - Or watch them in the browser while it runs: http://{address}/\n"
         "  - Stream a recording of your own through it, as Twilio would:\n"
         "      python -m twilio_dg_proxy simulate call.wav\n"
         "  - Use Deepgram: create a key at https://console.deepgram.com, put\n"

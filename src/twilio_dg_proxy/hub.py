@@ -1,25 +1,36 @@
-"""The registry of active calls and the subscribers watching each one.
+"""The registry of active calls and the clients watching them.
 
-No sockets: `publish()` only appends to each subscriber's bounded queue, so a call never
-waits for a client. A subscriber that falls `queue_limit` messages behind is evicted: its
-queue is dropped and it is told why, and the client layer closes its connection.
+No sockets: `publish()` only appends to each watcher's bounded queue, so a call never waits
+for a client. A watcher that falls `queue_limit` messages behind is evicted: its queue is
+dropped and it is told why, and the client layer closes its connection.
+
+Two kinds of watcher share that policy. A `Subscription` is a /client (tutorial) client's
+feed of one call: Deepgram's messages verbatim. A `ViewerFeed` is one /viewer/ws connection:
+the call list as it changes, and for each call it follows, the call's final results so far
+(its history), then its live messages, each wrapped in a small JSON envelope.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.frames import CloseCode
 
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
 
+DEFAULT_HISTORY_LIMIT = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """How a subscription ends: the close code and reason its client receives, and whether
-    the tutorial's `close` text goes first (only at the normal end of a call)."""
+    """How a feed ends: the close code and reason its client receives, and whether the
+    tutorial's `close` text goes first (only at the normal end of a call)."""
 
     code: CloseCode
     reason: str
@@ -30,11 +41,10 @@ CALL_ENDED = Ending(CloseCode.NORMAL_CLOSURE, "call ended", say_close=True)
 CLIENT_LEFT = Ending(CloseCode.NORMAL_CLOSURE, "client left")
 
 
-class Subscription:
-    """One client's feed of one call: Deepgram messages in order, then one `Ending`."""
+class Outbox:
+    """One client's bounded queue of texts to send, then one `Ending`."""
 
-    def __init__(self, call_sid: str, limit: int) -> None:
-        self.call_sid = call_sid
+    def __init__(self, limit: int) -> None:
         self._limit = limit
         self._items: deque[str] = deque()
         self._ending: Ending | None = None
@@ -42,7 +52,7 @@ class Subscription:
         self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
 
     def offer(self, text: str) -> bool:
-        """Queue `text`; False if the queue was full and the subscriber is now evicted."""
+        """Queue `text`; False if the queue was full and the client is now evicted."""
         if self._ending is not None:
             return True
         if len(self._items) >= self._limit:
@@ -78,9 +88,63 @@ class Subscription:
         return self._items.popleft() if self._items else self._ending  # type: ignore[return-value]
 
 
+class Subscription(Outbox):
+    """One /client client's feed of one call: Deepgram messages in order, then one `Ending`."""
+
+    def __init__(self, call_sid: str, limit: int) -> None:
+        super().__init__(limit)
+        self.call_sid = call_sid
+
+
+class ViewerFeed(Outbox):
+    """One viewer connection's feed: call-list events and the calls it follows, in one queue
+    (so one sender keeps them in order and one slow-client rule applies), then one `Ending`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.following: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What a viewer is told about a call: its callSid, the stream's custom parameters
+    (without the stream secret), its tracks, and when it started (Unix time, milliseconds)."""
+
+    call_sid: str
+    custom_parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
+    tracks: tuple[str, ...] = ()
+    started_at_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The call as the viewer protocol sends it."""
+        return {
+            "callSid": self.call_sid,
+            "customParameters": dict(self.custom_parameters),
+            "tracks": list(self.tracks),
+            "startedAt": self.started_at_ms,
+        }
+
+
 @dataclass(slots=True)
 class _Call:
+    info: CallInfo
+    history_limit: int
     subscribers: set[Subscription] = field(default_factory=set)
+    viewers: set[ViewerFeed] = field(default_factory=set)
+    history: deque[str] = field(init=False)
+    history_truncated: bool = False
+
+    def __post_init__(self) -> None:
+        self.history = deque(maxlen=self.history_limit)
+
+    def remember(self, text: str) -> None:
+        if len(self.history) == self.history_limit:
+            self.history_truncated = True
+        self.history.append(text)
+
+    @property
+    def watchers(self) -> int:
+        return len(self.subscribers) + len(self.viewers)
 
 
 @dataclass(slots=True)
@@ -100,39 +164,130 @@ class HubCounters:
     audio_dropped_bytes: int = 0
 
 
-class Hub:
-    """callSid → the call's subscribers. Publishing and ending never await anything."""
+# Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.
+_MAYBE_HISTORY = re.compile(r'"is_final"\s*:\s*true|"UtteranceEnd"')
 
-    def __init__(self, queue_limit: int, max_per_call: int = 1_000_000) -> None:
+
+def is_history(text: str) -> bool:
+    """Whether a Deepgram message belongs in a call's history: a final `Results` with text or
+    with `speech_final` (it ends an utterance), or an `UtteranceEnd`. Interim results are
+    replaced by later ones and empty finals say nothing, so neither is kept."""
+    if not _MAYBE_HISTORY.search(text):
+        return False
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(message, dict):
+        return False
+    if message.get("type") == "UtteranceEnd":
+        return True
+    if message.get("type") != "Results" or message.get("is_final") is not True:
+        return False
+    if message.get("speech_final") is True:
+        return True
+    try:
+        return bool(message["channel"]["alternatives"][0]["transcript"])
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
+def _embed(text: str) -> str:
+    """A Deepgram message as a JSON value: the object itself, or a string if it is not one."""
+    return text if text[:1] == "{" else json.dumps(text)
+
+
+class Hub:
+    """callSid → the call's watchers and history. Publishing and ending never await."""
+
+    def __init__(
+        self,
+        queue_limit: int,
+        max_per_call: int = 1_000_000,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+    ) -> None:
         self._queue_limit = queue_limit
         self._max_per_call = max_per_call
+        self._history_limit = history_limit
         self._calls: dict[str, _Call] = {}
+        self._viewers: set[ViewerFeed] = set()
         self.counters = HubCounters()
 
-    def open_call(self, call_sid: str) -> None:
-        """Register a call so that clients can subscribe to it."""
+    # Calls.
+
+    def open_call(self, call_sid: str, info: CallInfo | None = None) -> None:
+        """Register a call so that clients can subscribe to it; tell the viewers."""
         if call_sid in self._calls:
             raise DuplicateCall(f"call {call_sid} is already streaming")
-        self._calls[call_sid] = _Call()
+        call = _Call(info or CallInfo(call_sid), self._history_limit)
+        self._calls[call_sid] = call
         self.counters.calls += 1
+        if self._viewers:
+            self._tell_viewers(json.dumps({"type": "call_started", "call": call.info.to_json()}))
 
     def end_call(self, call_sid: str, ending: Ending = CALL_ENDED) -> int:
-        """Forget the call; each subscriber gets `ending` after its queue. Returns how many."""
+        """Forget the call: each subscriber gets `ending` after its queue, each viewer a
+        `call_ended` event. Returns how many subscribers and viewers followed the call."""
         call = self._calls.pop(call_sid, None)
         if call is None:
             return 0
         for sub in call.subscribers:
             sub.end(ending)
-        return len(call.subscribers)
+        for viewer in call.viewers:
+            viewer.following.discard(call_sid)
+        if self._viewers:
+            event = {
+                "type": "call_ended",
+                "callSid": call_sid,
+                "code": int(ending.code),
+                "reason": ending.reason,
+            }
+            self._tell_viewers(json.dumps(event))
+        return call.watchers
+
+    def publish(self, call_sid: str, text: str) -> None:
+        """Queue `text` for every watcher of the call, keep it in the call's history if it
+        is a final result, and evict the watchers too far behind."""
+        call = self._calls.get(call_sid)
+        if call is None:
+            return
+        self.counters.published += 1
+        if self._history_limit and is_history(text):
+            call.remember(text)
+        if call.subscribers:
+            evicted = [sub for sub in call.subscribers if not sub.offer(text)]
+            for sub in evicted:
+                call.subscribers.discard(sub)
+                self.counters.evicted += 1
+        if call.viewers:
+            envelope = (
+                f'{{"type": "deepgram", "callSid": {json.dumps(call_sid)}, '
+                f'"message": {_embed(text)}}}'
+            )
+            for viewer in list(call.viewers):
+                self._offer(viewer, envelope)
+
+    def active_calls(self) -> list[str]:
+        """callSids of the calls streaming now, oldest first."""
+        return list(self._calls)
+
+    def call_info(self) -> list[CallInfo]:
+        """What is known of the calls streaming now, oldest first."""
+        return [call.info for call in self._calls.values()]
+
+    def subscriber_count(self) -> int:
+        """Subscribers and viewers following calls, across all active calls."""
+        return sum(call.watchers for call in self._calls.values())
+
+    def viewer_count(self) -> int:
+        """Viewer connections, whether or not they follow a call."""
+        return len(self._viewers)
+
+    # /client subscribers.
 
     def subscribe(self, call_sid: str) -> Subscription:
         """Start a subscription to an active call."""
-        call = self._calls.get(call_sid)
-        if call is None:
-            raise UnknownCall(f"unknown callSid {call_sid!r}: not an active call")
-        if len(call.subscribers) >= self._max_per_call:
-            self.counters.refused_over_limit += 1
-            raise TooManySubscribers(f"call {call_sid} has {self._max_per_call} subscribers")
+        call = self._watchable(call_sid)
         sub = Subscription(call_sid, self._queue_limit)
         call.subscribers.add(sub)
         self.counters.subscriptions += 1
@@ -145,21 +300,85 @@ class Hub:
         if call is not None:
             call.subscribers.discard(sub)
 
-    def publish(self, call_sid: str, text: str) -> None:
-        """Queue `text` for every subscriber of the call; evict those too far behind."""
+    # Viewers.
+
+    def add_viewer(self, now_ms: int) -> ViewerFeed:
+        """A new viewer's feed. It starts with the `calls` list (`now_ms`, the server's Unix
+        time in milliseconds, lets the viewer show durations whatever its own clock says),
+        then receives `call_started` and `call_ended` as calls come and go."""
+        viewer = ViewerFeed(self._queue_limit)
+        calls = [call.info.to_json() for call in self._calls.values()]
+        viewer.offer(json.dumps({"type": "calls", "now": now_ms, "calls": calls}))
+        self._viewers.add(viewer)
+        return viewer
+
+    def remove_viewer(self, viewer: ViewerFeed) -> None:
+        """Stop delivering anything to `viewer` (its client left or was closed)."""
+        viewer.end(CLIENT_LEFT)
+        self._detach(viewer)
+
+    def follow(self, viewer: ViewerFeed, call_sid: str) -> None:
+        """Send `viewer` the call's history, then its live messages until it ends.
+
+        The history goes into the viewer's queue and the viewer joins the call's watchers in
+        one step (nothing is awaited), so every final reaches it exactly once. Following a
+        call again sends the history again (a resync). Raises UnknownCall or
+        TooManySubscribers."""
+        following = call_sid in viewer.following
+        call = self._calls[call_sid] if following else self._watchable(call_sid)
+        snapshot = (
+            f'{{"type": "subscribed", "callSid": {json.dumps(call_sid)}, '
+            f'"call": {json.dumps(call.info.to_json())}, '
+            f'"historyTruncated": {json.dumps(call.history_truncated)}, '
+            f'"history": [{", ".join(call.history)}]}}'
+        )
+        if not self._offer(viewer, snapshot):
+            return
+        if not following:
+            viewer.following.add(call_sid)
+            call.viewers.add(viewer)
+            self.counters.subscriptions += 1
+
+    def unfollow(self, viewer: ViewerFeed, call_sid: str) -> None:
+        """Stop sending the call's messages to `viewer`; it is told `unsubscribed` after
+        those already queued."""
+        viewer.following.discard(call_sid)
+        call = self._calls.get(call_sid)
+        if call is not None:
+            call.viewers.discard(viewer)
+        self._offer(viewer, json.dumps({"type": "unsubscribed", "callSid": call_sid}))
+
+    def tell(self, viewer: ViewerFeed, message: Mapping[str, Any]) -> None:
+        """Queue one message of the viewer protocol (e.g. an error) for `viewer`."""
+        self._offer(viewer, json.dumps(message))
+
+    # Internals.
+
+    def _watchable(self, call_sid: str) -> _Call:
         call = self._calls.get(call_sid)
         if call is None:
-            return
-        self.counters.published += 1
-        evicted = [sub for sub in call.subscribers if not sub.offer(text)]
-        for sub in evicted:
-            call.subscribers.discard(sub)
-            self.counters.evicted += 1
+            raise UnknownCall(f"unknown callSid {call_sid!r}: not an active call")
+        if call.watchers >= self._max_per_call:
+            self.counters.refused_over_limit += 1
+            raise TooManySubscribers(f"call {call_sid} has {self._max_per_call} subscribers")
+        return call
 
-    def active_calls(self) -> list[str]:
-        """callSids of the calls streaming now, oldest first."""
-        return list(self._calls)
+    def _tell_viewers(self, text: str) -> None:
+        for viewer in list(self._viewers):
+            self._offer(viewer, text)
 
-    def subscriber_count(self) -> int:
-        """Subscribers across all active calls."""
-        return sum(len(call.subscribers) for call in self._calls.values())
+    def _offer(self, viewer: ViewerFeed, text: str) -> bool:
+        """Queue `text` for `viewer`; detach and count it if that evicted it."""
+        if viewer.offer(text):
+            return True
+        self._detach(viewer)
+        self.counters.evicted += 1
+        return False
+
+    def _detach(self, viewer: ViewerFeed) -> None:
+        self._viewers.discard(viewer)
+        for call_sid in viewer.following:
+            call = self._calls.get(call_sid)
+            if call is not None:
+                call.viewers.discard(viewer)
+        viewer.following.clear()

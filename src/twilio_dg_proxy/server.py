@@ -18,42 +18,50 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from .call import handle_twilio
-from .clients import handle_client
+from .clients import handle_client, handle_viewer
 from .config import Settings
 from .doors import SIGNATURE_HEADER, open_doors, token_allowed, token_of, twilio_signature_check
 from .hub import Hub
 from .logs import get_logger
+from .viewer import INDEX, Asset, load_assets
 
 logger = get_logger("server")
 
 TWILIO_PATH = "/twilio"
 CLIENT_PATH = "/client"
+VIEWER_PATH = "/viewer/ws"  # the viewer protocol: /client's JSON extension
+VIEWER_AUTH_PATH = "/viewer/auth"  # lets the page learn whether its token is accepted
+ASSETS_PREFIX = "/viewer/"  # the viewer's static files, by exact name
 HEALTH_PATH = "/healthz"
-WEBSOCKET_PATHS = frozenset({TWILIO_PATH, CLIENT_PATH})
+WEBSOCKET_PATHS = frozenset({TWILIO_PATH, CLIENT_PATH, VIEWER_PATH})
+CLIENT_PATHS = frozenset({CLIENT_PATH, VIEWER_PATH})  # same doors and limits
+
+# The page loads only its own files and talks only to its own origin.
+_PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 # Per path limits (TWILIO_MAX_MESSAGE_BYTES, CLIENT_MAX_MESSAGE_BYTES) are set on each
 # connection at the upgrade; this is the ceiling for the handshake itself.
 MAX_MESSAGE_BYTES = 16 << 20
 
-_HELP = (
-    "twilio-dg-proxy\n\n"
-    "WebSocket endpoints:\n"
-    f"  {TWILIO_PATH}  Twilio Media Streams (point <Stream url> here)\n"
-    f"  {CLIENT_PATH}  watch a call: receive the callSid list, send one, get its transcripts\n"
-    f"HTTP: {HEALTH_PATH} (JSON status)\n"
-)
-
 
 class ProxyServer:
-    """The proxy: one Hub shared by every /twilio and /client connection."""
+    """The proxy: one Hub shared by every /twilio, /client and /viewer/ws connection."""
 
     def __init__(self, settings: Settings) -> None:
         """Raises ConfigError if a setting cannot be used (e.g. no twilio package)."""
         self.settings = settings
-        self.hub = Hub(settings.client_queue_size, settings.max_subscribers_per_call)
+        self.hub = Hub(
+            settings.client_queue_size,
+            settings.max_subscribers_per_call,
+            history_limit=settings.history_messages,
+        )
+        self.assets = load_assets()
         self.signature_check = twilio_signature_check(settings)
         self._streams: set[ServerConnection] = set()  # open /twilio connections
-        self._clients: set[ServerConnection] = set()  # open /client connections
+        self._clients: set[ServerConnection] = set()  # open /client and /viewer/ws connections
         self._no_streams = asyncio.Event()
         self._no_streams.set()
 
@@ -63,7 +71,10 @@ class ProxyServer:
         if path != TWILIO_PATH:
             self._clients.add(ws)
             try:
-                await handle_client(ws, self.hub)
+                if path == VIEWER_PATH:
+                    await handle_viewer(ws, self.hub)
+                else:
+                    await handle_client(ws, self.hub)
             finally:
                 self._clients.discard(ws)
             return
@@ -101,20 +112,33 @@ class ProxyServer:
         await server.wait_closed()
 
     def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Answer plain HTTP requests; check upgrades (path 404, doors 401/403, limits 503)."""
+        """Answer plain HTTP requests (health, the viewer's files); check upgrades (path 404,
+        doors 401/403, limits 503)."""
         path = _path(request.path)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == TWILIO_PATH and upgrade:
             return self._admit_stream(ws, request)
-        if path == CLIENT_PATH and upgrade:
+        if path in CLIENT_PATHS and upgrade:
             return self._admit_client(ws, request)
         if path == HEALTH_PATH:
             return _json(ws, self.health())
-        if path == "/" and not upgrade:
-            return ws.respond(HTTPStatus.OK, _HELP)
         if path in WEBSOCKET_PATHS:
             return None  # websockets answers 426 Upgrade Required
+        if path == VIEWER_AUTH_PATH:
+            return self._viewer_auth(ws, request)
+        asset = None if upgrade else self._asset_at(path)
+        if asset is not None:
+            return _asset(ws, request, asset)
         return ws.respond(HTTPStatus.NOT_FOUND, f"Not found: {path}\n")
+
+    def _asset_at(self, path: str) -> Asset | None:
+        """The viewer's file at `path`: `/` is the page, `/viewer/<name>` the file of exactly
+        that name; nothing else (no decoding, no directories, so no way out)."""
+        if path == "/":
+            return self.assets[INDEX]
+        if path.startswith(ASSETS_PREFIX):
+            return self.assets.get(path.removeprefix(ASSETS_PREFIX))
+        return None
 
     def _admit_stream(self, ws: ServerConnection, request: Request) -> Response | None:
         counters = self.hub.counters
@@ -138,7 +162,9 @@ class ProxyServer:
         tokens = self.settings.client_tokens
         if tokens and not token_allowed(token_of(request.path, request.headers), tokens):
             counters.refused_unauthorized += 1
-            logger.warning("refused a /client upgrade from %s: bad or missing token", _peer(ws))
+            logger.warning(
+                "refused a %s upgrade from %s: bad or missing token", _path(request.path), _peer(ws)
+            )
             response = ws.respond(
                 HTTPStatus.UNAUTHORIZED, "Unauthorized: a client token is required\n"
             )
@@ -153,12 +179,27 @@ class ProxyServer:
         ws.protocol.max_message_size = self.settings.client_max_message_bytes
         return None
 
+    def _viewer_auth(self, ws: ServerConnection, request: Request) -> Response:
+        """Whether the page's token opens /viewer/ws (a browser cannot read the status of a
+        refused WebSocket upgrade, so the page asks here first): 200 or 401, as JSON."""
+        tokens = self.settings.client_tokens
+        token = token_of(request.path, request.headers)
+        allowed = not tokens or token_allowed(token, tokens)
+        if not allowed and token:  # without one, the page is only asking whether it needs one
+            self.hub.counters.refused_unauthorized += 1
+            logger.warning("refused a viewer token from %s", _peer(ws))
+        body = {"authorized": allowed, "tokenRequired": bool(tokens)}
+        response = _json(ws, body, HTTPStatus.OK if allowed else HTTPStatus.UNAUTHORIZED)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     def health(self) -> dict[str, object]:
         """The status served on /healthz."""
         return {
             "status": "ok",
             "calls": len(self.hub.active_calls()),
             "subscribers": self.hub.subscriber_count(),
+            "viewers": self.hub.viewer_count(),
             "totals": dataclasses.asdict(self.hub.counters),
         }
 
@@ -212,12 +253,15 @@ async def serve_until_signalled(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal)
     async with proxy.running() as server:
         logger.info(
-            "listening on %s://%s:%d (Twilio: %s, clients: %s)",
+            "listening on %s://%s:%d (Twilio: %s, clients: %s, viewer: %s://%s:%d/)",
             "wss" if settings.tls_cert else "ws",
             settings.host,
             bound_port(server),
             TWILIO_PATH,
             CLIENT_PATH,
+            "https" if settings.tls_cert else "http",
+            settings.host,
+            bound_port(server),
         )
         warn_if_exposed(settings)
         await stop.wait()
@@ -249,8 +293,37 @@ def _path(target: str) -> str:
     return urlsplit(target).path
 
 
-def _json(ws: ServerConnection, body: object) -> Response:
-    response = ws.respond(HTTPStatus.OK, json.dumps(body) + "\n")
+def _json(ws: ServerConnection, body: object, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    response = ws.respond(status, json.dumps(body) + "\n")
     del response.headers["Content-Type"]
     response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def _asset(ws: ServerConnection, request: Request, asset: Asset) -> Response:
+    """One of the viewer's files; 304 when the browser's copy is current. `no-cache` makes
+    the browser revalidate each use, so a new release is picked up on the next load."""
+    # Recent websockets pass any method here; older ones refused all but GET before this.
+    method = getattr(request, "method", "GET")
+    if method not in ("GET", "HEAD"):
+        response = ws.respond(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed\n")
+        response.headers["Allow"] = "GET, HEAD"
+        return response
+    if asset.matches(request.headers.get("If-None-Match", "")):
+        response = ws.respond(HTTPStatus.NOT_MODIFIED, "")
+        del response.headers["Content-Type"]
+        del response.headers["Content-Length"]
+    else:
+        response = ws.respond(HTTPStatus.OK, "")
+        response.body = asset.body if method == "GET" else b""
+        del response.headers["Content-Type"]
+        del response.headers["Content-Length"]
+        response.headers["Content-Type"] = asset.content_type
+        response.headers["Content-Length"] = str(len(asset.body))
+    response.headers["ETag"] = asset.etag
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if asset.name == INDEX:
+        response.headers["Content-Security-Policy"] = _PAGE_POLICY
     return response

@@ -66,6 +66,7 @@ async def test_the_demo_streams_the_sample_and_prints_labelled_utterances() -> N
     assert bytes(stream.audio[1::2]).startswith(tracks["outbound"])
     # It says where to go next, with the configured port's websocat command.
     assert "websocat -n ws://127.0.0.1:PORT/client" in out
+    assert "http://127.0.0.1:PORT/" in out  # the web viewer
     assert "DEEPGRAM_API_KEY=<key>" in out
 
 
