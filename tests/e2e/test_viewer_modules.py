@@ -230,3 +230,19 @@ async def test_reconnects_back_off_and_the_socket_url_follows_the_page(page: Pag
         "plain": "ws://example.test:5000/viewer/ws",
         "secure": "wss://example.test/proxy/viewer/ws?token=a+b%26c",
     }
+
+
+async def test_a_line_is_timed_by_its_first_word_not_by_the_silence_before_it(page: Page) -> None:
+    spoken = await run(
+        page,
+        "transcript.js",
+        """
+        const t = new m.Transcript();
+        const late = final(1, 0, "Sure.", true);
+        late.channel.alternatives[0].words = [{word: "sure", start: 3.2, end: 3.5}];
+        t.apply(final(0, 0, "Hello.", true));
+        t.apply(late);
+        return t.lines().map((line) => [line.channel, line.spoken]);
+        """,
+    )
+    assert spoken == [[0, 0], [1, 3.2]]

@@ -22,7 +22,11 @@ function readResult(message) {
   const alternative = message.channel?.alternatives?.[0];
   const text = typeof alternative?.transcript === "string" ? alternative.transcript.trim() : "";
   const end = start + (Number.isFinite(duration) ? Math.max(0, duration) : 0);
-  return { channel, start, end, text };
+  // A result covers the audio since the previous final, silence included: when the words
+  // carry times, the first one says when the speaking began.
+  const firstWord = Number(alternative?.words?.[0]?.start);
+  const spoken = Number.isFinite(firstWord) && firstWord >= start ? firstWord : start;
+  return { channel, start, end, text, spoken };
 }
 
 /**
@@ -73,11 +77,18 @@ export class Transcript {
   #applyResult(message) {
     const result = readResult(message);
     if (result === null) return false;
-    const { channel, start, end, text } = result;
+    const { channel, start, end, text, spoken } = result;
     if (message.is_final === true) {
       const key = resultKey(channel, start);
       if (this.finals.has(key)) return false; // seen already (history replayed)
-      this.finals.set(key, { channel, start, end, text, speechFinal: message.speech_final === true });
+      this.finals.set(key, {
+        channel,
+        start,
+        end,
+        text,
+        spoken,
+        speechFinal: message.speech_final === true,
+      });
       this.finalEnd.set(channel, Math.max(this.finalEnd.get(channel) ?? 0, end));
       const interim = this.interims.get(channel);
       const covered = interim !== undefined && interim.start < end - EPSILON;
@@ -92,7 +103,7 @@ export class Transcript {
       return previous !== undefined;
     }
     if (previous && previous.text === text && previous.start === start) return false;
-    this.interims.set(channel, { channel, start, end, text });
+    this.interims.set(channel, { channel, start, end, text, spoken });
     return true;
   }
 
@@ -114,7 +125,7 @@ export class Transcript {
     for (const final of this.finals.values()) channels.add(final.channel);
     const lines = [];
     for (const channel of channels) lines.push(...this.#channelLines(channel));
-    return lines.sort((a, b) => a.start - b.start || a.channel - b.channel);
+    return lines.sort((a, b) => a.spoken - b.spoken || a.channel - b.channel);
   }
 
   #channelLines(channel) {
@@ -143,7 +154,7 @@ export class Transcript {
           current.text += " " + final.text;
           current.end = final.end;
         } else {
-          current = this.#line(channel, final.start, final.end, final.text);
+          current = this.#line(channel, final.start, final.end, final.text, final.spoken);
         }
         current.lastStart = final.start;
       }
@@ -152,7 +163,7 @@ export class Transcript {
     if (current && brokenBefore(Infinity)) close();
     const interim = this.interims.get(channel);
     if (interim) {
-      if (!current) current = this.#line(channel, interim.start, interim.end, "");
+      if (!current) current = this.#line(channel, interim.start, interim.end, "", interim.spoken);
       current.pending = interim.text;
       current.end = Math.max(current.end, interim.end);
     }
@@ -163,11 +174,12 @@ export class Transcript {
     return lines.map(({ lastStart, ...line }) => line);
   }
 
-  #line(channel, start, end, text) {
+  #line(channel, start, end, text, spoken) {
     return {
       key: resultKey(channel, start),
       channel,
       start,
+      spoken, // when the first word was said (the line's time)
       end,
       text,
       pending: "",

@@ -423,9 +423,9 @@ function lineElement(line, view) {
   node.dataset.key = line.key;
   node.dataset.channel = String(line.channel);
   const meta = element("div", "meta");
-  const time = element("time", "at", formatOffset(line.start));
+  const time = element("time", "at", formatOffset(line.spoken));
   if (view.call.startedAt) {
-    const wall = new Date(view.call.startedAt + line.start * 1000);
+    const wall = new Date(view.call.startedAt + line.spoken * 1000);
     time.dateTime = wall.toISOString();
     time.title = wall.toLocaleTimeString();
   }
