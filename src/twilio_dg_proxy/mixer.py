@@ -73,6 +73,10 @@ class StereoMixer:
         self.stats = MixerStats()
         self.emitted = 0  # timeline position (in samples) of the next sample to hand out
         self._buffers = {track: _TrackBuffer() for track in self.tracks}
+        # False only while no chunk can be ready: the ready audio ends at or before the end
+        # of the track pushed last, so a push leaves a chunk ready only if its own track
+        # then holds a chunk's worth. Most pushes do not, and `pop_chunks` returns at once.
+        self._may_be_ready = False
 
     def push(self, track: Track, timestamp_ms: int, payload: bytes) -> None:
         """Place `payload` (mu-law samples) on `track` at `timestamp_ms`."""
@@ -100,9 +104,14 @@ class StereoMixer:
         # A slice assignment past the end grows the buffer; inside it, a re-sent or
         # reordered packet overwrites what stood there (silence from a gap, usually).
         buf[index : index + len(payload)] = payload
+        if len(buf) >= self.chunk_samples:
+            self._may_be_ready = True
 
     def pop_chunks(self) -> list[bytes]:
         """Hand out every full chunk that is ready (`chunk_ms` of audio per chunk)."""
+        if not self._may_be_ready:
+            return []
+        self._may_be_ready = False
         ready = self._ready_samples()
         chunks = []
         while ready >= self.chunk_samples:
@@ -113,6 +122,7 @@ class StereoMixer:
     def flush(self) -> bytes:
         """Hand out everything left, padding shorter tracks with silence (b"" if nothing)."""
         longest = max(len(state.buf) for state in self._buffers.values())
+        self._may_be_ready = False
         return self._take(longest) if longest else b""
 
     def pending_samples(self) -> int:
@@ -126,19 +136,20 @@ class StereoMixer:
 
     def _take(self, n: int) -> bytes:
         """Remove the next `n` samples of every track and return them interleaved."""
-        parts = []
-        for state in self._buffers.values():
-            buf = state.buf
-            part = bytes(buf[:n])
-            del buf[:n]  # cheap: bytearray deletes from the front by moving its start
-            if len(part) < n:
-                self.stats.lag_samples += n - len(part)
-                part += bytes((SILENCE,)) * (n - len(part))
-            parts.append(part)
+        parts = [self._take_from(state.buf, n) for state in self._buffers.values()]
         self.emitted += n
         if len(parts) == 1:
-            return parts[0]
+            return bytes(parts[0])
         out = bytearray(n * 2)
         out[0::2] = parts[0]
         out[1::2] = parts[1]
         return bytes(out)
+
+    def _take_from(self, buf: bytearray, n: int) -> bytearray:
+        """Remove the first `n` samples of `buf`, padded with silence if it holds fewer."""
+        part = buf[:n]
+        del buf[:n]  # cheap: bytearray deletes from the front by moving its start
+        if len(part) < n:
+            self.stats.lag_samples += n - len(part)
+            part.extend(bytes((SILENCE,)) * (n - len(part)))
+        return part

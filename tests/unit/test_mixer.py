@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -304,3 +306,28 @@ def test_parser_and_mixer_together_raise_only_protocol_errors_and_stay_bounded(
             mixer.push(event.track, event.timestamp_ms, event.payload)
             mixer.pop_chunks()
         assert mixer.pending_samples() < (300 + 100) * 8
+
+
+@given(call_audio(), st.integers(20, 400), st.sampled_from([20, 100]), st.randoms())
+@settings(max_examples=300, deadline=None)
+def test_pop_chunks_hands_out_every_ready_chunk_however_rarely_it_is_called(
+    case: tuple[list[tuple[Track, int, bytes]], dict[Track, bytes]],
+    max_lag_ms: int,
+    chunk_ms: int,
+    random: Random,
+) -> None:
+    """Whatever pushes came since the last call, `pop_chunks` leaves less than a chunk ready:
+    audio is ready up to the slowest track's end, or the fastest's end less the lag bound."""
+    arrivals, _ = case
+    mixer = StereoMixer(TRACKS, chunk_ms=chunk_ms, max_lag_ms=max_lag_ms)
+    chunk, lag = chunk_ms * 8, max_lag_ms * 8
+    ends = dict.fromkeys(TRACKS, 0)  # where each track's audio received so far ends
+    handed_out = 0
+    for track, timestamp, payload in arrivals:
+        mixer.push(track, timestamp, payload)
+        ends[track] = max(ends[track], timestamp * 8 + len(payload))
+        if random.random() < 0.3:
+            handed_out += sum(len(c) for c in mixer.pop_chunks()) // 2
+            held = [max(end - handed_out, 0) for end in ends.values()]
+            assert handed_out % chunk == 0
+            assert max(min(held), max(held) - lag) < chunk

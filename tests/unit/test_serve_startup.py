@@ -1,0 +1,49 @@
+"""Start-up choices of the `serve` command: the event loop and the garbage collector."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from twilio_dg_proxy.serve import GC_YOUNG_THRESHOLD, event_loop_factory, tune_gc
+
+
+def test_the_proxy_runs_on_uvloop_where_it_is_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    factory, name = event_loop_factory()
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert name.startswith("uvloop ")
+
+
+def test_without_uvloop_the_proxy_runs_on_asyncios_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    factory, name = event_loop_factory()
+    assert factory is asyncio.new_event_loop
+    assert name == "asyncio (uvloop is not installed)"
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    """tune_gc changes the whole process: undo it for the tests that follow."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_tune_gc_freezes_what_start_up_made_and_collects_young_objects_less_often() -> None:
+    made_at_start_up: list[object] = []  # a container: the collector tracks it
+    assert any(obj is made_at_start_up for obj in gc.get_objects())
+    tune_gc()
+    assert gc.get_freeze_count() > 0
+    assert not any(obj is made_at_start_up for obj in gc.get_objects())  # not traversed again
+    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
