@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -140,3 +141,21 @@ def results(messages: Sequence[str]) -> list[dict[str, Any]]:
     """The Deepgram `Results` messages among `messages`, decoded."""
     decoded = [json.loads(m) for m in messages]
     return [m for m in decoded if m.get("type") == "Results"]
+
+
+def stuck_client(port: int, path: str) -> socket.socket:
+    """A raw WebSocket client on `path` that completes the upgrade and will never read: its
+    tiny receive buffer fills at once, so the server's sends to it block."""
+    stuck = socket.create_connection(("127.0.0.1", port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    stuck.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
+        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return stuck
+
+
+def send_text(stuck: socket.socket, data: bytes) -> None:
+    """Send `data` (under 126 bytes) as one masked text frame (an all-zero mask)."""
+    stuck.sendall(bytes([0x81, 0x80 | len(data)]) + b"\x00" * 4 + data)

@@ -18,7 +18,16 @@ from websockets.exceptions import InvalidStatus
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 
-from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
+from .helpers import (
+    RunningProxy,
+    TwilioPeer,
+    Watcher,
+    results,
+    running_proxy,
+    send_text,
+    stuck_client,
+    until,
+)
 
 SECOND = 8000
 
@@ -124,18 +133,10 @@ async def test_a_client_that_never_reads_is_cut_off_and_others_get_everything() 
             call = SimulatedCall()
             async with TwilioPeer.started(proxy, call) as twilio:
                 steady = await Watcher.join(proxy, call.call_sid)
-                stuck = socket.create_connection(("127.0.0.1", proxy.port))
-                stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-                stuck.sendall(
-                    b"GET /client HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n\r\n"
-                )
+                stuck = stuck_client(proxy.port, "/client")
                 await asyncio.sleep(0.1)
-                # A masked text frame carrying the callSid; then this client never reads again.
-                sid = call.call_sid.encode()
-                mask = b"\x00\x00\x00\x00"
-                stuck.sendall(bytes([0x81, 0x80 | len(sid)]) + mask + sid)
+                # The callSid; then this client never reads again.
+                send_text(stuck, call.call_sid.encode())
                 await until(lambda: proxy.server.hub.subscriber_count() == 2)
                 steady_reads = asyncio.create_task(steady.transcript(within=30))
                 # A minute of audio at 20x real time: 12,000 results of ~600 bytes.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -19,7 +18,15 @@ from twilio_dg_proxy.hub import is_history
 from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.viewer import load_assets
 
-from .helpers import RunningProxy, TwilioPeer, Watcher, running_proxy, until
+from .helpers import (
+    RunningProxy,
+    TwilioPeer,
+    Watcher,
+    running_proxy,
+    send_text,
+    stuck_client,
+    until,
+)
 
 CLIENT_TOKEN = "client-token-0123456789abcdef"
 SECRET = "stream-secret-0123456789"
@@ -346,16 +353,10 @@ async def test_a_viewer_that_never_reads_is_cut_off_with_1013() -> None:
             call = SimulatedCall()
             async with TwilioPeer.started(proxy, call) as twilio:
                 steady = await Watcher.join(proxy, call.call_sid)
-                stuck = socket.create_connection(("127.0.0.1", proxy.port))
-                stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-                stuck.sendall(
-                    b"GET /viewer/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n\r\n"
-                )
+                stuck = stuck_client(proxy.port, "/viewer/ws")
                 await until(lambda: proxy.server.hub.viewer_count() == 1)
                 command = json.dumps({"type": "subscribe", "callSid": call.call_sid}).encode()
-                stuck.sendall(bytes([0x81, 0x80 | len(command)]) + b"\x00" * 4 + command)
+                send_text(stuck, command)
                 await until(lambda: proxy.server.hub.subscriber_count() == 2)
                 steady_reads = asyncio.create_task(steady.transcript(within=30))
                 await twilio.send_all(call.frames(audio(60)), speed=20)
