@@ -1,11 +1,13 @@
 """One call's life on /twilio: from Twilio's `start` to the last transcript.
 
-Three tasks: `twilio_receiver` (Twilio JSON → mixer → audio buffer), and per Deepgram
-stream (`deepgram.DeepgramSession`) `deepgram_sender` (audio buffer → Deepgram, KeepAlive
-when idle, CloseStream at the end) and `deepgram_receiver` (Deepgram results → Hub). A
-normal end travels down the pipe: the receiver flushes and closes the buffer, the sender
-sends CloseStream, the Deepgram receiver returns when Deepgram closes. A Deepgram failure
-that reconnecting cannot mend cancels the rest and closes the call's connections.
+Twilio's messages are taken as they arrive, without a task (`intake.StreamIntake`: order
+rules → mixer → audio buffer). Three tasks: `twilio_receiver` (waits for the stream's end
+and answers bad input), and per Deepgram stream (`deepgram.DeepgramSession`)
+`deepgram_sender` (audio buffer → Deepgram, KeepAlive when idle, CloseStream at the end)
+and `deepgram_receiver` (Deepgram results → Hub). A normal end travels down the pipe: the
+intake flushes and closes the buffer, the sender sends CloseStream, the Deepgram receiver
+returns when Deepgram closes. A Deepgram failure that reconnecting cannot mend cancels the
+rest and closes the call's connections.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ import time
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from .audio_buffer import AudioBuffer
 from .config import Settings
 from .deepgram import DeepgramSession
+from .direct_connection import DirectConnection
 from .doors import SECRET_PARAMETER, redacted, secret_matches
 from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
 from .hub import CALL_ENDED, CallInfo, Ending, Hub
+from .intake import Log, StreamIntake
 from .logs import CallLog, get_logger
-from .mixer import StereoMixer
-from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
+from .twilio_events import Start
 
 logger = get_logger("call")
 
@@ -33,22 +35,37 @@ logger = get_logger("call")
 START_TIMEOUT_S = 10.0
 
 
-async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> None:
+async def handle_twilio(ws: DirectConnection, hub: Hub, settings: Settings) -> None:
     """Serve one Twilio Media Stream connection until the call ends."""
-    stream = TwilioStream()
+    intake = StreamIntake(
+        chunk_ms=settings.chunk_ms,
+        max_lag_ms=settings.max_track_lag_ms,
+        buffer_s=settings.audio_buffer_s,
+        log=logger,
+    )
+    ws.attach(intake)
+    try:
+        await _serve_stream(ws, intake, hub, settings)
+    finally:
+        hub.counters.unknown_events += sum(intake.unknown_events.values())
+
+
+async def _serve_stream(
+    ws: DirectConnection, intake: StreamIntake, hub: Hub, settings: Settings
+) -> None:
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
-            start = await _wait_for_start(ws, stream)
+            start = await intake.wait_for_start()
     except TimeoutError:
         await _refuse(ws, TwilioProtocolError(f"no start within {START_TIMEOUT_S:.0f} s"), logger)
         return
-    except ProxyError as exc:
-        await _refuse(ws, exc, logger)
-        return
     if start is None:
-        logger.info("Twilio stream closed before its start message")
+        if intake.error is not None:
+            await _refuse(ws, intake.error, logger)
+        else:
+            logger.info("Twilio stream closed before its start message")
         return
-    log = CallLog(logger, start.call_sid)
+    log = intake.log = CallLog(logger, start.call_sid)
     secret = settings.twilio_stream_secret
     if secret and not secret_matches(start.custom_parameters, secret):
         hub.counters.refused_unauthorized += 1
@@ -59,7 +76,7 @@ async def handle_twilio(ws: ServerConnection, hub: Hub, settings: Settings) -> N
     except ProxyError as exc:
         await _refuse(ws, exc, log)
         return
-    session = CallSession(ws, stream, start, hub, settings, log)
+    session = CallSession(ws, intake, start, hub, settings, log)
     try:
         await session.run()
     except Exception as exc:  # a bug: this call fails, the server and other calls go on
@@ -76,61 +93,42 @@ def call_info(start: Start) -> CallInfo:
     return CallInfo(start.call_sid, parameters, start.tracks, int(time.time() * 1000))
 
 
-async def _wait_for_start(ws: ServerConnection, stream: TwilioStream) -> Start | None:
-    """Read `connected` and `start`; None if the socket closes (or `stop` comes) first."""
-    try:
-        async for message in ws:
-            event = stream.receive(message)
-            if isinstance(event, Start):
-                return event
-            if isinstance(event, Stop):
-                return None
-    except ConnectionClosedError:
-        pass
-    return None
-
-
-async def _refuse(
-    ws: ServerConnection,
-    exc: ProxyError,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-) -> None:
+async def _refuse(ws: ServerConnection, exc: Exception, log: Log) -> None:
+    """Close Twilio's connection with the code and reason that `exc` calls for."""
     code, reason = close_frame_for(exc)
-    log.warning("closing Twilio stream (%d): %s", code, exc)
+    if isinstance(exc, ProxyError):
+        log.warning("closing Twilio stream (%d): %s", code, exc)
+    else:
+        log.error("closing Twilio stream (%d) on a bug", code, exc_info=exc)
     await ws.close(code, reason)
 
 
 class CallSession:
-    """The mixer, the audio buffer and the tasks of one call."""
+    """The Deepgram side and the tasks of one call whose stream has started."""
 
     def __init__(
         self,
         ws: ServerConnection,
-        stream: TwilioStream,
+        intake: StreamIntake,
         start: Start,
         hub: Hub,
         settings: Settings,
         log: logging.LoggerAdapter[logging.Logger],
     ) -> None:
+        assert intake.mixer is not None and intake.audio is not None  # made by `start`
         self.ws = ws
-        self.stream = stream
+        self.intake = intake
+        self.mixer = intake.mixer
+        self.audio = intake.audio
         self.start = start
         self.hub = hub
         self.settings = settings
         self.log = log
-        self.mixer = StereoMixer(
-            start.tracks, chunk_ms=settings.chunk_ms, max_lag_ms=settings.max_track_lag_ms
-        )
-        channels = self.mixer.channels
-        # Filled as fast as Twilio sends audio (real time), emptied as fast as Deepgram takes
-        # it; it only grows while Deepgram is unreachable, and never beyond its bound.
-        self.audio = AudioBuffer(max_bytes=int(settings.audio_buffer_s * 8000 * channels))
         call_sid = start.call_sid
         self.deepgram = DeepgramSession(
-            settings, channels, self.audio, lambda text: hub.publish(call_sid, text), log
+            settings, self.mixer.channels, self.audio, lambda text: hub.publish(call_sid, text), log
         )
         self.deepgram.on_reconnect = self._count_reconnect
-        self.unknown_events: set[str] = set()
         self.ending: Ending = CALL_ENDED
         self.started_at = time.monotonic()
 
@@ -153,34 +151,21 @@ class CallSession:
             await self.fail(group.exceptions[0])
 
     async def twilio_receiver(self) -> None:
-        """Feed Twilio's media to the mixer until `stop`, a closed socket or bad input."""
-        try:
-            async for message in self.ws:
-                event = self.stream.receive(message)
-                if isinstance(event, Media):
-                    self.mixer.push(event.track, event.timestamp_ms, event.payload)
-                    for chunk in self.mixer.pop_chunks():
-                        self.audio.put(chunk)
-                elif isinstance(event, Stop):
-                    break
-                elif isinstance(event, Dtmf):
-                    # Digits can be card numbers or PINs: not at INFO.
-                    self.log.debug("DTMF %s on %s", event.digit, event.track)
-                elif isinstance(event, UnknownEvent):
-                    self._note_unknown(event.name)
-        except TwilioProtocolError as exc:
-            # Bad input ends the stream, but what was said so far is still transcribed.
-            await _refuse(self.ws, exc, self.log)
-        except ConnectionClosedError as exc:
-            self.log.warning("Twilio's connection dropped: %s", exc)
-        self.audio.put(self.mixer.flush())
-        self.audio.close()
+        """Wait for Twilio's stream to end, then answer how it ended.
 
-    def _note_unknown(self, name: str) -> None:
-        self.hub.counters.unknown_events += 1
-        if name not in self.unknown_events:
-            self.unknown_events.add(name)
-            self.log.warning("ignoring unknown Twilio event %r", name)
+        The messages themselves are taken by the intake as they arrive (`StreamIntake`), and
+        it ends the audio buffer for the Deepgram sender: bad input ends the stream, but
+        what was said so far is still transcribed."""
+        await self.intake.wait_for_end()
+        error = self.intake.error
+        if isinstance(error, ProxyError):
+            await _refuse(self.ws, error, self.log)
+        elif error is not None:
+            raise error  # a bug: handle_twilio ends this call with 1011
+        elif not self.intake.stopped:  # closed without `stop`: only worth a word if unclean
+            closing = self.ws.protocol.close_exc
+            if isinstance(closing, ConnectionClosedError):
+                self.log.warning("Twilio's connection dropped: %s", closing)
 
     def _count_reconnect(self) -> None:
         self.hub.counters.deepgram_reconnects += 1

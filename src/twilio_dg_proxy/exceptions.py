@@ -40,6 +40,10 @@ class UnsupportedFrame(TwilioProtocolError):
     """A binary frame arrived where only JSON text is allowed."""
 
 
+class InvalidText(TwilioProtocolError):
+    """A text message is not valid UTF-8 (RFC 6455 requires it)."""
+
+
 class DuplicateCall(ProxyError):
     """A second stream announced a callSid that is already streaming."""
 
@@ -95,6 +99,7 @@ class DeepgramNotConfigured(DeepgramError):
 # Most specific first: the first matching row wins.
 CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (UnsupportedFrame, CloseCode.UNSUPPORTED_DATA),
+    (InvalidText, CloseCode.INVALID_DATA),
     (TwilioProtocolError, CloseCode.POLICY_VIOLATION),
     (DuplicateCall, CloseCode.POLICY_VIOLATION),
     (UnknownCall, CloseCode.POLICY_VIOLATION),

@@ -20,6 +20,7 @@ from websockets.http11 import Request, Response
 from .call import handle_twilio
 from .clients import handle_client, handle_viewer
 from .config import Settings
+from .direct_connection import DirectConnection
 from .doors import SIGNATURE_HEADER, open_doors, token_allowed, token_of, twilio_signature_check
 from .hub import Hub
 from .logs import get_logger
@@ -78,6 +79,7 @@ class ProxyServer:
             finally:
                 self._clients.discard(ws)
             return
+        assert isinstance(ws, DirectConnection) and ws.direct  # see `_Connection`
         self._streams.add(ws)
         self._no_streams.clear()
         try:
@@ -211,12 +213,20 @@ class ProxyServer:
             self.settings.host,
             self.settings.port,
             process_request=self.process_request,
+            create_connection=_Connection,
             max_size=MAX_MESSAGE_BYTES,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
             server_header=None,
             ssl=tls_context(self.settings),
         ) as server:
             yield server
+
+
+class _Connection(DirectConnection):
+    """Twilio's messages are handled as they arrive (`call.handle_twilio`); clients'
+    wait for their handler to `recv()` them."""
+
+    direct_paths = frozenset({TWILIO_PATH})
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -14,17 +14,26 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from .exceptions import MalformedMessage, UnexpectedEvent, UnsupportedFrame
+from .exceptions import InvalidText, MalformedMessage, UnexpectedEvent
 
 # orjson parses a media message about four times faster than the standard library. It is a
 # dependency wherever it has wheels; without it the standard library parses the same JSON.
 # The two differ only on text that is not valid JSON to begin with (NaN, lone surrogates,
 # integers beyond 64 bits, which orjson reads as floats) and in their error messages.
-_json_loads: Callable[[str], Any]
+
+
+def _std_json_loads(message: str | bytes) -> Any:
+    # json.loads would also take UTF-16 and UTF-32 bytes: a text message is UTF-8.
+    return json.loads(message.decode() if isinstance(message, bytes) else message)
+
+
+# Text arrives as the UTF-8 bytes of the frame: orjson reads (and checks) them as they are.
+_json_loads: Callable[[str | bytes], Any]
 try:
     from orjson import loads as _json_loads
 except ImportError:
-    _json_loads = json.loads
+    _json_loads = _std_json_loads
+
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -357,19 +366,22 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], TwilioEvent]] = {
 
 
 def parse_event(text: str | bytes) -> TwilioEvent:
-    """Parse one Media Streams message into its event.
+    """Parse one Media Streams text message (a str, or its UTF-8 bytes) into its event.
 
     Strings of digits become ints, base64 becomes bytes; unknown fields are ignored.
-    Raises `UnsupportedFrame` for a binary frame and `MalformedMessage` (with a short reason,
-    fit for a close frame) for anything that is not a valid message; never any other error.
+    Raises `InvalidText` for bytes that are not UTF-8 and `MalformedMessage` (with a short
+    reason, fit for a close frame) for anything that is not a valid message; never any other
+    error.
     """
-    if not isinstance(text, str):
-        raise UnsupportedFrame("binary frames are not part of the Media Streams protocol")
     try:
         message = _json_loads(text)
     except json.JSONDecodeError as exc:  # orjson's JSONDecodeError is a subclass
+        if isinstance(text, bytes) and not _is_utf8(text):  # orjson: a JSONDecodeError
+            raise InvalidText("text message is not valid UTF-8") from None
         reason = exc.msg[:_MAX_JSON_ERROR]
         raise MalformedMessage(f"invalid JSON: {reason} at char {exc.pos}") from None
+    except UnicodeDecodeError:  # json
+        raise InvalidText("text message is not valid UTF-8") from None
     except ValueError:  # json: an integer with too many digits for int()
         raise MalformedMessage("invalid JSON: number too large") from None
     except RecursionError:  # json: nested deeper than the stack (orjson stops at 1024)
@@ -388,6 +400,14 @@ def parse_event(text: str | bytes) -> TwilioEvent:
     if parser is None:
         return UnknownEvent(name=event[:_MAX_SHOWN])
     return parser(message)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class TwilioStream:

@@ -22,6 +22,10 @@ from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, 
 FRAME = pattern("inbound", 160)
 
 
+class TextBytes(bytes):
+    """Bytes to send as a text message, unchecked (a peer may send invalid UTF-8)."""
+
+
 @dataclass(frozen=True)
 class Case:
     """Messages sent after `connected` (and `start`, unless `before_start`), and the outcome:
@@ -80,6 +84,12 @@ TWILIO_CASES = [
         "not in start.tracks",
     ),
     Case("a binary frame", lambda c: [b"\x00\x01"], 1003, "binary"),
+    Case(
+        "text that is not UTF-8",
+        lambda c: [TextBytes(b'{"event": "media\xff"}')],
+        1007,
+        "not valid UTF-8",
+    ),
     Case("an oversized message", lambda c: ["x" * 70_000], 1009),
     Case(
         "payloads that are not 160 bytes",
@@ -147,7 +157,7 @@ async def test_bad_twilio_input(
         if not case.before_start:
             await ws.send(call.start())
         for message in case.messages(call):
-            await ws.send(message)
+            await ws.send(message, text=isinstance(message, TextBytes) or None)
         if case.code is None:
             await ws.send(call.stop())
         await ws.wait_closed()

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from twilio_dg_proxy import twilio_events
 from twilio_dg_proxy.exceptions import (
+    InvalidText,
     MalformedMessage,
     TwilioProtocolError,
     UnexpectedEvent,
-    UnsupportedFrame,
 )
 from twilio_dg_proxy.fakes.twilio import (
     FRAME_BYTES,
@@ -48,7 +48,10 @@ from twilio_dg_proxy.twilio_events import (
 def json_parser(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs with each JSON parser the module can use: orjson, a dependency where it
     has wheels, and the standard library, its fallback. Yields the parser's name."""
-    loads = pytest.importorskip("orjson").loads if request.param == "orjson" else json.loads
+    if request.param == "orjson":
+        loads = pytest.importorskip("orjson").loads
+    else:
+        loads = twilio_events._std_json_loads
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(twilio_events, "_json_loads", loads)
         yield request.param
@@ -315,10 +318,21 @@ def test_unknown_fields_are_ignored(message: dict[str, Any]) -> None:
 # --- Frames and JSON that are not messages -----------------------------------------------
 
 
-@pytest.mark.parametrize("frame", [b"", b"{}", json.dumps(media_message()).encode()])
-def test_binary_frames_are_unsupported(frame: bytes) -> None:
-    with pytest.raises(UnsupportedFrame, match="binary frames are not part of"):
-        parse_event(frame)
+@pytest.mark.parametrize(
+    "message", [connected_message(), start_message(), media_message(), {"event": "new"}]
+)
+def test_utf8_bytes_parse_as_their_text(message: dict[str, Any]) -> None:
+    raw = json.dumps(message, ensure_ascii=False)
+    assert parse_event(raw.encode()) == parse_event(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff", b'{"event": "media\xc3"}', b'{"event": "\xed\xa0\x80"}', b'"\xf4\x90\x80\x80"'],
+)
+def test_bytes_that_are_not_utf8_are_invalid_text(raw: bytes) -> None:
+    with pytest.raises(InvalidText, match="not valid UTF-8"):
+        parse_event(raw)
 
 
 @pytest.mark.parametrize("raw", ["", "{", "{'event': 'media'}", "nope", '{"event": "media"} x'])
@@ -679,10 +693,21 @@ def test_any_text_gives_an_event_or_a_protocol_error(raw: str) -> None:
     assert_contract(raw)
 
 
-@given(st.binary())
-def test_any_binary_frame_is_unsupported(raw: bytes) -> None:
-    with pytest.raises(UnsupportedFrame):
-        parse_event(raw)
+@given(st.binary() | st.text().map(str.encode))
+def test_any_bytes_give_an_event_or_a_protocol_error(raw: bytes) -> None:
+    assert_contract(raw)
+
+
+def outcome(raw: str | bytes) -> object:
+    try:
+        return parse_event(raw)
+    except TwilioProtocolError as exc:
+        return type(exc), str(exc)
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"])) | json_values.map(json.dumps))
+def test_any_text_parses_the_same_as_its_utf8_bytes(raw: str) -> None:
+    assert outcome(raw.encode()) == outcome(raw)
 
 
 @given(json_values)
@@ -831,8 +856,8 @@ def test_stream_raises_parse_errors_and_keeps_going() -> None:
     stream.receive(text(start_message()))
     with pytest.raises(MalformedMessage):
         stream.receive("{")
-    with pytest.raises(UnsupportedFrame):
-        stream.receive(b"\x00")
+    with pytest.raises(InvalidText):
+        stream.receive(b"\xff")
     assert isinstance(stream.receive(text(media_message())), Media)
 
 

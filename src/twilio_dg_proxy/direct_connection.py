@@ -1,0 +1,91 @@
+"""A server connection that hands each message to a callback the moment it is parsed.
+
+websockets queues every message for a task to `recv()`: for Twilio's 100 small messages per
+second per call, queueing one and waking the call's task to take it cost more CPU than
+handling it (`bench --profile`). On a path chosen at the handshake, this connection instead
+calls `MessageSink.message` from the protocol callback that parsed the frame, in order;
+control frames, limits and the closing handshake stay websockets' own. Other paths keep
+`recv()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import Event
+
+
+class MessageSink(Protocol):
+    """Where a direct connection's messages go. Called from the event loop's protocol
+    callbacks, so neither method may block or raise."""
+
+    def message(self, data: bytes, text: bool) -> None:
+        """One complete message: UTF-8 bytes of a text message, or a binary message."""
+
+    def closed(self) -> None:
+        """The connection is closed: no message will follow."""
+
+
+class DirectConnection(ServerConnection):
+    """A `ServerConnection` whose requests to one of `direct_paths` deliver their messages
+    to the sink given to `attach`, holding them until then; others behave as usual."""
+
+    direct_paths: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct = False  # decided by the handshake request's path
+        self._sink: MessageSink | None = None
+        self._held: list[tuple[bytes, bool]] = []  # messages parsed before `attach`
+        self._parts: list[bytes] = []  # fragments of the message being received
+        self._text = False  # the message being received is text
+        self._lost = False
+
+    def attach(self, sink: MessageSink) -> None:
+        """Deliver to `sink` the messages held so far, then each one as it comes."""
+        assert self.direct and self._sink is None
+        self._sink = sink
+        held, self._held = self._held, []
+        for data, text in held:
+            sink.message(data, text)
+        if self._lost:
+            sink.closed()
+        else:
+            self.transport.resume_reading()  # paused if too many were held
+
+    def process_event(self, event: Event) -> None:
+        if self.request is None:  # the handshake request comes before any frame
+            assert isinstance(event, Request)
+            self.direct = urlsplit(event.path).path in self.direct_paths
+        elif self.direct and isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            self._take(event)
+            return
+        super().process_event(event)
+
+    def _take(self, frame: Frame) -> None:
+        """Assemble a message from its frames (websockets has checked their order and size)."""
+        if frame.opcode is not Opcode.CONT:
+            self._text = frame.opcode is Opcode.TEXT
+        if not frame.fin:
+            self._parts.append(bytes(frame.data))
+            return
+        data = bytes(frame.data)
+        if self._parts:
+            data = b"".join([*self._parts, data])
+            self._parts.clear()
+        if self._sink is not None:
+            self._sink.message(data, self._text)
+            return
+        self._held.append((data, self._text))
+        if len(self._held) >= (self.max_queue_high or 16):
+            self.transport.pause_reading()  # the handler has not attached yet: slow the peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost = True
+        if self._sink is not None:
+            self._sink.closed()

@@ -1,0 +1,123 @@
+"""Everything one /twilio connection sends, handled the moment it arrives.
+
+A `StreamIntake` takes each message from the socket layer (`direct_connection`): it checks
+it (`TwilioStream`), places media on the call's timeline (`StereoMixer`) and queues mixed
+chunks for Deepgram (`AudioBuffer`), all synchronously, so a call costs one wake-up of its
+Deepgram sender per chunk instead of one of a task per message. Tasks only wait for the
+moments that need them: `start`, and the end of the stream (`stop`, bad input, a closed
+connection). No sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .audio_buffer import AudioBuffer
+from .exceptions import UnsupportedFrame
+from .mixer import StereoMixer
+from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
+
+Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+class StreamIntake:
+    """One Media Stream's messages, in order: `message()` each, then `closed()`.
+
+    After `start` it owns the call's mixer and audio buffer. It ends at `stop`, at the first
+    bad message (kept in `error`, and the audio so far still flushed) or when the connection
+    closes; it then flushes the mixer, closes the buffer and ignores anything more.
+    """
+
+    def __init__(self, *, chunk_ms: int, max_lag_ms: int, buffer_s: float, log: Log) -> None:
+        self.chunk_ms = chunk_ms
+        self.max_lag_ms = max_lag_ms
+        self.buffer_s = buffer_s
+        self.log = log  # the caller may swap in the call's own once it knows the callSid
+        self.stream = TwilioStream()
+        self.mixer: StereoMixer | None = None
+        self.audio: AudioBuffer | None = None
+        self.error: Exception | None = None  # a bad message (ProxyError) or a bug
+        self.ended = False  # stop, error or closed connection: nothing more is taken
+        self.unknown_events: dict[str, int] = {}  # event name: count
+        self._changed = asyncio.Event()
+
+    @property
+    def start(self) -> Start | None:
+        """The stream's `start`, once it came."""
+        return self.stream.start
+
+    @property
+    def stopped(self) -> bool:
+        """Twilio said `stop`."""
+        return self.stream.stopped
+
+    def message(self, data: bytes, text: bool) -> None:
+        """Take one message (the UTF-8 bytes of a text message, or a binary message)."""
+        if self.ended:
+            return
+        try:
+            if not text:
+                raise UnsupportedFrame("binary frames are not part of the Media Streams protocol")
+            event = self.stream.receive(data)
+            if type(event) is Media:  # ~100 per second per call: first, and nothing else
+                mixer, audio = self.mixer, self.audio
+                assert mixer is not None and audio is not None  # TwilioStream: after start
+                mixer.push(event.track, event.timestamp_ms, event.payload)
+                for chunk in mixer.pop_chunks():
+                    audio.put(chunk)
+            elif type(event) is Start:
+                self._open(event)
+            elif type(event) is Stop:
+                self._end()
+            elif type(event) is Dtmf:
+                # Digits can be card numbers or PINs: not at INFO.
+                self.log.debug("DTMF %s on %s", event.digit, event.track)
+            elif type(event) is UnknownEvent:
+                self._note_unknown(event.name)
+        except Exception as exc:  # noqa: BLE001 - a ProxyError or a bug: the call's task decides
+            self.error = exc
+            self._end()
+
+    def closed(self) -> None:
+        """The connection closed: end the stream if it has not ended yet."""
+        if not self.ended:
+            self._end()
+
+    async def wait_for_start(self) -> Start | None:
+        """The stream's `start`, or None if the stream ended first."""
+        while self.start is None and not self.ended:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.start
+
+    async def wait_for_end(self) -> None:
+        """Return once the stream has ended."""
+        while not self.ended:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _open(self, start: Start) -> None:
+        self.mixer = mixer = StereoMixer(
+            start.tracks, chunk_ms=self.chunk_ms, max_lag_ms=self.max_lag_ms
+        )
+        # Filled as fast as Twilio sends audio (real time), emptied as fast as Deepgram takes
+        # it; it only grows while Deepgram is unreachable, and never beyond its bound.
+        self.audio = AudioBuffer(max_bytes=int(self.buffer_s * 8000 * mixer.channels))
+        self._changed.set()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._changed.set()
+        if self.mixer is not None and self.audio is not None:
+            try:
+                self.audio.put(self.mixer.flush())
+            except Exception as exc:  # noqa: BLE001 - a bug: kept for the call's task
+                self.error = self.error or exc
+            self.audio.close()
+
+    def _note_unknown(self, name: str) -> None:
+        count = self.unknown_events.get(name, 0)
+        if not count:
+            self.log.warning("ignoring unknown Twilio event %r", name)
+        self.unknown_events[name] = count + 1

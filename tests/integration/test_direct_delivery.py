@@ -1,0 +1,92 @@
+"""/twilio's messages are taken as they are parsed (`DirectConnection`), not through recv():
+however they are framed or timed, the call is the same, and /client is untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
+
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+
+from .helpers import RunningProxy, Watcher, results, until
+
+N = 8000  # one second per track
+
+
+def a_second_of_both_tracks(call: SimulatedCall) -> tuple[dict[str, bytes], list[str]]:
+    audio = {"inbound": pattern("inbound", N), "outbound": pattern("outbound", N)}
+    return audio, [m for _, m in call.frames(audio)]  # type: ignore[arg-type]
+
+
+async def heard(deepgram: FakeDeepgram, audio: dict[str, bytes]) -> None:
+    """Deepgram's one stream closes with exactly `audio`, both channels byte for byte."""
+    await until(lambda: len(deepgram.streams) == 1)
+    [stream] = deepgram.streams
+    await asyncio.wait_for(stream.closed.wait(), 5)
+    assert bytes(stream.audio[0::2]) == audio["inbound"]
+    assert bytes(stream.audio[1::2]) == audio["outbound"]
+
+
+async def test_fragmented_messages_are_reassembled(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    audio, frames = a_second_of_both_tracks(call)
+    async with connect(proxy.twilio_url, proxy=None) as ws:
+        watcher = None
+        for i, message in enumerate([call.connected(), call.start(), *frames]):
+            # RFC 6455 lets a peer cut any message into fragments: 1, 2 or 7 here.
+            pieces = 1 + i % 3 * 3
+            step = -(-len(message) // pieces)
+            await ws.send([message[k : k + step] for k in range(0, len(message), step)])
+            if i == 1:
+                await until(lambda: call.call_sid in proxy.server.hub.active_calls())
+                watcher = await Watcher.join(proxy, call.call_sid)
+        assert watcher is not None
+        await ws.send([call.stop()[:5], call.stop()[5:]])
+    assert ws.close_code == 1000
+    await heard(deepgram, audio)
+    assert len(results(await watcher.transcript())) >= 2
+
+
+def masked(text: str) -> bytes:
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=True, extensions=[])
+
+
+async def test_messages_sent_with_the_upgrade_request_are_kept_in_order(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    """A peer may send frames before it has read the 101 response: the proxy parses them
+    before the call's handler runs, holds them (pausing the socket past a few) and then
+    delivers every one, in order."""
+    call = SimulatedCall()
+    audio, frames = a_second_of_both_tracks(call)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /twilio HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    messages = [call.connected(), call.start(), *frames, call.stop()]
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request + b"".join(masked(m) for m in messages))
+    await writer.drain()
+    response = await reader.readuntil(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101")
+    await heard(deepgram, audio)
+    closing = await asyncio.wait_for(reader.read(4), 5)  # the proxy's close frame: 1000
+    assert closing[0] == 0x88 and int.from_bytes(closing[2:4], "big") == 1000
+    writer.close()
+
+
+async def test_clients_still_receive_with_recv(proxy: RunningProxy) -> None:
+    """Only /twilio is direct: a /client connection reads its choice with recv() as ever."""
+    async with connect(proxy.client_url, proxy=None) as ws:
+        assert await ws.recv() == "[]"
+        await ws.send("CAnope")
+        await ws.wait_closed()
+    assert ws.close_code == 1008
