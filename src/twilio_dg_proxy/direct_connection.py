@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
+from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Event
 
@@ -72,6 +73,10 @@ class DirectConnection(ServerConnection):
             self._text = frame.opcode is Opcode.TEXT
         if not frame.fin:
             self._parts.append(bytes(frame.data))
+            if len(self._parts) >= MAX_FRAGMENTS:  # recv() would refuse them too
+                self._parts.clear()
+                self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                self.send_data()
             return
         data = bytes(frame.data)
         if self._parts:

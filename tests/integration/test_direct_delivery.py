@@ -8,6 +8,8 @@ import base64
 import os
 
 from websockets.asyncio.client import connect
+from websockets.asyncio.messages import MAX_FRAGMENTS
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
@@ -52,6 +54,20 @@ async def test_fragmented_messages_are_reassembled(
     assert ws.close_code == 1000
     await heard(deepgram, audio)
     assert len(results(await watcher.transcript())) >= 2
+
+
+async def test_a_message_in_too_many_fragments_is_refused(proxy: RunningProxy) -> None:
+    call = SimulatedCall()
+    async with connect(proxy.twilio_url, proxy=None) as ws:
+        await ws.send(call.connected())
+        await ws.send(call.start())
+        message = call.connected()
+        try:
+            await ws.send(message[i % len(message)] for i in range(MAX_FRAGMENTS + 1))
+        except ConnectionClosed:
+            pass
+        await ws.wait_closed()
+    assert ws.close_code == 1009 and ws.close_reason == "too many fragments"
 
 
 def masked(text: str) -> bytes:
