@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import ipaddress
 import json
 import signal
@@ -42,6 +43,10 @@ _PAGE_POLICY = (
     "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+# Once no call is left, how long to wait (for their watchers and Deepgram streams to close)
+# before collecting garbage.
+IDLE_COLLECT_S = 1.0
 
 # Per path limits (TWILIO_MAX_MESSAGE_BYTES, CLIENT_MAX_MESSAGE_BYTES) are set on each
 # connection at the upgrade; this is the ceiling for the handshake itself.
@@ -88,6 +93,13 @@ class ProxyServer:
             self._streams.discard(ws)
             if not self._streams:
                 self._no_streams.set()
+                asyncio.get_running_loop().call_later(IDLE_COLLECT_S, self._collect_if_idle)
+
+    def _collect_if_idle(self) -> None:
+        """Free what the last calls left in reference cycles: under load the collector runs
+        on its own, but with `serve`'s high threshold it might not run again while idle."""
+        if not self._streams:
+            gc.collect()
 
     async def drain(self, server: Server) -> None:
         """Stop accepting; let calls go on for DRAIN_TIMEOUT, then end the rest properly

@@ -25,6 +25,7 @@ from typing import Any, Final
 from websockets.exceptions import InvalidHandshake
 
 from ..fakes.twilio import FRAME_BYTES, FRAME_MS, SimulatedCall, pattern
+from ..server import IDLE_COLLECT_S
 from ..twilio_events import Track
 from . import procfs
 from .fake_server import FakeProcess, StreamRecord
@@ -451,7 +452,8 @@ async def run_bench(options: BenchOptions) -> BenchReport:
                     streams = await load.finish(within=30 + options.duration_s)
                 finally:
                     load.abort()
-                await asyncio.sleep(0.5)  # let the proxy free what the calls held
+                # Let the proxy free what the calls held (it collects once idle).
+                await asyncio.sleep(IDLE_COLLECT_S + 1)
                 after = procfs.sample(proxy.pid)
                 problems = proxy.problems
     finally:
