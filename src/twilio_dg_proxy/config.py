@@ -89,6 +89,11 @@ class Settings:
         1000,
         "final results kept per active call, replayed to a viewer that joins late (0: none)",
     )
+    history_bytes: int = _setting(
+        "HISTORY_BYTES",
+        32 << 10,
+        "and at most this many bytes of them per call: the oldest go first (0: none)",
+    )
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     twilio_auth_token: str = _secret(
         "TWILIO_AUTH_TOKEN", "", "check X-Twilio-Signature on /twilio with this auth token"
@@ -252,6 +257,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "drain_timeout_s": _number_in(float, 0.0, 86_400.0),
     "client_queue_size": _number_in(int, 1, 1_000_000),
     "history_messages": _number_in(int, 0, 1_000_000),
+    "history_bytes": _number_in(int, 0, 1 << 30),
     "log_level": _log_level,
     "twilio_auth_token": _text,
     "public_url": _public_url,

@@ -22,9 +22,11 @@ from typing import Any
 
 from websockets.frames import CloseCode
 
+from . import json_loads
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
 
 DEFAULT_HISTORY_LIMIT = 1000
+DEFAULT_HISTORY_BYTES = 32 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,22 +127,38 @@ class CallInfo:
         }
 
 
+class History:
+    """A call's final results, replayed to viewers that join late: the latest ones within
+    `max_messages` and `max_bytes` (of text); older ones are dropped, and `truncated` says so.
+    """
+
+    __slots__ = ("max_bytes", "max_messages", "messages", "size", "truncated")
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.messages: deque[str] = deque()
+        self.size = 0  # characters held (Deepgram's JSON is ASCII: bytes)
+        self.truncated = False
+
+    def add(self, text: str) -> None:
+        """Keep `text`, dropping the oldest messages beyond the limits (and `text` itself if
+        it alone is over `max_bytes`)."""
+        self.messages.append(text)
+        self.size += len(text)
+        while self.messages and (
+            self.size > self.max_bytes or len(self.messages) > self.max_messages
+        ):
+            self.size -= len(self.messages.popleft())
+            self.truncated = True
+
+
 @dataclass(slots=True)
 class _Call:
     info: CallInfo
-    history_limit: int
+    history: History
     subscribers: set[Subscription] = field(default_factory=set)
     viewers: set[ViewerFeed] = field(default_factory=set)
-    history: deque[str] = field(init=False)
-    history_truncated: bool = False
-
-    def __post_init__(self) -> None:
-        self.history = deque(maxlen=self.history_limit)
-
-    def remember(self, text: str) -> None:
-        if len(self.history) == self.history_limit:
-            self.history_truncated = True
-        self.history.append(text)
 
     @property
     def watchers(self) -> int:
@@ -175,7 +193,7 @@ def is_history(text: str) -> bool:
     if not _MAYBE_HISTORY.search(text):
         return False
     try:
-        message = json.loads(text)
+        message = json_loads.loads(text)
     except ValueError:
         return False
     if not isinstance(message, dict):
@@ -205,10 +223,12 @@ class Hub:
         queue_limit: int,
         max_per_call: int = 1_000_000,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self._queue_limit = queue_limit
         self._max_per_call = max_per_call
         self._history_limit = history_limit
+        self._history_bytes = history_bytes
         self._calls: dict[str, _Call] = {}
         self._viewers: set[ViewerFeed] = set()
         self.counters = HubCounters()
@@ -219,7 +239,8 @@ class Hub:
         """Register a call so that clients can subscribe to it; tell the viewers."""
         if call_sid in self._calls:
             raise DuplicateCall(f"call {call_sid} is already streaming")
-        call = _Call(info or CallInfo(call_sid), self._history_limit)
+        history = History(self._history_limit, self._history_bytes)
+        call = _Call(info or CallInfo(call_sid), history)
         self._calls[call_sid] = call
         self.counters.calls += 1
         if self._viewers:
@@ -252,8 +273,8 @@ class Hub:
         if call is None:
             return
         self.counters.published += 1
-        if self._history_limit and is_history(text):
-            call.remember(text)
+        if self._history_limit and self._history_bytes and is_history(text):
+            call.history.add(text)
         if call.subscribers:
             evicted = [sub for sub in call.subscribers if not sub.offer(text)]
             for sub in evicted:
@@ -329,8 +350,8 @@ class Hub:
         snapshot = (
             f'{{"type": "subscribed", "callSid": {json.dumps(call_sid)}, '
             f'"call": {json.dumps(call.info.to_json())}, '
-            f'"historyTruncated": {json.dumps(call.history_truncated)}, '
-            f'"history": [{", ".join(call.history)}]}}'
+            f'"historyTruncated": {json.dumps(call.history.truncated)}, '
+            f'"history": [{", ".join(call.history.messages)}]}}'
         )
         if not self._offer(viewer, snapshot):
             return

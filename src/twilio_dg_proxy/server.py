@@ -63,6 +63,7 @@ class ProxyServer:
             settings.client_queue_size,
             settings.max_subscribers_per_call,
             history_limit=settings.history_messages,
+            history_bytes=settings.history_bytes,
         )
         self.assets = load_assets()
         self.signature_check = twilio_signature_check(settings)

@@ -14,26 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from . import json_loads
 from .exceptions import InvalidText, MalformedMessage, UnexpectedEvent
 
-# orjson parses a media message about four times faster than the standard library. It is a
-# dependency wherever it has wheels; without it the standard library parses the same JSON.
-# The two differ only on text that is not valid JSON to begin with (NaN, lone surrogates,
-# integers beyond 64 bits, which orjson reads as floats) and in their error messages.
-
-
-def _std_json_loads(message: str | bytes) -> Any:
-    # json.loads would also take UTF-16 and UTF-32 bytes: a text message is UTF-8.
-    return json.loads(message.decode() if isinstance(message, bytes) else message)
-
-
 # Text arrives as the UTF-8 bytes of the frame: orjson reads (and checks) them as they are.
-_json_loads: Callable[[str | bytes], Any]
-try:
-    from orjson import loads as _json_loads
-except ImportError:
-    _json_loads = _std_json_loads
-
+_json_loads = json_loads.loads
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

@@ -255,8 +255,9 @@ async def test_subscribing_mid_call_gives_every_final_exactly_once_then_live_mes
     await viewer.ws.close()
 
 
-async def test_history_is_bounded_by_history_messages(deepgram: FakeDeepgram) -> None:
-    async with running_proxy(deepgram.url, HISTORY_MESSAGES="3") as proxy:
+@pytest.mark.parametrize("limit", [{"HISTORY_MESSAGES": "3"}, {"HISTORY_BYTES": "3000"}])
+async def test_history_is_bounded(deepgram: FakeDeepgram, limit: dict[str, str]) -> None:
+    async with running_proxy(deepgram.url, **limit) as proxy:
         call = SimulatedCall()
         async with TwilioPeer.started(proxy, call) as twilio:
             await twilio.send_all(call.frames(audio(1.0)))
@@ -266,10 +267,18 @@ async def test_history_is_bounded_by_history_messages(deepgram: FakeDeepgram) ->
             await viewer.send(type="subscribe", callSid=call.call_sid)
             subscribed = await viewer.next()
             await twilio.stop()
-        finals = [json.loads(t) for t in deepgram.streams[0].sent if is_history(t)]
+        finals = [t for t in deepgram.streams[0].sent if is_history(t)]
+        history = subscribed["history"]
+        n = len(history)
+        parsed = [json.loads(t) for t in finals]
+        # The latest finals when the viewer subscribed: a run of consecutive ones, not the first.
+        [first] = [i for i in range(1, len(parsed) - n + 1) if parsed[i : i + n] == history]
         assert subscribed["historyTruncated"] is True
-        assert subscribed["history"] == finals[-3:][: len(subscribed["history"])]
-        assert len(subscribed["history"]) == 3
+        if "HISTORY_MESSAGES" in limit:
+            assert n == 3
+        else:  # as many as fit in 3,000 bytes: one more would not
+            assert sum(map(len, finals[first : first + n])) <= 3000
+            assert sum(map(len, finals[first - 1 : first + n])) > 3000
         await viewer.ws.close()
 
 

@@ -6,11 +6,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.frames import CloseCode
 
 from twilio_dg_proxy.exceptions import TooManySubscribers, UnknownCall
 from twilio_dg_proxy.fakes.deepgram import results_message
-from twilio_dg_proxy.hub import CallInfo, Ending, Hub, ViewerFeed, is_history
+from twilio_dg_proxy.hub import CallInfo, Ending, History, Hub, ViewerFeed, is_history
 
 
 def result(text: str, *, start: float, is_final: bool = True, speech_final: bool = False) -> str:
@@ -110,13 +112,50 @@ def test_history_keeps_the_latest_finals_and_says_when_it_dropped_some() -> None
     assert snapshot["history"] == [json.loads(text) for text in finals[2:]]
 
 
-def test_history_can_be_turned_off() -> None:
-    hub = Hub(queue_limit=10, history_limit=0)
+def test_history_keeps_the_latest_finals_within_its_bytes() -> None:
+    finals = [result(f"w{i}", start=i) for i in range(6)]
+    size = len(finals[0])  # all the same size
+    hub = Hub(queue_limit=10, history_bytes=3 * size + size // 2)
+    hub.open_call("CA1")
+    for text in finals:
+        hub.publish("CA1", text)
+    viewer = hub.add_viewer(now_ms=0)
+    hub.follow(viewer, "CA1")
+    snapshot = taken(viewer)[1]
+    assert snapshot["historyTruncated"] is True
+    assert snapshot["history"] == [json.loads(text) for text in finals[3:]]
+
+
+@pytest.mark.parametrize("limits", [{"history_limit": 0}, {"history_bytes": 0}])
+def test_history_can_be_turned_off(limits: dict[str, int]) -> None:
+    hub = Hub(queue_limit=10, **limits)
     hub.open_call("CA1")
     hub.publish("CA1", result("hello", start=0))
     viewer = hub.add_viewer(now_ms=0)
     hub.follow(viewer, "CA1")
     assert taken(viewer)[1]["history"] == []
+
+
+@given(
+    st.lists(st.integers(1, 300), max_size=40),
+    st.integers(0, 12),
+    st.integers(0, 2000),
+)
+def test_history_holds_the_longest_suffix_within_both_limits(
+    sizes: list[int], max_messages: int, max_bytes: int
+) -> None:
+    history = History(max_messages, max_bytes)
+    texts = ["x" * n for n in sizes]
+    for text in texts:
+        history.add(text)
+    kept = list(history.messages)
+    assert kept == texts[len(texts) - len(kept) :]  # the latest ones, in order
+    assert len(kept) <= max_messages and sum(map(len, kept)) <= max_bytes
+    assert history.size == sum(map(len, kept))
+    assert history.truncated == (len(kept) < len(texts))
+    if len(kept) < len(texts):  # one more would break a limit
+        longer = texts[len(texts) - len(kept) - 1 :]
+        assert len(longer) > max_messages or sum(map(len, longer)) > max_bytes
 
 
 def test_following_again_resends_the_history_without_doubling_the_live_feed() -> None:

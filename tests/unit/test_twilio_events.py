@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twilio_dg_proxy import twilio_events
+from twilio_dg_proxy import json_loads, twilio_events
 from twilio_dg_proxy.exceptions import (
     InvalidText,
     MalformedMessage,
@@ -51,7 +51,7 @@ def json_parser(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "orjson":
         loads = pytest.importorskip("orjson").loads
     else:
-        loads = twilio_events._std_json_loads
+        loads = json_loads.std_loads
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(twilio_events, "_json_loads", loads)
         yield request.param
