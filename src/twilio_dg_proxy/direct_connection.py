@@ -2,10 +2,11 @@
 
 websockets queues every message for a task to `recv()`: for Twilio's 100 small messages per
 second per call, queueing one and waking the call's task to take it cost more CPU than
-handling it (`bench --profile`). On a path chosen at the handshake, this connection instead
-calls `MessageSink.message` from the protocol callback that parsed the frame, in order;
-control frames, limits and the closing handshake stay websockets' own. Other paths keep
-`recv()`.
+handling it (`bench --profile`), and so did parsing each frame through websockets'
+generators. On a path chosen at the handshake, this connection reads the common frame (one
+masked frame per message) itself (`FrameSplitter`) and calls `MessageSink.message` from the
+protocol callback that received it, in order; any other frame goes to websockets, whose
+checks, limits, pings and closing handshake stay as they are. Other paths keep `recv()`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import Event
+from websockets.protocol import Event, State
+
+from .frame_splitter import FrameSplitter, Message
+
+_NO_LIMIT = 1 << 62
+# websockets reads at most 128 header lines of 8 KiB: a longer request is refused.
+_MAX_PREAMBLE = 2 << 20
 
 
 class MessageSink(Protocol):
@@ -45,6 +52,9 @@ class DirectConnection(ServerConnection):
         self._parts: list[bytes] = []  # fragments of the message being received
         self._text = False  # the message being received is text
         self._lost = False
+        # Until the handshake request has been read: the bytes so far, to find its end.
+        self._preamble: bytearray | None = bytearray()
+        self._splitter: FrameSplitter | None = None  # set for direct connections
 
     def attach(self, sink: MessageSink) -> None:
         """Deliver to `sink` the messages held so far, then each one as it comes."""
@@ -67,8 +77,48 @@ class DirectConnection(ServerConnection):
             return
         super().process_event(event)
 
+    def data_received(self, data: bytes) -> None:
+        splitter = self._splitter
+        if splitter is None:
+            if self._preamble is None:
+                super().data_received(data)
+            else:
+                self._handshake_received(data)
+            return
+        protocol = self.protocol
+        if protocol.state is State.CLOSING or protocol.state is State.CLOSED:
+            self._splitter = None  # nothing more to take: websockets discards the rest
+            super().data_received(data)
+            return
+        splitter.max_size = protocol.max_message_size or _NO_LIMIT  # set at the upgrade
+        for piece in splitter.feed(data):
+            if type(piece) is Message:
+                if protocol.state is State.OPEN or protocol.state is State.CONNECTING:
+                    self._deliver(piece.data, piece.text)  # else dropped, as websockets would
+            else:
+                super().data_received(piece.data)
+
+    def _handshake_received(self, data: bytes) -> None:
+        """Pass the handshake to websockets; from the end of its request on, a direct
+        connection splits the frames itself."""
+        assert self._preamble is not None
+        self._preamble += data
+        super().data_received(data)  # parses the request (and decides `direct`)
+        end = self._preamble.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._preamble) > _MAX_PREAMBLE:
+                self._preamble = None  # websockets refuses such a request anyway
+            return
+        # Frames sent before the 101 response, in the request's last read (Twilio waits for
+        # the response), were parsed by websockets already: it keeps parsing them all then.
+        pipelined = end + 4 < len(self._preamble)
+        self._preamble = None
+        if self.direct and not pipelined:
+            self._splitter = FrameSplitter(self.protocol.max_message_size or _NO_LIMIT)
+
     def _take(self, frame: Frame) -> None:
-        """Assemble a message from its frames (websockets has checked their order and size)."""
+        """Assemble a message from frames websockets parsed (it has checked their order and
+        size): fragments, and messages sent before the 101 response."""
         if frame.opcode is not Opcode.CONT:
             self._text = frame.opcode is Opcode.TEXT
         if not frame.fin:
@@ -82,10 +132,13 @@ class DirectConnection(ServerConnection):
         if self._parts:
             data = b"".join([*self._parts, data])
             self._parts.clear()
+        self._deliver(data, self._text)
+
+    def _deliver(self, data: bytes, text: bool) -> None:
         if self._sink is not None:
-            self._sink.message(data, self._text)
+            self._sink.message(data, text)
             return
-        self._held.append((data, self._text))
+        self._held.append((data, text))
         if len(self._held) >= (self.max_queue_high or 16):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
 

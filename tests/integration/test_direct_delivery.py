@@ -74,6 +74,31 @@ def masked(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=True, extensions=[])
 
 
+async def raw_twilio(
+    proxy: RunningProxy, pipelined: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A /twilio connection over a plain socket, past the 101 response: for frames no
+    WebSocket client library would send. `pipelined` goes out with the upgrade request."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /twilio HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request + pipelined)
+    await writer.drain()
+    response = await reader.readuntil(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def close_code_from(reader: asyncio.StreamReader) -> int:
+    """The code of the close frame the proxy sends (unmasked, so at a fixed offset)."""
+    closing = await asyncio.wait_for(reader.read(4), 5)
+    assert closing[0] == 0x88
+    return int.from_bytes(closing[2:4], "big")
+
+
 async def test_messages_sent_with_the_upgrade_request_are_kept_in_order(
     proxy: RunningProxy, deepgram: FakeDeepgram
 ) -> None:
@@ -82,21 +107,45 @@ async def test_messages_sent_with_the_upgrade_request_are_kept_in_order(
     delivers every one, in order."""
     call = SimulatedCall()
     audio, frames = a_second_of_both_tracks(call)
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET /twilio HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
     messages = [call.connected(), call.start(), *frames, call.stop()]
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    writer.write(request + b"".join(masked(m) for m in messages))
-    await writer.drain()
-    response = await reader.readuntil(b"\r\n\r\n")
-    assert response.startswith(b"HTTP/1.1 101")
+    reader, writer = await raw_twilio(proxy, b"".join(masked(m) for m in messages))
     await heard(deepgram, audio)
-    closing = await asyncio.wait_for(reader.read(4), 5)  # the proxy's close frame: 1000
-    assert closing[0] == 0x88 and int.from_bytes(closing[2:4], "big") == 1000
+    assert await close_code_from(reader) == 1000
     writer.close()
+
+
+async def test_a_frame_breaking_the_protocol_ends_the_call_with_1002_and_nothing_after_it(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    audio, frames = a_second_of_both_tracks(call)
+    half = len(frames) // 2
+    reader, writer = await raw_twilio(proxy)
+    writer.write(b"".join(masked(m) for m in [call.connected(), call.start(), *frames[:half]]))
+    unmasked = Frame(Opcode.TEXT, frames[half].encode()).serialize(mask=False, extensions=[])
+    # In one write with the rest, as a read may hold both: what follows must not be taken.
+    writer.write(unmasked + b"".join(masked(m) for m in frames[half + 1 :]))
+    await writer.drain()
+    assert await close_code_from(reader) == 1002
+    writer.close()
+    sent = half // 2 * 160  # bytes per track before the bad frame
+    await heard(deepgram, {track: data[:sent] for track, data in audio.items()})
+
+
+async def test_pings_during_a_call_are_answered(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    audio, frames = a_second_of_both_tracks(call)
+    async with connect(proxy.twilio_url, proxy=None, ping_interval=None) as ws:
+        await ws.send(call.connected())
+        await ws.send(call.start())
+        for i, message in enumerate(frames):
+            await ws.send(message)
+            if i % 20 == 0:
+                await asyncio.wait_for(await ws.ping(), 2)
+        await ws.send(call.stop())
+    await heard(deepgram, audio)
 
 
 async def test_clients_still_receive_with_recv(proxy: RunningProxy) -> None:

@@ -1,0 +1,151 @@
+"""Split a WebSocket server's incoming bytes into the messages it may take itself and the
+frames it must leave to websockets. Pure: bytes in, pieces out.
+
+Twilio sends a call's audio as ~100 small text messages per second, each in one masked
+frame. websockets parses every frame through a chain of generators, which cost more CPU
+than everything else done with the message (`bench --profile`). A `FrameSplitter` reads
+just those frames itself: complete, unfragmented (FIN), masked TEXT or BINARY frames with
+no reserved bits, within `max_size`, outside a fragmented message. Everything else
+(control frames, fragments, oversized or malformed frames) goes to websockets whole and in
+order, so its checks, limits, pings and closing handshake stay as they are. The splitter
+follows frame boundaries through everything it passes on, so it is never out of step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets builds its C speedups wherever it can
+    from websockets.utils import apply_mask
+
+__all__ = ["FrameSplitter", "Message", "Passed"]
+
+_FIN_TEXT = 0x81  # FIN, no reserved bits, opcode 1
+_FIN_BINARY = 0x82  # FIN, no reserved bits, opcode 2
+_MASKED = 0x80
+_OPCODE = 0x0F
+_FIN = 0x80
+_TEXT, _BINARY, _CONT = 0x1, 0x2, 0x0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole message read from one frame (its payload unmasked)."""
+
+    data: bytes
+    text: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """Bytes for websockets to parse, in order, starting where the previous piece ended."""
+
+    data: bytes
+
+
+class FrameSplitter:
+    """Feed it every byte received after the handshake request; it returns, in stream order,
+    the messages it read and the bytes it passed on. `max_size` may change between feeds."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        # The start of a frame not complete yet (to take, or to judge): grown in place, so a
+        # big frame arriving in many small reads costs no quadratic copying.
+        self._pending = bytearray()
+        self._owed = 0  # bytes still to come of a frame being passed on
+        self._fragmented = False  # inside a fragmented message: websockets assembles it
+
+    def feed(self, data: bytes) -> list[Message | Passed]:
+        """The pieces that `data` completes, in order."""
+        pieces: list[Message | Passed] = []
+        if self._owed:
+            passed = data[: self._owed]
+            self._owed -= len(passed)
+            pieces.append(Passed(passed))
+            data = data[len(passed) :]
+        buffer: bytes | bytearray = data
+        if self._pending:
+            self._pending += data
+            buffer = self._pending
+        pieces += self._split(buffer)
+        return pieces
+
+    def _split(self, data: bytes | bytearray) -> list[Message | Passed]:
+        pieces: list[Message | Passed] = []
+        start = 0  # of the bytes not yet handed out
+        pos = 0  # of the next frame
+        end = len(data)
+        while pos < end:
+            head = self._header(data, pos)
+            if head is None:  # incomplete header: wait for more
+                break
+            payload_at, length, first = head
+            frame_end = payload_at + length
+            if self._is_simple(first, data[pos + 1], length):
+                if frame_end > end:  # wait for the rest of it
+                    break
+                if pos > start:
+                    pieces.append(Passed(bytes(data[start:pos])))
+                mask = data[payload_at - 4 : payload_at]
+                payload = apply_mask(data[payload_at:frame_end], mask)
+                pieces.append(Message(payload, first == _FIN_TEXT))
+                start = pos = frame_end
+                continue
+            self._follow(first)
+            if frame_end > end:  # pass what there is; the rest is owed
+                self._owed = frame_end - end
+                pos = end
+                break
+            pos = frame_end
+        if pos > start:
+            pieces.append(Passed(bytes(data[start:pos])))
+        if pos == 0 and isinstance(data, bytearray):
+            pass  # all of it is still pending, where it is
+        else:
+            self._pending = bytearray(data[pos:])
+        return pieces
+
+    def _is_simple(self, first: int, second: int, length: int) -> bool:
+        return (
+            (first == _FIN_TEXT or first == _FIN_BINARY)
+            and second & _MASKED != 0
+            and length <= self.max_size
+            and not self._fragmented
+        )
+
+    def _follow(self, first: int) -> None:
+        """Track fragmented messages through a frame passed on (control frames may come in
+        the middle of one)."""
+        opcode = first & _OPCODE
+        if opcode in (_TEXT, _BINARY):
+            self._fragmented = not first & _FIN
+        elif opcode == _CONT and first & _FIN:
+            self._fragmented = False
+
+    @staticmethod
+    def _header(data: bytes | bytearray, pos: int) -> tuple[int, int, int] | None:
+        """(payload offset, payload length, first byte) of the frame at `pos`, or None if
+        its header is not complete in `data`."""
+        end = len(data)
+        if end - pos < 2:
+            return None
+        first, second = data[pos], data[pos + 1]
+        length = second & 0x7F
+        at = pos + 2
+        if length == 126:
+            if end - at < 2:
+                return None
+            length = int.from_bytes(data[at : at + 2], "big")
+            at += 2
+        elif length == 127:
+            if end - at < 8:
+                return None
+            length = int.from_bytes(data[at : at + 8], "big")
+            at += 8
+        if second & _MASKED:
+            at += 4
+            if at > end:
+                return None
+        return at, length, first
