@@ -86,17 +86,19 @@ class DirectConnection(ServerConnection):
                 self._handshake_received(data)
             return
         protocol = self.protocol
-        if protocol.state is State.CLOSING or protocol.state is State.CLOSED:
-            self._splitter = None  # nothing more to take: websockets discards the rest
+        taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
+        if not taking:
+            self._splitter = None  # closing: nothing more to take, websockets discards it
             super().data_received(data)
             return
         splitter.max_size = protocol.max_message_size or _NO_LIMIT  # set at the upgrade
         for piece in splitter.feed(data):
             if type(piece) is Message:
-                if protocol.state is State.OPEN or protocol.state is State.CONNECTING:
-                    self._deliver(piece.data, piece.text)  # else dropped, as websockets would
+                if taking:  # else dropped, as websockets drops what follows a close
+                    self._deliver(piece.data, piece.text)
             else:
-                super().data_received(piece.data)
+                super().data_received(piece.data)  # a control frame may start the closing
+                taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
 
     def _handshake_received(self, data: bytes) -> None:
         """Pass the handshake to websockets; from the end of its request on, a direct

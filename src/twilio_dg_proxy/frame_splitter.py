@@ -30,7 +30,8 @@ _FIN = 0x80
 _TEXT, _BINARY, _CONT = 0x1, 0x2, 0x0
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, for the same reason as twilio_events.Media: one per message.
+@dataclass(slots=True)
 class Message:
     """A whole message read from one frame (its payload unmasked)."""
 
@@ -38,7 +39,7 @@ class Message:
     text: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Passed:
     """Bytes for websockets to parse, in order, starting where the previous piece ended."""
 

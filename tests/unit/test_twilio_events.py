@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -236,10 +237,15 @@ def test_start_is_hashable_and_equal_only_with_equal_custom_parameters() -> None
     assert len({first, second, other}) == 2
 
 
-def test_events_are_frozen() -> None:
-    event = parse_event(text(media_message()))
-    with pytest.raises(AttributeError):
-        event.chunk = 2  # type: ignore[misc, union-attr]
+@pytest.mark.parametrize(
+    "message", [connected_message(), start_message(), stop_message(), dtmf_message()]
+)
+def test_events_are_frozen_but_media(message: dict[str, Any]) -> None:
+    """Media is not: it is made 100 times a second per call, at a third of the cost."""
+    event = parse_event(text(message))
+    field = next(iter(dataclasses.fields(event)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(event, field.name, None)
 
 
 def test_each_event_class_names_its_wire_event() -> None:
