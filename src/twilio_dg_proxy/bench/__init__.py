@@ -199,9 +199,13 @@ def run(args: argparse.Namespace) -> int:
                 # Noise can sink a size the proxy holds; never the other way round.
                 if report.held or not report.noisy:
                     break
-            if reports and reports[-1].generator_saturated:
-                print("sweep: the load side saturated; stopping", file=sys.stderr)
-                break
+            if reports and reports[-1].generator_saturated and not reports[-1].held:
+                # Its failure may be the load's: it bounds the search (nothing larger is
+                # tried), and the sweep bisects below it, where the load keeps up.
+                print(
+                    f"sweep: the load side saturated at {n} calls: searching below",
+                    file=sys.stderr,
+                )
         print(format_sweep(reports))
         if args.json:
             print(sweep_json(reports))

@@ -211,7 +211,7 @@ class _Window:
     fake_pid: int
     first_tick: int = 0  # the ticker's ticks measured: [first_tick, last_tick)
     last_tick: int = 0
-    start: float = 0.0  # when the first measured tick was due, and the last one ended
+    start: float = 0.0  # when the first measured tick ran, and when the window was sampled last
     end: float = 0.0
     proxy: list[procfs.ProcSample] = field(default_factory=list)
     fake: list[procfs.ProcSample] = field(default_factory=list)
@@ -325,7 +325,7 @@ class Load:
             await asyncio.sleep(max(due - time.monotonic(), 0.0))
             began = time.monotonic()
             if tick == first_measured:
-                window.start = due
+                window.start = began
                 window.sample()
                 window_started.set_result(None)
             active.extend(starting.pop(tick, ()))
@@ -339,6 +339,8 @@ class Load:
                 window.work.append(time.monotonic() - began)
         window.end = origin + last * _TICK_S
         await asyncio.sleep(max(window.end - time.monotonic(), 0.0))
+        # CPU shares are over the time between the samples: a late ticker samples late.
+        window.end = max(window.end, time.monotonic())
         window.sample()
 
     async def finish(self, within: float) -> dict[str, StreamRecord]:

@@ -85,6 +85,11 @@ class BenchReport:
         return max(self.others_on_proxy_cpu, self.others_on_load_cpu) > NOISE_THRESHOLD
 
     @property
+    def load_cpu_share(self) -> float:
+        """The generator's and the fake's CPU, as a share of the CPUs they had."""
+        return (self.generator_cpu_share + self.fake_cpu_share) / self.load_cpus
+
+    @property
     def generator_saturated(self) -> bool:
         """The load side was too busy for its figures to be trusted: the generator or the
         fake near a full core, or both together near all the CPUs they had."""
@@ -181,7 +186,7 @@ def format_sweep(reports: Sequence[BenchReport]) -> str:
     """One row per size tried, in the order tried, then the largest size held."""
     header = (
         f"{'calls':>6} {'CPU':>6} {'ms/call-s':>9} {'KB/call':>8} {'p99 added':>10} "
-        f"{'p99 fan-out':>11} {'complete':>9} {'generator':>9} {'others':>6}  verdict"
+        f"{'p99 fan-out':>11} {'complete':>9} {'load':>6} {'others':>6}  verdict"
     )
     lines = [header]
     chunk_ms = reports[0].chunk_ms if reports else 100
@@ -189,13 +194,18 @@ def format_sweep(reports: Sequence[BenchReport]) -> str:
         lines.append(
             f"{r.calls:>6} {r.proxy_cpu_share:>6.0%} {r.proxy_cpu_ms_per_call_s:>9.2f} "
             f"{r.rss_per_call / 1e3:>8.0f} {r.added.p99_ms:>8.0f}ms {r.fanout.p99_ms:>9.0f}ms "
-            f"{'yes' if r.complete else 'NO':>9} {r.generator_cpu_share:>9.0%} "
+            f"{'yes' if r.complete else 'NO':>9} {r.load_cpu_share:>6.0%} "
             f"{max(r.others_on_proxy_cpu, r.others_on_load_cpu):>6.0%}  "
             f"{'held' if r.held else 'failed'}"
         )
     lines.append(f"largest N held: {largest_held(reports) or 'none'} ({criterion(chunk_ms)})")
-    if any(r.generator_saturated for r in reports):
-        lines.append("WARNING: the load generator saturated during the sweep (see its column)")
+    saturated = sorted({r.calls for r in reports if r.generator_saturated and not r.held})
+    if saturated:
+        lines.append(
+            f"WARNING: the load side saturated at {', '.join(map(str, saturated))} calls (its"
+            " column: generator + fake Deepgram, per load CPU); a failure there may be the"
+            " load's, so the largest N held is a lower bound"
+        )
     return "\n".join(lines)
 
 
