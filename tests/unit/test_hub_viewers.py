@@ -99,31 +99,27 @@ def test_a_late_viewer_gets_the_finals_so_far_then_live_messages_each_once() -> 
     assert len(items) == 3  # a viewer outlives the calls it watches
 
 
-def test_history_keeps_the_latest_finals_and_says_when_it_dropped_some() -> None:
-    hub = Hub(queue_limit=10, history_limit=2)
+FINALS = [result(f"w{i}", start=i) for i in range(6)]
+SIZE = len(FINALS[0])  # all the same size
+
+
+@pytest.mark.parametrize(
+    ("limits", "kept"),
+    [({"history_limit": 2}, 2), ({"history_bytes": 3 * SIZE + SIZE // 2}, 3)],
+    ids=["by count", "by bytes"],
+)
+def test_history_keeps_the_latest_finals_and_says_when_it_dropped_some(
+    limits: dict[str, int], kept: int
+) -> None:
+    hub = Hub(queue_limit=10, **limits)
     hub.open_call("CA1")
-    finals = [result(f"w{i}", start=i) for i in range(4)]
-    for text in finals:
+    for text in FINALS:
         hub.publish("CA1", text)
     viewer = hub.add_viewer(now_ms=0)
     hub.follow(viewer, "CA1")
     snapshot = taken(viewer)[1]
     assert snapshot["historyTruncated"] is True
-    assert snapshot["history"] == [json.loads(text) for text in finals[2:]]
-
-
-def test_history_keeps_the_latest_finals_within_its_bytes() -> None:
-    finals = [result(f"w{i}", start=i) for i in range(6)]
-    size = len(finals[0])  # all the same size
-    hub = Hub(queue_limit=10, history_bytes=3 * size + size // 2)
-    hub.open_call("CA1")
-    for text in finals:
-        hub.publish("CA1", text)
-    viewer = hub.add_viewer(now_ms=0)
-    hub.follow(viewer, "CA1")
-    snapshot = taken(viewer)[1]
-    assert snapshot["historyTruncated"] is True
-    assert snapshot["history"] == [json.loads(text) for text in finals[3:]]
+    assert snapshot["history"] == [json.loads(text) for text in FINALS[-kept:]]
 
 
 @pytest.mark.parametrize("limits", [{"history_limit": 0}, {"history_bytes": 0}])
