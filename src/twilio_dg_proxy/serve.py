@@ -8,13 +8,12 @@ import dataclasses
 import gc
 import os
 import sys
-from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 
 from dotenv import dotenv_values
 
 from .config import Settings, settings_table
+from .event_loop import event_loop_factory
 from .exceptions import ConfigError
 from .logs import get_logger, setup_logging
 
@@ -131,16 +130,6 @@ def run(args: argparse.Namespace) -> int:
         logger.error("the offline engine cannot start: %s", exc)
         return EXIT_ENGINE
     return 0
-
-
-def event_loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
-    """uvloop's event loop where it is installed (a dependency except on Windows: it runs
-    the proxy's sockets and callbacks in C), else asyncio's; and the loop's name, to log."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop, "asyncio (uvloop is not installed)"
-    return uvloop.new_event_loop, f"uvloop {version('uvloop')}"
 
 
 async def serve(settings: Settings, *, offline: bool) -> None:

@@ -10,12 +10,12 @@ their watchers, the shared ticker, and the figures).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .. import event_loop
 from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
 from .procfs import wait_until_quiet
 
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.sweep:
             _wait_quiet(args.wait_quiet)
-            report = asyncio.run(run_bench(options))
+            report = event_loop.run(run_bench(options))
             print(format_report(report))
             if args.json:
                 print(json.dumps(report_json(report)))
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"sweep: {n} calls (attempt {attempt + 1}) ...", file=sys.stderr, flush=True)
                 _wait_quiet(args.wait_quiet)
                 try:
-                    report = asyncio.run(run_bench(replace(options, calls=n, profile=None)))
+                    report = event_loop.run(run_bench(replace(options, calls=n, profile=None)))
                 except BenchError as exc:  # e.g. a proxy too busy to accept the calls
                     print(f"sweep: {n} calls could not run: {exc}", file=sys.stderr)
                     outcomes[n] = False

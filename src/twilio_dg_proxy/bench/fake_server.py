@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from .. import event_loop
 from ..fakes.deepgram import FakeDeepgram, FakeStream
 
 __all__ = ["FakeProcess", "StreamRecord", "main"]
@@ -100,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--result-ms", type=int, default=250)
     args = parser.parse_args()
-    asyncio.run(_serve(args.result_ms))
+    event_loop.run(_serve(args.result_ms))
 
 
 class FakeProcess:
