@@ -47,7 +47,7 @@ async def handle_twilio(ws: DirectConnection, hub: Hub, settings: Settings) -> N
     try:
         await _serve_stream(ws, intake, hub, settings)
     finally:
-        hub.counters.unknown_events += sum(intake.unknown_events.values())
+        hub.counters.unknown_events += intake.unknown_count
 
 
 async def _serve_stream(

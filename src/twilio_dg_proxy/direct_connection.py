@@ -23,8 +23,6 @@ from websockets.protocol import Event, State
 from .frame_splitter import FrameSplitter, Message
 
 _NO_LIMIT = 1 << 62
-# websockets reads at most 128 header lines of 8 KiB: a longer request is refused.
-_MAX_PREAMBLE = 2 << 20
 
 
 class MessageSink(Protocol):
@@ -52,8 +50,10 @@ class DirectConnection(ServerConnection):
         self._parts: list[bytes] = []  # fragments of the message being received
         self._text = False  # the message being received is text
         self._lost = False
-        # Until the handshake request has been read: the bytes so far, to find its end.
-        self._preamble: bytearray | None = bytearray()
+        self._failed = False  # failed the connection itself: take nothing more
+        # Until the handshake request has been read: the last bytes of the reads so far, to
+        # find its end ("\r\n\r\n") even across reads.
+        self._request_tail: bytes | None = b""
         self._splitter: FrameSplitter | None = None  # set for direct connections
 
     def attach(self, sink: MessageSink) -> None:
@@ -80,7 +80,7 @@ class DirectConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         splitter = self._splitter
         if splitter is None:
-            if self._preamble is None:
+            if self._request_tail is None:
                 super().data_received(data)
             else:
                 self._handshake_received(data)
@@ -88,8 +88,10 @@ class DirectConnection(ServerConnection):
         protocol = self.protocol
         taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
         if not taking:
-            self._splitter = None  # closing: nothing more to take, websockets discards it
-            super().data_received(data)
+            # Closing: websockets parses the rest (it still reads frames until the peer's
+            # close), starting with what the splitter held back of a frame.
+            self._splitter = None
+            super().data_received(splitter.release() + data)
             return
         splitter.max_size = protocol.max_message_size or _NO_LIMIT  # set at the upgrade
         for piece in splitter.feed(data):
@@ -103,32 +105,33 @@ class DirectConnection(ServerConnection):
     def _handshake_received(self, data: bytes) -> None:
         """Pass the handshake to websockets; from the end of its request on, a direct
         connection splits the frames itself."""
-        assert self._preamble is not None
-        self._preamble += data
+        assert self._request_tail is not None
         super().data_received(data)  # parses the request (and decides `direct`)
-        end = self._preamble.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._preamble) > _MAX_PREAMBLE:
-                self._preamble = None  # websockets refuses such a request anyway
+        if self.protocol.handshake_exc is not None:  # refused: no frames will follow
+            self._request_tail = None
             return
-        # Frames sent before the 101 response, in the request's last read (Twilio waits for
-        # the response), were parsed by websockets already: it keeps parsing them all then.
-        pipelined = end + 4 < len(self._preamble)
-        self._preamble = None
-        if self.direct and not pipelined:
+        joined = self._request_tail + data
+        end = joined.find(b"\r\n\r\n")
+        if end < 0:
+            self._request_tail = joined[-3:]
+            return
+        self._request_tail = None
+        # Frames sent with the request, in its last read (Twilio waits for the response),
+        # were parsed by websockets already: it keeps parsing them all then.
+        if self.direct and end + 4 == len(joined):
             self._splitter = FrameSplitter(self.protocol.max_message_size or _NO_LIMIT)
 
     def _take(self, frame: Frame) -> None:
         """Assemble a message from frames websockets parsed (it has checked their order and
         size): fragments, and messages sent before the 101 response."""
+        if self._failed:
+            return
         if frame.opcode is not Opcode.CONT:
             self._text = frame.opcode is Opcode.TEXT
         if not frame.fin:
             self._parts.append(bytes(frame.data))
             if len(self._parts) >= MAX_FRAGMENTS:  # recv() would refuse them too
-                self._parts.clear()
-                self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                self.send_data()
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         data = bytes(frame.data)
         if self._parts:
@@ -143,6 +146,19 @@ class DirectConnection(ServerConnection):
         self._held.append((data, text))
         if len(self._held) >= (self.max_queue_high or 16):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection as websockets' recv() would: close frame, end of stream, and
+        an abort if the peer has not closed within close_timeout."""
+        self._failed = True
+        self._parts.clear()
+        self.protocol.fail(code, reason)
+        self.send_data()
+        self.loop.call_later(self.close_timeout or 0.0, self._abort)
+
+    def _abort(self) -> None:
+        if not self._lost:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -108,6 +108,12 @@ class FrameSplitter:
             self._pending = bytearray(data[pos:])
         return pieces
 
+    def release(self) -> bytes:
+        """The bytes held back (the start of a frame, not yet passed on), for a caller that
+        stops splitting and hands the rest of the stream to websockets."""
+        held, self._pending = bytes(self._pending), bytearray()
+        return held
+
     def _is_simple(self, first: int, second: int, length: int) -> bool:
         return (
             (first == _FIN_TEXT or first == _FIN_BINARY)

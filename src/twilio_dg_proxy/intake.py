@@ -20,6 +20,8 @@ from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
+_MAX_UNKNOWN_NAMES = 10  # unknown event names warned about, per stream
+
 
 class StreamIntake:
     """One Media Stream's messages, in order: `message()` each, then `closed()`.
@@ -39,7 +41,8 @@ class StreamIntake:
         self.audio: AudioBuffer | None = None
         self.error: Exception | None = None  # a bad message (ProxyError) or a bug
         self.ended = False  # stop, error or closed connection: nothing more is taken
-        self.unknown_events: dict[str, int] = {}  # event name: count
+        self.unknown_count = 0  # unknown events ignored
+        self.unknown_names: set[str] = set()  # those warned about
         self._changed = asyncio.Event()
 
     @property
@@ -117,7 +120,13 @@ class StreamIntake:
             self.audio.close()
 
     def _note_unknown(self, name: str) -> None:
-        count = self.unknown_events.get(name, 0)
-        if not count:
+        """Count it; warn once per name, for the first few names (a peer could make up
+        endless names: neither memory nor the log may grow with them)."""
+        self.unknown_count += 1
+        if name in self.unknown_names or len(self.unknown_names) > _MAX_UNKNOWN_NAMES:
+            return
+        self.unknown_names.add(name)
+        if len(self.unknown_names) > _MAX_UNKNOWN_NAMES:
+            self.log.warning("ignoring more unknown Twilio events (not named here)")
+        else:
             self.log.warning("ignoring unknown Twilio event %r", name)
-        self.unknown_events[name] = count + 1

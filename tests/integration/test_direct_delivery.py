@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 
+import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.exceptions import ConnectionClosed
@@ -75,10 +76,11 @@ def masked(text: str) -> bytes:
 
 
 async def raw_twilio(
-    proxy: RunningProxy, pipelined: bytes = b""
+    proxy: RunningProxy, pipelined: bytes = b"", *, then: bytes = b""
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A /twilio connection over a plain socket, past the 101 response: for frames no
-    WebSocket client library would send. `pipelined` goes out with the upgrade request."""
+    WebSocket client library would send. `pipelined` goes out in the upgrade request's
+    write, `then` in a write of its own right after it, both before reading the response."""
     key = base64.b64encode(os.urandom(16)).decode()
     request = (
         f"GET /twilio HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nUpgrade: websocket\r\n"
@@ -87,6 +89,9 @@ async def raw_twilio(
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(request + pipelined)
     await writer.drain()
+    if then:
+        writer.write(then)
+        await writer.drain()
     response = await reader.readuntil(b"\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 101")
     return reader, writer
@@ -99,16 +104,21 @@ async def close_code_from(reader: asyncio.StreamReader) -> int:
     return int.from_bytes(closing[2:4], "big")
 
 
-async def test_messages_sent_with_the_upgrade_request_are_kept_in_order(
-    proxy: RunningProxy, deepgram: FakeDeepgram
+@pytest.mark.parametrize("when", ["with the request", "right after it"])
+async def test_messages_sent_before_the_101_response_are_kept_in_order(
+    proxy: RunningProxy, deepgram: FakeDeepgram, when: str
 ) -> None:
-    """A peer may send frames before it has read the 101 response: the proxy parses them
-    before the call's handler runs, holds them (pausing the socket past a few) and then
-    delivers every one, in order."""
+    """A peer may send frames before it has read the 101 response, in the request's read
+    (websockets parses them) or in a later one (the splitter does, while the handshake is
+    not done): the proxy holds them until the call's handler attaches (pausing the socket
+    past a few), then delivers every one, in order."""
     call = SimulatedCall()
     audio, frames = a_second_of_both_tracks(call)
-    messages = [call.connected(), call.start(), *frames, call.stop()]
-    reader, writer = await raw_twilio(proxy, b"".join(masked(m) for m in messages))
+    stream = b"".join(masked(m) for m in [call.connected(), call.start(), *frames, call.stop()])
+    if when == "with the request":
+        reader, writer = await raw_twilio(proxy, stream)
+    else:
+        reader, writer = await raw_twilio(proxy, b"", then=stream)
     await heard(deepgram, audio)
     assert await close_code_from(reader) == 1000
     writer.close()
@@ -130,6 +140,59 @@ async def test_a_frame_breaking_the_protocol_ends_the_call_with_1002_and_nothing
     writer.close()
     sent = half // 2 * 160  # bytes per track before the bad frame
     await heard(deepgram, {track: data[:sent] for track, data in audio.items()})
+
+
+def zero_masked(payload: bytes) -> bytes:
+    """A masked text frame whose mask is zero: its payload is on the wire as it is."""
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + bytes(4) + payload
+
+
+def close_frame(code: int) -> bytes:
+    return Frame(Opcode.CLOSE, code.to_bytes(2, "big")).serialize(mask=True, extensions=[])
+
+
+async def test_a_frame_cut_by_the_proxys_own_close_is_read_whole_after_it(
+    proxy: RunningProxy,
+) -> None:
+    """The proxy closes (bad input) while the start of the next frame is all it has read:
+    the rest of that frame, then the peer's close frame, must still be read as such, and the
+    closing handshake end at once (not at close_timeout)."""
+    call = SimulatedCall()
+    # Read as a frame header, this payload would announce 65,535 bytes to wait for.
+    cut = zero_masked(b"\x82\xfe\xff\xff\x00\x00\x00\x00" + b"x" * 40)
+    reader, writer = await raw_twilio(proxy)
+    writer.write(b"".join(masked(m) for m in [call.connected(), call.start(), "{not json"]))
+    writer.write(cut[:6])
+    await writer.drain()
+    assert await close_code_from(reader) == 1008
+    writer.write(cut[6:] + close_frame(1000))
+    await writer.drain()
+    async with asyncio.timeout(3):
+        while await reader.read(1024):  # the rest of the close frame, then end of stream
+            pass
+    writer.close()
+
+
+async def test_after_too_many_fragments_nothing_more_is_taken_and_a_silent_peer_is_cut_off(
+    proxy: RunningProxy,
+) -> None:
+    call = SimulatedCall()
+    hub = proxy.server.hub
+    reader, writer = await raw_twilio(proxy)
+    writer.write(b"".join(masked(m) for m in [call.connected(), call.start()]))
+    await until(lambda: call.call_sid in hub.active_calls())
+    fragments = [Frame(Opcode.TEXT, b"{", fin=False)]
+    fragments += [Frame(Opcode.CONT, b" ", fin=False)] * (MAX_FRAGMENTS - 1)
+    # In the same read: a last fragment that, taken alone, would be a message.
+    fragments.append(Frame(Opcode.CONT, b'{"event": "after the limit"}'))
+    writer.write(b"".join(f.serialize(mask=True, extensions=[]) for f in fragments))
+    await writer.drain()
+    assert await close_code_from(reader) == 1009
+    # This peer never closes its side: the proxy cuts it off after its close_timeout (10 s).
+    await until(lambda: not hub.active_calls(), within=15)
+    assert hub.counters.unknown_events == 0  # the last fragment was not taken
+    writer.close()
 
 
 async def test_pings_during_a_call_are_answered(

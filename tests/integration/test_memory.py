@@ -26,7 +26,8 @@ AUDIO: dict[Track, bytes] = {
 }
 # Once the allocator has served a round it holds on to its arenas (CPython frees a 1 MiB
 # arena only when every object in it is gone): measured +10 MB after the first round, then
-# +0.1-0.7 MB over the next three. A leak of even 5 KB per call would show over 300 calls.
+# +0.1-0.7 MB over the next three. A leak of 6 KB or more per call fails this over the
+# 300 calls of rounds 2-4.
 RETAINED_ALLOWED = 24 << 20
 GROWTH_ALLOWED = 1536 << 10
 

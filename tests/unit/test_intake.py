@@ -166,12 +166,23 @@ def test_unknown_events_are_counted_and_warned_about_once_each(
     taker = intake()
     with caplog.at_level(logging.WARNING, LOG.name):
         feed(taker, '{"event": "new"}', call.start(), '{"event": "new"}', '{"event": "other"}')
-    assert taker.unknown_events == {"new": 2, "other": 1}
+    assert taker.unknown_count == 3 and taker.unknown_names == {"new", "other"}
     assert [r.getMessage() for r in caplog.records] == [
         "ignoring unknown Twilio event 'new'",
         "ignoring unknown Twilio event 'other'",
     ]
     assert not taker.ended
+
+
+def test_endless_unknown_event_names_cost_neither_memory_nor_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    taker = intake()
+    with caplog.at_level(logging.WARNING, LOG.name):
+        feed(taker, *(json.dumps({"event": f"e{i}"}) for i in range(1000)))
+    assert taker.unknown_count == 1000
+    assert len(taker.unknown_names) == 11 and len(caplog.records) == 11
+    assert caplog.records[-1].getMessage() == "ignoring more unknown Twilio events (not named here)"
 
 
 def test_dtmf_is_logged_only_at_debug(caplog: pytest.LogCaptureFixture) -> None:
