@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 from websockets.frames import Frame, Opcode
@@ -180,3 +182,18 @@ async def test_a_small_run_delivers_everything_with_sane_figures() -> None:
     assert 0 <= report.fanout.p50_ms < 100 and report.fanout.count > 0
     assert 0 < report.proxy_cpu_share < 1.5 and report.proxy_rss_loaded > 10_000_000
     assert 0 < report.generator_cpu_share < 1.0
+
+
+def test_the_command_runs_end_to_end_on_its_own_event_loop() -> None:
+    """`bench` as users run it: its own process, on uvloop where installed (the in-process
+    test above runs on pytest's loop)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "twilio_dg_proxy", "bench", "-n", "2", "-d", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["held"] and report["complete"] and report["calls_exact"] == 2

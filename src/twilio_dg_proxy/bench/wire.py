@@ -13,6 +13,7 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -122,8 +123,8 @@ class WireClient(asyncio.Protocol):
     # asyncio.Protocol callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A TCP transport (uvloop's are not asyncio.Transport subclasses, hence the cast).
+        self._transport = cast(asyncio.Transport, transport)
         self.protocol.send_request(self.protocol.connect())
         self._flush()
 
