@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .audio_buffer import AudioBuffer
@@ -30,6 +30,7 @@ from .deepgram_protocol import (
     replay_wait,
     shift_times,
 )
+from .direct_connection import DirectClientConnection
 from .exceptions import (
     DeepgramClosed,
     DeepgramError,
@@ -53,12 +54,15 @@ STABLE_STREAM_S = 10.0
 class DeepgramLink:
     """One live-transcription stream. Audio and control go out; results come back."""
 
-    def __init__(self, ws: ClientConnection, settings: Settings, log: Log) -> None:
+    def __init__(self, ws: DirectClientConnection, settings: Settings, log: Log) -> None:
         self._ws = ws
         self._close_timeout = settings.deepgram_close_timeout_s
         self._log = log
         self._closing = False  # True once CloseStream is sent: a close is then expected
         self.offset_s = 0.0  # where this stream's time 0 lies on the call's timeline
+        self._publish: Callable[[str], None] = lambda text: None
+        self._ended = asyncio.Event()  # closed, or publishing failed
+        self._error: Exception | None = None  # a bug met while publishing
 
     @classmethod
     async def open(cls, settings: Settings, channels: int, log: Log) -> DeepgramLink:
@@ -78,6 +82,9 @@ class DeepgramLink:
                 close_timeout=5,
                 max_size=_MAX_RESULT_BYTES,
                 compression=None,  # mu-law does not compress; deflate would only cost CPU
+                # Results are published from the socket callback that reads them: no task
+                # wake-up between Deepgram and the watchers' queues.
+                create_connection=DirectClientConnection,
             )
         except InvalidStatus as exc:
             response = exc.response
@@ -89,6 +96,7 @@ class DeepgramLink:
             raise DeepgramUnavailable(f"cannot reach {settings.deepgram_url}: {exc!r}") from None
         request_id = ws.response.headers.get("dg-request-id", "-") if ws.response else "-"
         log.info("Deepgram stream open: %d channel(s), request %s", channels, request_id)
+        assert isinstance(ws, DirectClientConnection)  # create_connection above
         return cls(ws, settings, log)
 
     async def send_audio(self, data: bytes) -> None:
@@ -114,19 +122,38 @@ class DeepgramLink:
             await self.close()
 
     async def forward_results(self, publish: Callable[[str], None]) -> None:
-        """Pass every message from Deepgram to `publish`, times shifted by `offset_s`, until
-        the stream closes. Raises `DeepgramClosed` unless it closes after `finish()`."""
-        try:
-            async for message in self._ws:
-                text = message if isinstance(message, str) else message.decode(errors="replace")
-                publish(shift_times(text, self.offset_s) if self.offset_s else text)
-        except ConnectionClosed:
-            pass  # read the code and reason below, whichever way it closed
+        """Pass every message from Deepgram to `publish`, times shifted by `offset_s`, as it
+        arrives, until the stream closes. Raises `DeepgramClosed` unless it closes after
+        `finish()` (and what `publish` raised, if it did)."""
+        self._publish = publish
+        self._ws.attach(self)
+        await self._ended.wait()
+        if self._error is not None:
+            raise self._error
         code, reason = self._ws.close_code, self._ws.close_reason or ""
         if not self._closing:
             raise DeepgramClosed(code, reason)
         if code not in (1000, None):
             self._log.warning("Deepgram closed with %s %s after CloseStream", code, reason)
+
+    # The connection's MessageSink: called from its socket callbacks, never raising.
+
+    def message(self, data: bytes, text: bool) -> None:
+        """One message from Deepgram: publish it (its JSON is text; anything else, as text
+        too, for whoever watches)."""
+        if self._error is not None:
+            return
+        try:
+            message = data.decode(errors="replace")
+            self._publish(shift_times(message, self.offset_s) if self.offset_s else message)
+        except Exception as exc:  # noqa: BLE001 - a bug: forward_results raises it
+            self._error = exc
+            self._ended.set()
+            self._ws.transport.abort()
+
+    def closed(self) -> None:
+        """The stream's connection is closed."""
+        self._ended.set()
 
     async def close(self) -> None:
         """Close the stream now (idempotent)."""

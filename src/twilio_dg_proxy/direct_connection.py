@@ -1,12 +1,14 @@
-"""A server connection that hands each message to a callback the moment it is parsed.
+"""WebSocket connections that hand each message to a callback the moment it is parsed.
 
 websockets queues every message for a task to `recv()`: for Twilio's 100 small messages per
 second per call, queueing one and waking the call's task to take it cost more CPU than
 handling it (`bench --profile`), and so did parsing each frame through websockets'
-generators. On a path chosen at the handshake, this connection reads the common frame (one
-masked frame per message) itself (`FrameSplitter`) and calls `MessageSink.message` from the
-protocol callback that received it, in order; any other frame goes to websockets, whose
-checks, limits, pings and closing handshake stay as they are. Other paths keep `recv()`.
+generators; for Deepgram's results, the task hop also adds a loop turn to every transcript's
+way to its watchers. A direct connection reads the common frame (one frame per message)
+itself (`FrameSplitter`) and calls `MessageSink.message` from the protocol callback that
+received it, in order; any other frame goes to websockets, whose checks, limits, pings and
+closing handshake stay as they are. `DirectConnection` serves /twilio this way (other
+paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import Event, State
 
 from .frame_splitter import FrameSplitter, Message
@@ -36,24 +40,25 @@ class MessageSink(Protocol):
         """The connection is closed: no message will follow."""
 
 
-class DirectConnection(ServerConnection):
-    """A `ServerConnection` whose requests to one of `direct_paths` deliver their messages
-    to the sink given to `attach`, holding them until then; others behave as usual."""
+class _Direct(Connection):
+    """What both sides share: the messages of a direct connection go to the sink given to
+    `attach`, held until then. Subclasses set `direct` at the handshake and route data
+    frames that websockets parsed to `_take`."""
 
-    direct_paths: ClassVar[frozenset[str]] = frozenset()
+    masked = True  # whether the peer's frames are masked (a client's are)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.direct = False  # decided by the handshake request's path
+        self.direct = False
         self._sink: MessageSink | None = None
         self._held: list[tuple[bytes, bool]] = []  # messages parsed before `attach`
         self._parts: list[bytes] = []  # fragments of the message being received
         self._text = False  # the message being received is text
         self._lost = False
         self._failed = False  # failed the connection itself: take nothing more
-        # Until the handshake request has been read: the last bytes of the reads so far, to
-        # find its end ("\r\n\r\n") even across reads.
-        self._request_tail: bytes | None = b""
+        # Until the handshake has been read: the last bytes of the reads so far, to find the
+        # end of its HTTP head ("\r\n\r\n") even across reads.
+        self._head_tail: bytes | None = b""
         self._splitter: FrameSplitter | None = None  # set for direct connections
 
     def attach(self, sink: MessageSink) -> None:
@@ -68,19 +73,17 @@ class DirectConnection(ServerConnection):
         else:
             self.transport.resume_reading()  # paused if too many were held
 
-    def process_event(self, event: Event) -> None:
-        if self.request is None:  # the handshake request comes before any frame
-            assert isinstance(event, Request)
-            self.direct = urlsplit(event.path).path in self.direct_paths
-        elif self.direct and isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+    def _takes(self, event: Event) -> bool:
+        """Take a data frame websockets parsed, if this connection is direct."""
+        if self.direct and isinstance(event, Frame) and event.opcode in DATA_OPCODES:
             self._take(event)
-            return
-        super().process_event(event)
+            return True
+        return False
 
     def data_received(self, data: bytes) -> None:
         splitter = self._splitter
         if splitter is None:
-            if self._request_tail is None:
+            if self._head_tail is None:
                 super().data_received(data)
             else:
                 self._handshake_received(data)
@@ -103,23 +106,24 @@ class DirectConnection(ServerConnection):
                 taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
 
     def _handshake_received(self, data: bytes) -> None:
-        """Pass the handshake to websockets; from the end of its request on, a direct
+        """Pass the handshake to websockets; from the end of its HTTP head on, a direct
         connection splits the frames itself."""
-        assert self._request_tail is not None
-        super().data_received(data)  # parses the request (and decides `direct`)
+        assert self._head_tail is not None
+        super().data_received(data)  # parses the request or response (and decides `direct`)
         if self.protocol.handshake_exc is not None:  # refused: no frames will follow
-            self._request_tail = None
+            self._head_tail = None
             return
-        joined = self._request_tail + data
+        joined = self._head_tail + data
         end = joined.find(b"\r\n\r\n")
         if end < 0:
-            self._request_tail = joined[-3:]
+            self._head_tail = joined[-3:]
             return
-        self._request_tail = None
-        # Frames sent with the request, in its last read (Twilio waits for the response),
-        # were parsed by websockets already: it keeps parsing them all then.
+        self._head_tail = None
+        # Frames that came in the same read as the handshake (a Twilio stream waits for the
+        # response) were parsed by websockets already: it keeps parsing them all then.
         if self.direct and end + 4 == len(joined):
-            self._splitter = FrameSplitter(self.protocol.max_message_size or _NO_LIMIT)
+            limit = self.protocol.max_message_size or _NO_LIMIT
+            self._splitter = FrameSplitter(limit, masked=self.masked)
 
     def _take(self, frame: Frame) -> None:
         """Assemble a message from frames websockets parsed (it has checked their order and
@@ -165,3 +169,31 @@ class DirectConnection(ServerConnection):
         self._lost = True
         if self._sink is not None:
             self._sink.closed()
+
+
+class DirectConnection(_Direct, ServerConnection):
+    """A `ServerConnection` that is direct for requests to one of `direct_paths`."""
+
+    direct_paths: ClassVar[frozenset[str]] = frozenset()
+
+    def process_event(self, event: Event) -> None:
+        if self.request is None:  # the handshake request comes before any frame
+            assert isinstance(event, Request)
+            self.direct = urlsplit(event.path).path in self.direct_paths
+        elif self._takes(event):
+            return
+        super().process_event(event)
+
+
+class DirectClientConnection(_Direct, ClientConnection):
+    """A `ClientConnection` that is direct once its handshake succeeds."""
+
+    masked = False  # a server's frames are not masked
+
+    def process_event(self, event: Event) -> None:
+        if self.response is None:  # the handshake response comes before any frame
+            assert isinstance(event, Response)
+            self.direct = event.status_code == 101
+        elif self._takes(event):
+            return
+        super().process_event(event)

@@ -4,8 +4,9 @@ frames it must leave to websockets. Pure: bytes in, pieces out.
 Twilio sends a call's audio as ~100 small text messages per second, each in one masked
 frame. websockets parses every frame through a chain of generators, which cost more CPU
 than everything else done with the message (`bench --profile`). A `FrameSplitter` reads
-just those frames itself: complete, unfragmented (FIN), masked TEXT or BINARY frames with
-no reserved bits, within `max_size`, outside a fragmented message. Everything else
+just those frames itself: complete, unfragmented (FIN) TEXT or BINARY frames with no
+reserved bits, masked as the side requires (a server reads masked frames, a client
+unmasked ones), within `max_size`, outside a fragmented message. Everything else
 (control frames, fragments, oversized or malformed frames) goes to websockets whole and in
 order, so its checks, limits, pings and closing handshake stay as they are. The splitter
 follows frame boundaries through everything it passes on, so it is never out of step.
@@ -50,8 +51,9 @@ class FrameSplitter:
     """Feed it every byte received after the handshake request; it returns, in stream order,
     the messages it read and the bytes it passed on. `max_size` may change between feeds."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, *, masked: bool = True) -> None:
         self.max_size = max_size
+        self.masked = masked  # a server reads masked frames, a client unmasked ones
         # The start of a frame not complete yet (to take, or to judge): grown in place, so a
         # big frame arriving in many small reads costs no quadratic copying.
         self._pending = bytearray()
@@ -89,8 +91,9 @@ class FrameSplitter:
                     break
                 if pos > start:
                     pieces.append(Passed(bytes(data[start:pos])))
-                mask = data[payload_at - 4 : payload_at]
-                payload = apply_mask(data[payload_at:frame_end], mask)
+                payload = bytes(data[payload_at:frame_end])
+                if self.masked:
+                    payload = apply_mask(payload, data[payload_at - 4 : payload_at])
                 pieces.append(Message(payload, first == _FIN_TEXT))
                 start = pos = frame_end
                 continue
@@ -117,7 +120,7 @@ class FrameSplitter:
     def _is_simple(self, first: int, second: int, length: int) -> bool:
         return (
             (first == _FIN_TEXT or first == _FIN_BINARY)
-            and second & _MASKED != 0
+            and (second & _MASKED != 0) == self.masked
             and length <= self.max_size
             and not self._fragmented
         )

@@ -284,23 +284,32 @@ def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="twilio_dg_proxy")
 
 
+@pytest.mark.parametrize("where", ["mixing Twilio's audio", "publishing Deepgram's results"])
 async def test_a_bug_in_one_call_fails_only_that_call_with_1011(
-    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch
+    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    # Nothing real can make the proxy's own code raise, so a patched mixer plays the bug.
+    # Nothing real can make the proxy's own code raise, so a patched part plays the bug. Both
+    # run in socket callbacks (no task of their own), which must not let it escape.
+    from twilio_dg_proxy.hub import Hub
     from twilio_dg_proxy.mixer import StereoMixer
 
-    original = StereoMixer.push
+    original_push = StereoMixer.push
 
-    def broken(self: StereoMixer, track: str, timestamp_ms: int, payload: bytes) -> None:
+    def broken_push(self: StereoMixer, track: str, timestamp_ms: int, payload: bytes) -> None:
         if timestamp_ms >= 100:
             raise RuntimeError("injected bug")
-        original(self, track, timestamp_ms, payload)  # type: ignore[arg-type]
+        original_push(self, track, timestamp_ms, payload)  # type: ignore[arg-type]
+
+    def broken_publish(self: Hub, call_sid: str, text: str) -> None:
+        raise RuntimeError("injected bug")
 
     call = SimulatedCall()
     async with TwilioPeer.started(proxy, call) as twilio:
         watcher = await Watcher.join(proxy, call.call_sid)
-        monkeypatch.setattr(StereoMixer, "push", broken)
+        if where == "mixing Twilio's audio":
+            monkeypatch.setattr(StereoMixer, "push", broken_push)
+        else:
+            monkeypatch.setattr(Hub, "publish", broken_publish)
         await twilio.send_all(call.frames(audio(0.2)))  # type: ignore[arg-type]
         code, reason, _ = await watcher.closed()
         await twilio.ws.wait_closed()

@@ -18,8 +18,9 @@ from twilio_dg_proxy.frame_splitter import FrameSplitter, Message, Passed
 DATA = (Opcode.TEXT, Opcode.BINARY)
 
 
-def wire(frame: Frame) -> bytes:
-    return frame.serialize(mask=True, extensions=[])
+def wire(frame: Frame, masked: bool = True) -> bytes:
+    """As a client sends it (masked), or a server (not)."""
+    return frame.serialize(mask=masked, extensions=[])
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Seen:
 class WebsocketsParser:
     """websockets' frame parser over the bytes passed on, fed as they come."""
 
-    def __init__(self) -> None:
+    def __init__(self, masked: bool) -> None:
+        self.masked = masked
         self.reader = StreamReader()
         self.parsing: Generator[None, None, Frame] | None = None
         self.frames: list[Seen] = []
@@ -43,7 +45,7 @@ class WebsocketsParser:
         self.reader.feed_data(data)
         while self.reader.buffer or self.parsing is not None:
             if self.parsing is None:
-                self.parsing = Frame.parse(self.reader.read_exact, mask=True)
+                self.parsing = Frame.parse(self.reader.read_exact, mask=self.masked)
             try:
                 next(self.parsing)
                 return  # waits for more bytes
@@ -57,11 +59,13 @@ class WebsocketsParser:
         return self.parsing is None and not self.reader.buffer
 
 
-def split_and_merge(stream: bytes, cuts: list[int], max_size: int) -> tuple[list[Seen], list[int]]:
+def split_and_merge(
+    stream: bytes, cuts: list[int], max_size: int, masked: bool = True
+) -> tuple[list[Seen], list[int]]:
     """Feed `stream` cut at `cuts`; return every frame in order (taken or parsed) and the
     indexes of the taken ones."""
-    splitter = FrameSplitter(max_size)
-    parser = WebsocketsParser()
+    splitter = FrameSplitter(max_size, masked=masked)
+    parser = WebsocketsParser(masked)
     merged: list[Seen] = []
     taken: list[int] = []
     bounds = [0, *sorted(set(cuts)), len(stream)]
@@ -127,13 +131,16 @@ def expected(frames: list[Frame], max_size: int) -> tuple[list[Seen], list[int]]
     streams,
     st.lists(st.integers(0, 100_000), max_size=20),
     st.sampled_from([1 << 62, 200, 126]),
+    st.booleans(),
 )
 def test_any_stream_cut_anywhere_gives_the_same_frames(
-    frames: list[Frame], cuts: list[int], max_size: int
+    frames: list[Frame], cuts: list[int], max_size: int, masked: bool
 ) -> None:
-    stream = b"".join(map(wire, frames))
+    """On either side: a server reads masked frames, a client unmasked ones."""
+    stream = b"".join(wire(frame, masked) for frame in frames)
     cuts = [c % (len(stream) + 1) for c in cuts]
-    assert split_and_merge(stream, cuts, max_size) == expected(frames, max_size)
+    got = split_and_merge(stream, cuts, max_size, masked)
+    assert got == expected(frames, max_size)
 
 
 def test_byte_by_byte_too() -> None:
@@ -163,6 +170,12 @@ def headers_of_invalid_frames() -> Iterator[tuple[str, bytes]]:
     yield "reserved bit", bytes([masked[0] | 0x40]) + masked[1:]
     yield "reserved opcode", bytes([0x83]) + masked[1:]
     yield "close", wire(Frame(Opcode.CLOSE, b"\x03\xe8"))
+
+
+def test_a_client_passes_masked_frames_on_for_websockets_to_refuse() -> None:
+    masked, unmasked = wire(Frame(Opcode.TEXT, b"m")), wire(Frame(Opcode.TEXT, b"u"), False)
+    pieces = FrameSplitter(65536, masked=False).feed(unmasked + masked + unmasked)
+    assert pieces == [Message(b"u", True), Passed(masked), Message(b"u", True)]
 
 
 @pytest.mark.parametrize(("name", "frame"), list(headers_of_invalid_frames()))
