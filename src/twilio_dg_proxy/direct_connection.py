@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
-from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
@@ -27,6 +26,11 @@ from websockets.protocol import Event, State
 from .frame_splitter import FrameSplitter, Message
 
 _NO_LIMIT = 1 << 62
+
+try:  # recent websockets' recv() refuses a message in more fragments than this
+    from websockets.asyncio.messages import MAX_FRAGMENTS as MAX_FRAGMENTS
+except ImportError:  # pragma: no cover - older websockets: the same default
+    MAX_FRAGMENTS = 4096
 
 
 class MessageSink(Protocol):

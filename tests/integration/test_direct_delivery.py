@@ -9,10 +9,10 @@ import os
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
+from twilio_dg_proxy.direct_connection import MAX_FRAGMENTS
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 
