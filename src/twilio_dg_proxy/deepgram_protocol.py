@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from .config import Settings
@@ -92,18 +93,27 @@ def shift_times(message: str, offset_s: float) -> str:
     float noise (Deepgram's own times have millisecond precision)."""
     try:
         data = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):
         return message
     if not isinstance(data, dict):
         return message
-    changed = False
-    for key in _TIME_FIELDS:
-        if isinstance(data.get(key), int | float):
-            data[key] = round(data[key] + offset_s, 6)
-            changed = True
-    for alternative in (data.get("channel") or {}).get("alternatives") or ():
-        for word in alternative.get("words") or ():
-            for key in ("start", "end"):
-                if isinstance(word.get(key), int | float):
-                    word[key] = round(word[key] + offset_s, 6)
+    changed = _shift(data, _TIME_FIELDS, offset_s)
+    channel = data.get("channel")
+    alternatives = channel.get("alternatives") if isinstance(channel, dict) else None
+    for alternative in alternatives if isinstance(alternatives, list) else ():
+        words = alternative.get("words") if isinstance(alternative, dict) else None
+        for word in words if isinstance(words, list) else ():
+            if isinstance(word, dict):
+                _shift(word, ("start", "end"), offset_s)
     return json.dumps(data) if changed else message
+
+
+def _shift(obj: dict[str, Any], keys: tuple[str, ...], offset_s: float) -> bool:
+    """Add `offset_s` to those of `keys` that hold numbers; whether any did."""
+    shifted = False
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            obj[key] = round(value + offset_s, 6)
+            shifted = True
+    return shifted

@@ -106,6 +106,32 @@ def test_shift_leaves_messages_without_times_alone(text: str) -> None:
     assert shift_times(text, 9.0) == text
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["start", "end", "channel", "alternatives", "words", "timestamp"]),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values.map(json.dumps) | st.text())
+def test_shift_never_raises_whatever_deepgram_sends(text: str) -> None:
+    """It runs in the socket callback that reads Deepgram's results: an odd message must
+    pass (shifted where it can be), never end the call."""
+    shift_times(text, 2.0)
+
+
+def test_shift_survives_nesting_deeper_than_the_parser_goes() -> None:
+    text = "[" * 100_000 + "]" * 100_000
+    assert shift_times(text, 2.0) == text
+
+
 @given(st.floats(0, 10_000), st.floats(0, 10_000))
 def test_shift_has_no_float_noise(start: float, offset: float) -> None:
     shifted = json.loads(shift_times(results_message(start, []), offset))
