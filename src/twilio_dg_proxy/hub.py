@@ -194,7 +194,7 @@ def is_history(text: str) -> bool:
         return False
     try:
         message = json_loads.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: the standard library's parser
         return False
     if not isinstance(message, dict):
         return False

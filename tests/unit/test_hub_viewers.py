@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import CloseCode
 
+from twilio_dg_proxy import json_loads
 from twilio_dg_proxy.exceptions import TooManySubscribers, UnknownCall
 from twilio_dg_proxy.fakes.deepgram import results_message
 from twilio_dg_proxy.hub import CallInfo, Ending, History, Hub, ViewerFeed, is_history
@@ -234,3 +235,11 @@ def test_a_message_that_is_not_a_json_object_still_makes_a_valid_envelope() -> N
 )
 def test_only_final_results_with_something_to_say_are_history(text: str, kept: bool) -> None:
     assert is_history(text) is kept
+
+
+@pytest.mark.parametrize("loads", [json_loads.loads, json_loads.std_loads])
+def test_nesting_deeper_than_the_parser_goes_is_not_history(
+    loads: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_loads, "loads", loads)
+    assert not is_history('{"is_final": true, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
