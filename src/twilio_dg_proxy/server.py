@@ -24,6 +24,7 @@ from .config import Settings
 from .direct_connection import DirectConnection
 from .doors import SIGNATURE_HEADER, open_doors, token_allowed, token_of, twilio_signature_check
 from .hub import Hub
+from .listening import bound_port as bound_port
 from .logs import get_logger
 from .viewer import INDEX, Asset, load_assets
 
@@ -249,11 +250,6 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
     return context
-
-
-def bound_port(server: Server) -> int:
-    """The TCP port the server listens on (useful with PORT=0)."""
-    return int(server.sockets[0].getsockname()[1])
 
 
 async def serve_until_signalled(settings: Settings) -> None:

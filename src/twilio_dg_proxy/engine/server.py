@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
@@ -42,7 +42,6 @@ from websockets.http11 import Request, Response
 from ..fakes.deepgram import (
     DATA_REASON,
     EMPTY_FRAME_REASON,
-    LISTEN_PATH,
     Refusal,
     check_upgrade,
     control_type,
@@ -51,6 +50,7 @@ from ..fakes.deepgram import (
     parse_query,
     refusal_response,
 )
+from ..listening import Listening
 from ..logs import get_logger
 from .audio import Samples, mulaw_to_float, split_channels
 from .model import MODEL_INFO, MODEL_UUID, Word, decode, init_worker, verify_weights, warm_up
@@ -94,7 +94,7 @@ class EngineStats:
     interim_decode_s: float = 0.0
 
 
-class OfflineEngine:
+class OfflineEngine(Listening):
     """The engine, started and stopped as an async context manager.
 
     ``async with OfflineEngine(port=0, workers=2) as engine:`` checks the weights, starts
@@ -137,7 +137,7 @@ class OfflineEngine:
             raise ValueError(f"interim_interval_s must not be negative, got {interim_interval_s}")
         if final_beam_size < 1:
             raise ValueError(f"final_beam_size must be at least 1, got {final_beam_size}")
-        self.host = host
+        super().__init__(host)
         self.workers = workers
         self.idle_timeout_s = idle_timeout_s
         self.interim_interval_s = interim_interval_s
@@ -146,7 +146,6 @@ class OfflineEngine:
         self._port = port
         self._weights = weights
         self._pool: ProcessPoolExecutor | None = None
-        self._server: Server | None = None
 
     async def __aenter__(self) -> Self:
         """Check the weights, start and warm the workers, then listen; ready when it returns."""
@@ -195,24 +194,8 @@ class OfflineEngine:
         tb: TracebackType | None,
     ) -> None:
         """Close every stream, wait for their handlers, then stop the workers."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            server.close()
-            await server.wait_closed()
+        await self._stop_serving()
         await self._stop_pool()
-
-    @property
-    def port(self) -> int:
-        """The TCP port the engine listens on (only while started)."""
-        if self._server is None:
-            raise RuntimeError("OfflineEngine is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        """``ws://HOST:PORT/v1/listen`` (only while started): what to set DEEPGRAM_URL to."""
-        return f"ws://{self.host}:{self.port}{LISTEN_PATH}"
 
     async def decode(self, audio: Samples, *, final: bool) -> list[Word]:
         """Transcribe mono 8 kHz `audio` in a worker process, for a final or an interim."""

@@ -27,12 +27,14 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+
+from ..listening import LISTEN_PATH, Listening
 
 __all__ = [
     "LISTEN_PATH",
@@ -69,7 +71,6 @@ SAMPLE_RATE: Final = 8000
 _SAMPLES_PER_MS: Final = SAMPLE_RATE // 1000
 MULAW_SILENCE: Final = 0xFF
 """The mu-law byte for a zero sample; a channel window made only of it transcribes to ""."""
-LISTEN_PATH: Final = "/v1/listen"
 MODEL_UUID: Final = "00000000-0000-4000-8000-000000000000"
 MODEL_INFO: Final[dict[str, str]] = {"name": "fake", "version": "0", "arch": "fake"}
 _WORD_CONFIDENCE: Final = 0.99
@@ -530,7 +531,7 @@ class FakeStream:
             self.sent.append(text)
 
 
-class FakeDeepgram:
+class FakeDeepgram(Listening):
     """A fake Deepgram live endpoint on 127.0.0.1, started and closed as an async context manager.
 
     Knobs: `api_key` (require ``Authorization: Token <api_key>``, else 401), `result_ms` (one
@@ -561,6 +562,7 @@ class FakeDeepgram:
             raise ValueError(f"drop_after_s must not be negative, got {drop_after_s}")
         if reject_status is not None and not 400 <= HTTPStatus(reject_status) <= 599:
             raise ValueError(f"reject_status must be a 4xx or 5xx status, got {reject_status}")
+        super().__init__("127.0.0.1")
         self.api_key = api_key
         self.result_ms = result_ms
         self.idle_timeout_s = idle_timeout_s
@@ -570,7 +572,6 @@ class FakeDeepgram:
         self.streams: list[FakeStream] = []
         self.refusals: list[Refusal] = []
         self._accepted: asyncio.Queue[FakeStream] = asyncio.Queue()
-        self._server: Server | None = None
         self._refuse_next: list[int] = []
         self._connections: dict[FakeStream, ServerConnection] = {}
 
@@ -580,7 +581,7 @@ class FakeDeepgram:
             raise RuntimeError("FakeDeepgram is already started")
         self._server = await serve(
             self._handle,
-            "127.0.0.1",
+            self.host,
             0,
             process_request=self._process_request,
             process_response=self._process_response,
@@ -597,24 +598,7 @@ class FakeDeepgram:
         tb: TracebackType | None,
     ) -> None:
         """Close every stream and stop serving; returns once all connection handlers ended."""
-        if self._server is None:
-            return
-        server, self._server = self._server, None
-        server.close()
-        await server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        """The TCP port the fake listens on (only while started)."""
-        if self._server is None:
-            raise RuntimeError("FakeDeepgram is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        """``ws://127.0.0.1:<port>/v1/listen`` (only while started); add the query to it."""
-        return f"ws://127.0.0.1:{self.port}{LISTEN_PATH}"
+        await self._stop_serving()
 
     # `timeout` is part of the fake's public API; asyncio.timeout applies it inside.
     async def next_stream(self, timeout: float = 5.0) -> FakeStream:  # noqa: ASYNC109
