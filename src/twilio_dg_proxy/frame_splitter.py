@@ -72,11 +72,11 @@ class FrameSplitter:
         if self._pending:
             self._pending += data
             buffer = self._pending
-        pieces += self._split(buffer)
+        self._split(buffer, pieces)
         return pieces
 
-    def _split(self, data: bytes | bytearray) -> list[Message | Passed]:
-        pieces: list[Message | Passed] = []
+    def _split(self, data: bytes | bytearray, pieces: list[Message | Passed]) -> None:
+        """Append to `pieces` what the frames in `data` make; keep the rest pending."""
         start = 0  # of the bytes not yet handed out
         pos = 0  # of the next frame
         end = len(data)
@@ -109,7 +109,6 @@ class FrameSplitter:
             pass  # all of it is still pending, where it is
         else:
             self._pending = bytearray(data[pos:])
-        return pieces
 
     def release(self) -> bytes:
         """The bytes held back (the start of a frame, not yet passed on), for a caller that
