@@ -1,7 +1,8 @@
 """Command line: `python -m twilio_dg_proxy [COMMAND]`; without a command it serves.
 
-Each command lives in its own module, imported only when used (some pull in heavy
-optional dependencies), which provides `add_arguments(parser)` and `run(args) -> int`.
+This module is the table of commands. Each lives in its own module of `commands/`, imported
+only when used (some pull in heavy optional dependencies), with one entry shape:
+`DESCRIPTION`, `add_arguments(parser)` and `run(args) -> int` (the exit status).
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ from typing import Protocol, cast
 
 # name → (module, one-line help). `serve` comes first and is the default.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("twilio_dg_proxy.serve", "run the proxy (the default command)"),
+    "serve": ("twilio_dg_proxy.commands.serve", "run the proxy (the default command)"),
+    "demo": (
+        "twilio_dg_proxy.commands.demo",
+        "see it work: offline engine, proxy and a sample call in one command",
+    ),
+    "watch": (
+        "twilio_dg_proxy.commands.watch",
+        "print a live call's transcript in the terminal (the newest call by default)",
+    ),
+    "simulate": (
+        "twilio_dg_proxy.commands.simulate",
+        "stream an audio file (the bundled sample by default) through a proxy as Twilio would",
+    ),
     "engine": (
-        "twilio_dg_proxy.engine.command",
+        "twilio_dg_proxy.commands.engine",
         "run the offline transcription engine (Deepgram's protocol)",
     ),
-    "bench": ("twilio_dg_proxy.bench", "measure calls held, added latency and fan-out latency"),
-    "simulate": (
-        "twilio_dg_proxy.simulate",
-        "stream an audio file through a proxy as Twilio would",
-    ),
-    "demo": (
-        "twilio_dg_proxy.demo",
-        "see it work: offline engine, proxy and a sample call in one command",
+    "bench": (
+        "twilio_dg_proxy.commands.bench",
+        "measure calls held, added latency and fan-out latency",
     ),
 }
 DEFAULT_COMMAND = "serve"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from contextlib import AbstractContextManager
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Final
 
@@ -33,17 +35,26 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioFileError",
     "AudioSegment",
+    "SAMPLE_CALL",
     "audioop",
     "load_audio",
     "mulaw_decode",
     "mulaw_encode",
     "read_tracks",
+    "sample_call",
     "tracks_from_audio",
 ]
 
 #: Twilio's sample rate: 8000 mu-law bytes per second per track.
 SAMPLE_RATE: Final = 8000
 _PCM_WIDTH: Final = 2  # bytes per sample of the linear PCM that mu-law is made from
+#: The bundled two-person call, in the package (data/make_sample.sh makes it).
+SAMPLE_CALL: Final = "data/sample_call.wav"
+
+
+def sample_call() -> AbstractContextManager[Path]:
+    """The bundled call (stereo WAV: caller left, callee right) as a file, while in context."""
+    return as_file(files("twilio_dg_proxy").joinpath(SAMPLE_CALL))
 
 
 class AudioFileError(Exception):

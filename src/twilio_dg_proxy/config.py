@@ -1,7 +1,13 @@
 """Settings: one frozen object, built once from a mapping of environment variables.
 
+Each setting is declared once, as a field of `Settings` made by `setting(...)`: its
+environment variable, default, parser (with its limits) and help text. `--help`,
+`.env.example` and the README's table follow from those declarations (tests check them).
 `Settings.from_env(mapping)` validates every value and raises `ConfigError` naming the
 variable, so a typo stops start-up instead of failing the first call. Tests pass a dict.
+
+The parsers (`number_in`, `ws_url`, `boolean`, …) take text and raise `ValueError` with a
+message for people; commands reuse them for their own options (`commands/arguments.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from .exceptions import ConfigError
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
+Parser = Callable[[str], T]
 
 # The proxy decides these from the call's tracks; letting DEEPGRAM_PARAMS change them would
 # make Deepgram misread the audio.
@@ -29,98 +36,286 @@ DEFAULT_DEEPGRAM_PARAMS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _setting(env: str, default: T, doc: str) -> T:
-    """Declare a field read from environment variable `env`; `doc` feeds `.env.example`."""
-    return field(default=default, metadata={"env": env, "doc": doc})
+# --- Parsers: text in, a value out, or ValueError saying what was expected -------------------
 
 
-def _secret(env: str, default: T, doc: str) -> T:
-    """A setting that must never be shown: left out of repr (and so of logs)."""
-    return field(default=default, repr=False, metadata={"env": env, "doc": doc})
+def number_in(kind: type[N], low: N, high: N) -> Parser[N]:
+    """A parser of `kind` values (int or float) between `low` and `high` inclusive."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(raw: str) -> N:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"expected {noun}, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def text(raw: str) -> str:
+    """Any text, as it is."""
+    return raw
+
+
+def boolean(raw: str) -> bool:
+    """true/false, yes/no, on/off or 1/0, in any case."""
+    value = raw.lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def ws_url(raw: str) -> str:
+    """A ws:// or wss:// URL without a query."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"expected a ws:// or wss:// URL, got {raw!r}")
+    if parts.query:
+        raise ValueError("put query options in DEEPGRAM_PARAMS, not in the URL")
+    return raw
+
+
+def listen_query(raw: str) -> tuple[tuple[str, str], ...]:
+    """Deepgram query options in URL syntax, without the ones the proxy sets itself."""
+    try:
+        pairs = parse_qsl(raw.lstrip("?"), keep_blank_values=False, strict_parsing=True)
+    except ValueError:
+        raise ValueError(f"expected key=value&key=value, got {raw!r}") from None
+    fixed = sorted({key for key, _ in pairs} & AUDIO_FORMAT_PARAMS)
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} are set by the proxy from the call's audio")
+    return tuple(pairs)
+
+
+def https_or_wss_url(raw: str) -> str:
+    """The https:// or wss:// address Twilio reaches the proxy at."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "wss") or not parts.hostname or parts.query:
+        raise ValueError(f"expected https://host or wss://host (no query), got {raw!r}")
+    return raw
+
+
+def tokens(raw: str) -> tuple[str, ...]:
+    """Comma-separated tokens of 16 characters or more."""
+    found = tuple(token.strip() for token in raw.split(",") if token.strip())
+    if any(len(token) < 16 for token in found):
+        raise ValueError("each token must be at least 16 characters")
+    return found
+
+
+def existing_file(raw: str) -> str:
+    """The path of a file that exists."""
+    if not Path(raw).is_file():
+        raise ValueError(f"no such file: {raw}")
+    return raw
+
+
+def level_name(raw: str) -> str:
+    """A logging level name, upper-cased."""
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return level
+
+
+# --- Declarations ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """What a `Settings` field is read from: its variable, parser and help."""
+
+    env: str
+    parse: Parser[Any]
+    doc: str
+    secret: bool
+
+
+def setting(env: str, default: T, doc: str, *, parse: Parser[T], secret: bool = False) -> T:
+    """Declare a `Settings` field read from environment variable `env` with `parse`; `doc`
+    is its help (`--help`, `.env.example`). A `secret` one is left out of repr (and logs)."""
+    declaration = Declaration(env, parse, doc, secret)
+    return field(default=default, repr=not secret, metadata={"setting": declaration})
+
+
+def shown_default(value: object) -> str:
+    """A default as written in `.env.example` and the README ("" for none)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+_SECONDS_LIMIT = 120.0  # waits on Deepgram beyond two minutes would outlast the call's patience
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the server can be told. Field metadata names the environment variable."""
+    """Everything the server can be told; each field declares its environment variable."""
 
-    deepgram_api_key: str = _secret(
-        "DEEPGRAM_API_KEY", "", "Deepgram API key (required for Deepgram's cloud)"
+    deepgram_api_key: str = setting(
+        "DEEPGRAM_API_KEY",
+        "",
+        "Deepgram API key (required for Deepgram's cloud)",
+        parse=text,
+        secret=True,
     )
-    deepgram_url: str = _setting(
+    deepgram_url: str = setting(
         "DEEPGRAM_URL",
         "wss://api.deepgram.com/v1/listen",
         "Deepgram live endpoint (ws:// or wss://)",
+        parse=ws_url,
     )
-    deepgram_params: tuple[tuple[str, str], ...] = _setting(
-        "DEEPGRAM_PARAMS", (), "extra query options, merged over the defaults (URL query syntax)"
+    deepgram_params: tuple[tuple[str, str], ...] = setting(
+        "DEEPGRAM_PARAMS",
+        (),
+        "extra query options, merged over the defaults (URL query syntax)",
+        parse=listen_query,
     )
-    host: str = _setting("HOST", "127.0.0.1", "address to listen on (0.0.0.0 for all)")
-    port: int = _setting("PORT", 5000, "TCP port to listen on (0 picks a free one)")
-    chunk_ms: int = _setting("CHUNK_MS", 100, "milliseconds of audio per message to Deepgram")
-    max_track_lag_ms: int = _setting(
-        "MAX_TRACK_LAG_MS", 300, "how far one track may run ahead before the other is padded"
+    host: str = setting("HOST", "127.0.0.1", "address to listen on (0.0.0.0 for all)", parse=text)
+    port: int = setting(
+        "PORT", 5000, "TCP port to listen on (0 picks a free one)", parse=number_in(int, 0, 65535)
     )
-    keepalive_s: float = _setting(
-        "KEEPALIVE_INTERVAL", 4.0, "seconds without audio before a KeepAlive goes to Deepgram"
+    chunk_ms: int = setting(
+        "CHUNK_MS",
+        100,
+        "milliseconds of audio per message to Deepgram",
+        parse=number_in(int, 20, 1000),
     )
-    deepgram_connect_timeout_s: float = _setting(
-        "DEEPGRAM_CONNECT_TIMEOUT", 10.0, "seconds to wait for Deepgram to accept a stream"
+    # Above ~5 s a one-track stretch could starve Deepgram into its 10 s idle close.
+    max_track_lag_ms: int = setting(
+        "MAX_TRACK_LAG_MS",
+        300,
+        "how far one track may run ahead before the other is padded",
+        parse=number_in(int, 20, 5_000),
     )
-    deepgram_close_timeout_s: float = _setting(
-        "DEEPGRAM_CLOSE_TIMEOUT", 10.0, "seconds to wait for Deepgram's last results at call end"
+    keepalive_s: float = setting(
+        "KEEPALIVE_INTERVAL",
+        4.0,
+        "seconds without audio before a KeepAlive goes to Deepgram",
+        parse=number_in(float, 0.1, 9.0),
     )
-    deepgram_retry_attempts: int = _setting(
-        "DEEPGRAM_RETRY_ATTEMPTS", 5, "reconnect attempts after Deepgram drops a call's stream"
+    deepgram_connect_timeout_s: float = setting(
+        "DEEPGRAM_CONNECT_TIMEOUT",
+        10.0,
+        "seconds to wait for Deepgram to accept a stream",
+        parse=number_in(float, 0.1, _SECONDS_LIMIT),
     )
-    deepgram_retry_window_s: float = _setting(
-        "DEEPGRAM_RETRY_WINDOW", 30.0, "seconds of outage after which reconnecting stops"
+    deepgram_close_timeout_s: float = setting(
+        "DEEPGRAM_CLOSE_TIMEOUT",
+        10.0,
+        "seconds to wait for Deepgram's last results at call end",
+        parse=number_in(float, 0.1, _SECONDS_LIMIT),
     )
-    audio_buffer_s: float = _setting(
-        "AUDIO_BUFFER_SECONDS", 30.0, "seconds of audio kept for Deepgram during an outage"
+    deepgram_retry_attempts: int = setting(
+        "DEEPGRAM_RETRY_ATTEMPTS",
+        5,
+        "reconnect attempts after Deepgram drops a call's stream",
+        parse=number_in(int, 0, 100),
     )
-    drain_timeout_s: float = _setting(
-        "DRAIN_TIMEOUT", 10.0, "seconds calls may go on after SIGTERM before they are ended"
+    deepgram_retry_window_s: float = setting(
+        "DEEPGRAM_RETRY_WINDOW",
+        30.0,
+        "seconds of outage after which reconnecting stops",
+        parse=number_in(float, 0.0, 3600.0),
     )
-    client_queue_size: int = _setting(
-        "CLIENT_QUEUE_SIZE", 256, "messages a client may fall behind before it is disconnected"
+    audio_buffer_s: float = setting(
+        "AUDIO_BUFFER_SECONDS",
+        30.0,
+        "seconds of audio kept for Deepgram during an outage",
+        parse=number_in(float, 1.0, 3600.0),
     )
-    history_messages: int = _setting(
+    drain_timeout_s: float = setting(
+        "DRAIN_TIMEOUT",
+        10.0,
+        "seconds calls may go on after SIGTERM before they are ended",
+        parse=number_in(float, 0.0, 86_400.0),
+    )
+    client_queue_size: int = setting(
+        "CLIENT_QUEUE_SIZE",
+        256,
+        "messages a client may fall behind before it is disconnected",
+        parse=number_in(int, 1, 1_000_000),
+    )
+    history_messages: int = setting(
         "HISTORY_MESSAGES",
         1000,
         "final results kept per active call, replayed to a viewer that joins late (0: none)",
+        parse=number_in(int, 0, 1_000_000),
     )
-    history_bytes: int = _setting(
+    history_bytes: int = setting(
         "HISTORY_BYTES",
         32 << 10,
         "and at most this many bytes of them per call: the oldest go first (0: none)",
+        parse=number_in(int, 0, 1 << 30),
     )
-    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
-    twilio_auth_token: str = _secret(
-        "TWILIO_AUTH_TOKEN", "", "check X-Twilio-Signature on /twilio with this auth token"
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", parse=level_name)
+    twilio_auth_token: str = setting(
+        "TWILIO_AUTH_TOKEN",
+        "",
+        "check X-Twilio-Signature on /twilio with this auth token",
+        parse=text,
+        secret=True,
     )
-    public_url: str = _setting(
-        "PUBLIC_URL", "", "the proxy's address as Twilio reaches it (for the signature)"
+    public_url: str = setting(
+        "PUBLIC_URL",
+        "",
+        "the proxy's address as Twilio reaches it (for the signature)",
+        parse=https_or_wss_url,
     )
-    twilio_stream_secret: str = _secret(
-        "TWILIO_STREAM_SECRET", "", 'require <Parameter name="secret"> with this value'
+    twilio_stream_secret: str = setting(
+        "TWILIO_STREAM_SECRET",
+        "",
+        'require <Parameter name="secret"> with this value',
+        parse=text,
+        secret=True,
     )
-    client_tokens: tuple[str, ...] = _secret(
-        "CLIENT_TOKENS", (), "comma-separated tokens, one required on /client"
+    client_tokens: tuple[str, ...] = setting(
+        "CLIENT_TOKENS",
+        (),
+        "comma-separated tokens, one required on /client",
+        parse=tokens,
+        secret=True,
     )
-    tls_cert: str = _setting("TLS_CERT", "", "certificate chain (PEM) to serve wss:// directly")
-    tls_key: str = _setting("TLS_KEY", "", "private key (PEM) of TLS_CERT")
-    max_calls: int = _setting("MAX_CALLS", 1000, "concurrent calls; more are refused (503)")
-    max_subscribers: int = _setting(
-        "MAX_SUBSCRIBERS", 5000, "concurrent /client connections; more are refused (503)"
+    tls_cert: str = setting(
+        "TLS_CERT", "", "certificate chain (PEM) to serve wss:// directly", parse=existing_file
     )
-    max_subscribers_per_call: int = _setting(
-        "MAX_SUBSCRIBERS_PER_CALL", 100, "subscribers of one call; more are closed (1013)"
+    tls_key: str = setting("TLS_KEY", "", "private key (PEM) of TLS_CERT", parse=existing_file)
+    max_calls: int = setting(
+        "MAX_CALLS",
+        1000,
+        "concurrent calls; more are refused (503)",
+        parse=number_in(int, 1, 1_000_000),
     )
-    twilio_max_message_bytes: int = _setting(
-        "TWILIO_MAX_MESSAGE_BYTES", 65536, "largest message accepted on /twilio (else 1009)"
+    max_subscribers: int = setting(
+        "MAX_SUBSCRIBERS",
+        5000,
+        "concurrent /client connections; more are refused (503)",
+        parse=number_in(int, 1, 1_000_000),
     )
-    client_max_message_bytes: int = _setting(
-        "CLIENT_MAX_MESSAGE_BYTES", 4096, "largest message accepted on /client (else 1009)"
+    max_subscribers_per_call: int = setting(
+        "MAX_SUBSCRIBERS_PER_CALL",
+        100,
+        "subscribers of one call; more are closed (1013)",
+        parse=number_in(int, 1, 1_000_000),
+    )
+    twilio_max_message_bytes: int = setting(
+        "TWILIO_MAX_MESSAGE_BYTES",
+        65536,
+        "largest message accepted on /twilio (else 1009)",
+        parse=number_in(int, 1024, 16 << 20),
+    )
+    client_max_message_bytes: int = setting(
+        "CLIENT_MAX_MESSAGE_BYTES",
+        4096,
+        "largest message accepted on /client (else 1009)",
+        parse=number_in(int, 256, 16 << 20),
     )
 
     @classmethod
@@ -128,9 +323,13 @@ class Settings:
         """Build settings from `env`; unset or empty variables keep their defaults."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f.metadata["env"], "").strip()
+            declared: Declaration = f.metadata["setting"]
+            raw = env.get(declared.env, "").strip()
             if raw:
-                values[f.name] = _PARSERS[f.name](f.metadata["env"], raw)
+                try:
+                    values[f.name] = declared.parse(raw)
+                except ValueError as exc:
+                    raise ConfigError(declared.env, str(exc)) from None
         settings = cls(**values)
         settings._check_together()
         return settings
@@ -162,112 +361,9 @@ class Settings:
 
 
 def settings_table() -> list[tuple[str, str, str]]:
-    """(variable, default, description) for every setting, for `.env.example` and docs."""
+    """(variable, default as written in docs, help) for every setting, in declaration order."""
     rows = []
     for f in fields(Settings):
-        default = f.default
-        if isinstance(default, tuple):
-            default = ""
-        rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+        declared: Declaration = f.metadata["setting"]
+        rows.append((declared.env, shown_default(f.default), declared.doc))
     return rows
-
-
-def _number_in(kind: type[N], low: N, high: N) -> Callable[[str, str], N]:
-    """A parser of `kind` values (int or float) between `low` and `high` inclusive."""
-    noun = "an integer" if kind is int else "a number"
-
-    def parse(name: str, raw: str) -> N:
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ConfigError(name, f"expected {noun}, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _text(name: str, raw: str) -> str:
-    return raw
-
-
-def _ws_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(name, f"expected a ws:// or wss:// URL, got {raw!r}")
-    if parts.query:
-        raise ConfigError(name, "put query options in DEEPGRAM_PARAMS, not in the URL")
-    return raw
-
-
-def _query(name: str, raw: str) -> tuple[tuple[str, str], ...]:
-    try:
-        pairs = parse_qsl(raw.lstrip("?"), keep_blank_values=False, strict_parsing=True)
-    except ValueError:
-        raise ConfigError(name, f"expected key=value&key=value, got {raw!r}") from None
-    fixed = sorted({key for key, _ in pairs} & AUDIO_FORMAT_PARAMS)
-    if fixed:
-        raise ConfigError(name, f"{', '.join(fixed)} are set by the proxy from the call's audio")
-    return tuple(pairs)
-
-
-def _public_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("https", "wss") or not parts.hostname or parts.query:
-        raise ConfigError(name, f"expected https://host or wss://host (no query), got {raw!r}")
-    return raw
-
-
-def _tokens(name: str, raw: str) -> tuple[str, ...]:
-    tokens = tuple(token.strip() for token in raw.split(",") if token.strip())
-    if any(len(token) < 16 for token in tokens):
-        raise ConfigError(name, "each token must be at least 16 characters")
-    return tokens
-
-
-def _file(name: str, raw: str) -> str:
-    if not Path(raw).is_file():
-        raise ConfigError(name, f"no such file: {raw}")
-    return raw
-
-
-def _log_level(name: str, raw: str) -> str:
-    level = raw.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(name, f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
-    return level
-
-
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "deepgram_api_key": _text,
-    "deepgram_url": _ws_url,
-    "deepgram_params": _query,
-    "host": _text,
-    "port": _number_in(int, 0, 65535),
-    "chunk_ms": _number_in(int, 20, 1000),
-    # Above ~5 s a one-track stretch could starve Deepgram into its 10 s idle close.
-    "max_track_lag_ms": _number_in(int, 20, 5_000),
-    "keepalive_s": _number_in(float, 0.1, 9.0),
-    "deepgram_connect_timeout_s": _number_in(float, 0.1, 120.0),
-    "deepgram_close_timeout_s": _number_in(float, 0.1, 120.0),
-    "deepgram_retry_attempts": _number_in(int, 0, 100),
-    "deepgram_retry_window_s": _number_in(float, 0.0, 3600.0),
-    "audio_buffer_s": _number_in(float, 1.0, 3600.0),
-    "drain_timeout_s": _number_in(float, 0.0, 86_400.0),
-    "client_queue_size": _number_in(int, 1, 1_000_000),
-    "history_messages": _number_in(int, 0, 1_000_000),
-    "history_bytes": _number_in(int, 0, 1 << 30),
-    "log_level": _log_level,
-    "twilio_auth_token": _text,
-    "public_url": _public_url,
-    "twilio_stream_secret": _text,
-    "client_tokens": _tokens,
-    "tls_cert": _file,
-    "tls_key": _file,
-    "max_calls": _number_in(int, 1, 1_000_000),
-    "max_subscribers": _number_in(int, 1, 1_000_000),
-    "max_subscribers_per_call": _number_in(int, 1, 1_000_000),
-    "twilio_max_message_bytes": _number_in(int, 1024, 16 << 20),
-    "client_max_message_bytes": _number_in(int, 256, 16 << 20),
-}

@@ -12,8 +12,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from twilio_dg_proxy.__main__ import build_parser
-from twilio_dg_proxy.bench.load import BenchOptions, run_bench
-from twilio_dg_proxy.bench.measure import (
+from twilio_dg_proxy.commands.bench.load import BenchOptions, run_bench
+from twilio_dg_proxy.commands.bench.measure import (
     coverage_latencies,
     expected_stereo_sha256,
     fake_stamp,
@@ -24,8 +24,8 @@ from twilio_dg_proxy.bench.measure import (
     top_frames,
     window_range,
 )
-from twilio_dg_proxy.bench.procfs import busy_seconds, cpu_seconds, rss_bytes
-from twilio_dg_proxy.bench.wire import text_frame
+from twilio_dg_proxy.commands.bench.procfs import busy_seconds, cpu_seconds, rss_bytes
+from twilio_dg_proxy.commands.bench.wire import text_frame
 from twilio_dg_proxy.fakes.deepgram import results_message
 from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from twilio_dg_proxy import demo
+from twilio_dg_proxy import audio
 
-SCRIPT = (Path(demo.__file__).parent / "data" / "sample_call.txt").read_text().splitlines()
+SCRIPT = (Path(audio.__file__).parent / "data" / "sample_call.txt").read_text().splitlines()
 
 # Words each speaker says in the sample (data/sample_call.txt), which the engine must put on
 # that speaker's lines, and never on the other's.
@@ -73,5 +73,5 @@ async def test_the_demo_transcribes_the_sample_call_with_caller_and_callee_label
         errors += word_errors(reference, words(said[label]))
         total += len(reference)
     assert errors / total <= 0.2, (errors, total, said)
-    assert "websocat -n ws://127.0.0.1:PORT/client" in out
+    assert "websocat -n 'ws://127.0.0.1:PORT/client?history=1'" in out
     assert "Traceback" not in err

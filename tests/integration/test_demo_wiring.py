@@ -15,13 +15,14 @@ from types import TracebackType
 
 import pytest
 
-from twilio_dg_proxy import demo
+from twilio_dg_proxy import audio
 from twilio_dg_proxy.audio import read_tracks
+from twilio_dg_proxy.commands import demo
+from twilio_dg_proxy.commands.demo import Engine, run_demo
 from twilio_dg_proxy.config import Settings
-from twilio_dg_proxy.demo import Engine, run_demo
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 
-SAMPLE = Path(demo.__file__).parent / demo.SAMPLE_CALL
+SAMPLE = Path(audio.__file__).parent / audio.SAMPLE_CALL
 LOCAL = Settings.from_env({"HOST": "127.0.0.1", "PORT": "0"})
 
 
@@ -64,8 +65,9 @@ async def test_the_demo_streams_the_sample_and_prints_labelled_utterances() -> N
     tracks = read_tracks(SAMPLE)
     assert bytes(stream.audio[0::2]).startswith(tracks["inbound"])
     assert bytes(stream.audio[1::2]).startswith(tracks["outbound"])
-    # It says where to go next, with the configured port's websocat command.
-    assert "websocat -n ws://127.0.0.1:PORT/client" in out
+    # It says where to go next, with the configured port's watch and websocat commands.
+    assert "-m twilio_dg_proxy watch --url ws://127.0.0.1:PORT\n" in out
+    assert "websocat -n 'ws://127.0.0.1:PORT/client?history=1'" in out
     assert "http://127.0.0.1:PORT/" in out  # the web viewer
     assert "DEEPGRAM_API_KEY=<key>" in out
 
@@ -85,7 +87,8 @@ async def test_a_taken_port_falls_back_to_a_free_one(taken_port: int) -> None:
     listening = re.search(r"Proxy listening on ws://127\.0\.0\.1:(\d+)", out)
     assert listening and int(listening[1]) not in (taken_port, 0)
     # The next steps name the configured port, the one `serve` will use.
-    assert f"websocat -n ws://127.0.0.1:{taken_port}/client" in out
+    assert f"-m twilio_dg_proxy --port {taken_port}\n" in out
+    assert f"websocat -n 'ws://127.0.0.1:{taken_port}/client?history=1'" in out
 
 
 class BrokenEngine:

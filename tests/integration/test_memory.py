@@ -9,8 +9,8 @@ import os
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from twilio_dg_proxy.bench import procfs
-from twilio_dg_proxy.bench.processes import ProxyProcess
+from twilio_dg_proxy.commands.bench import procfs
+from twilio_dg_proxy.commands.bench.processes import ProxyProcess
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern, play
 from twilio_dg_proxy.server import IDLE_COLLECT_S

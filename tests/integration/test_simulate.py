@@ -24,15 +24,15 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from twilio_dg_proxy.audio import mulaw_encode, read_tracks
-from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
-from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE, SimulatedCall
-from twilio_dg_proxy.simulate import (
+from twilio_dg_proxy.commands.simulate import (
     SimulateOptions,
     SimulationResult,
     plan_call,
     simulate,
     stream_call,
 )
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
+from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE, SimulatedCall
 from twilio_dg_proxy.twilio_events import (
     Connected,
     Media,

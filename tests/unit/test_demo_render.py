@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from twilio_dg_proxy.demo import TranscriptRenderer, Utterances
+from twilio_dg_proxy.commands.terminal_transcript import TranscriptRenderer, Utterances
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from twilio_dg_proxy.commands.serve import GC_YOUNG_THRESHOLD, tune_gc
 from twilio_dg_proxy.event_loop import event_loop_factory
-from twilio_dg_proxy.serve import GC_YOUNG_THRESHOLD, tune_gc
 
 
 def test_the_proxy_runs_on_uvloop_where_it_is_installed() -> None:

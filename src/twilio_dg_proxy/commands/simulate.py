@@ -27,9 +27,11 @@ from websockets.exceptions import (
 )
 from websockets.frames import Close, CloseCode
 
-from .audio import SAMPLE_RATE, AudioFileError, read_tracks
-from .fakes.twilio import FRAME_BYTES, FRAME_MS, SimulatedCall, play
-from .twilio_events import Track
+from ..audio import SAMPLE_RATE, AudioFileError, read_tracks, sample_call
+from ..config import number_in, ws_url
+from ..fakes.twilio import FRAME_BYTES, FRAME_MS, SimulatedCall, play
+from ..twilio_events import Track
+from .arguments import argument, count, parse_name_value, seconds
 
 __all__ = [
     "DEFAULT_URL",
@@ -51,8 +53,9 @@ A stereo file is two tracks (left: inbound, the caller; right: outbound, the cal
 file is the inbound track only. WAV files need nothing else; other formats (mp3, ogg, ...)
 need ffmpeg. The audio is resampled to 8 kHz and encoded as mu-law.
 
-Each call's callSid is printed on stdout as the call starts (watch it with
-`websocat -n ws://127.0.0.1:5000/client`); progress and errors go to stderr. Exit status: 0
+Without AUDIO_FILE it plays the bundled two-person sample call. Each call's callSid is
+printed on stdout as the call starts (watch it with the `watch` command); progress and
+errors go to stderr. Exit status: 0
 when every call ended normally, 1 when the proxy could not be reached, refused a stream or
 closed one abnormally, 2 for a bad option or audio file."""
 DEFAULT_URL: Final = "ws://127.0.0.1:5000/twilio"
@@ -353,55 +356,30 @@ async def _report(progress: Progress, stream: TextIO, in_place: bool) -> None:
 # --- Command line ---------------------------------------------------------------------------
 
 
-def _parameter(text: str) -> tuple[str, str]:
-    name, equals, value = text.partition("=")
-    if not equals or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+def _parameter(raw: str) -> tuple[str, str]:
+    name, value = parse_name_value(raw)
     if len(name) + len(value) >= _MAX_PARAMETER_CHARS:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"{name}: Twilio requires name plus value under {_MAX_PARAMETER_CHARS} characters"
         )
     return name, value
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+def _probability(raw: str) -> float:
+    value = _ratio(raw)
+    if value == 1.0:
+        raise ValueError("must be below 1 (1 would lose every packet)")
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0.0 <= value <= 3600.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 s, got {text}")
-    return value
-
-
-def _calls(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= _MAX_CALLS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {_MAX_CALLS}, got {text}")
-    return value
-
-
-def _url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// URL, got {text!r}")
-    if parts.query:
+def _stream_url(raw: str) -> str:
+    if urlsplit(raw).query:
         # Twilio never adds one: values travel as <Parameter>s, here --param.
-        raise argparse.ArgumentTypeError("Twilio streams to URLs without a query: use --param")
-    return text
+        raise ValueError("Twilio streams to URLs without a query: use --param")
+    return ws_url(raw)
+
+
+_ratio = number_in(float, 0.0, 1.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,12 +388,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "audio_file",
         metavar="AUDIO_FILE",
         type=Path,
+        nargs="?",
         help="mono (caller only) or stereo (caller left, callee right); WAV, or any format "
-        "ffmpeg reads if ffmpeg is installed",
+        "ffmpeg reads if ffmpeg is installed (default: the bundled two-person sample call)",
     )
     parser.add_argument(
         "--url",
-        type=_url,
+        type=argument(_stream_url, "URL"),
         default=DEFAULT_URL,
         help=f"the proxy's Twilio endpoint, as in <Stream url> (default: {DEFAULT_URL})",
     )
@@ -423,7 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--param",
         dest="params",
         metavar="NAME=VALUE",
-        type=_parameter,
+        type=argument(_parameter, "NAME=VALUE"),
         action="append",
         default=[],
         help="a custom parameter in `start`, as a TwiML <Parameter> (repeatable), "
@@ -432,7 +411,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drop",
         metavar="P",
-        type=_probability,
+        type=argument(_probability, "probability"),
         default=0.0,
         help="lose each 20 ms packet with probability P, per track (default: 0)",
     )
@@ -442,7 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--outbound-delay",
         metavar="SECONDS",
-        type=_seconds,
+        type=seconds(),
         default=0.0,
         help="the callee answers late: the outbound track starts streaming this far into the "
         "call (rounded down to 20 ms); its audio before then is not sent (stereo files only)",
@@ -456,7 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calls",
         metavar="N",
-        type=_calls,
+        type=count(_MAX_CALLS),
         default=1,
         help="stream N concurrent copies, each its own call and callSid (default: 1)",
     )
@@ -464,14 +443,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the file, stream it; the exit status says how the calls ended (0: all normally)."""
+    if args.audio_file is None:
+        with sample_call() as path:
+            return _run(args, path)
+    return _run(args, args.audio_file)
+
+
+def _run(args: argparse.Namespace, audio_file: Path) -> int:
     try:
-        tracks = read_tracks(args.audio_file)
+        tracks = read_tracks(audio_file)
     except AudioFileError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.outbound_delay and "outbound" not in tracks:
         print(
-            f"simulate: --outbound-delay needs a stereo file; {args.audio_file} is mono",
+            f"simulate: --outbound-delay needs a stereo file; {audio_file} is mono",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -485,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
     )
     seconds = max(len(data) for data in tracks.values()) / SAMPLE_RATE
     print(
-        f"simulate: streaming {args.audio_file} ({seconds:.1f} s, {'+'.join(tracks)}) "
+        f"simulate: streaming {audio_file.name} ({seconds:.1f} s, {'+'.join(tracks)}) "
         f"to {args.url}",
         file=sys.stderr,
         flush=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import gc
 import os
 import sys
@@ -12,10 +13,11 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .config import Settings, settings_table
-from .event_loop import event_loop_factory
-from .exceptions import ConfigError
-from .logs import get_logger, setup_logging
+from ..config import Settings, settings_table
+from ..event_loop import event_loop_factory
+from ..exceptions import ConfigError
+from ..logs import get_logger, setup_logging
+from . import hints
 
 EXIT_CONFIG = 2
 EXIT_LISTEN = 1
@@ -27,6 +29,10 @@ DESCRIPTION = (
     "client watching on /client."
 )
 logger = get_logger("main")
+_PORT_TAKEN_HINT = (
+    " (another program has this port: pick another with --port N or PORT=N in .env, "
+    "or --port 0 for any free one)"
+)
 
 # The cyclic garbage collector's young-generation threshold while serving (CPython's default
 # is 700). Each call keeps hundreds of objects alive across awaits (frames, futures, messages
@@ -38,7 +44,7 @@ GC_YOUNG_THRESHOLD = 10_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that override the environment and `.env`; the epilog lists every setting."""
-    from .__main__ import command_list
+    from ..__main__ import command_list
 
     add_settings_arguments(parser)
     settings_help = "\n".join(
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         return settings
     offline = False
     if settings.needs_api_key and not settings.deepgram_api_key:
-        from .engine import INSTALL_HINT, missing_requirements
+        from ..engine import INSTALL_HINT, missing_requirements
 
         offline = not missing_requirements()
         if not offline:
@@ -105,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
                 "https://console.deepgram.com and put DEEPGRAM_API_KEY=<key> in .env "
                 "(see .env.example), point DEEPGRAM_URL at a Deepgram-compatible server, "
                 "or install the offline engine (%s) to transcribe without an account.",
-                INSTALL_HINT,
+                hints.pip(INSTALL_HINT),
             )
     engine_errors: tuple[type[Exception], ...] = ()
     if offline:
-        from .engine.model import WeightsError
-        from .engine.server import EngineError
+        from ..engine.model import WeightsError
+        from ..engine.server import EngineError
 
         engine_errors = (WeightsError, EngineError)
     loop_factory, loop_name = event_loop_factory()
@@ -119,7 +125,13 @@ def run(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(settings, offline=offline))
     except OSError as exc:  # the address is taken or not ours to bind
-        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        logger.error(
+            "cannot listen on %s:%d: %s%s",
+            settings.host,
+            settings.port,
+            exc.strerror,
+            _PORT_TAKEN_HINT if exc.errno == errno.EADDRINUSE else "",
+        )
         return EXIT_LISTEN
     except asyncio.CancelledError:  # a second signal cut the drain short
         return EXIT_INTERRUPTED
@@ -135,13 +147,13 @@ def run(args: argparse.Namespace) -> int:
 async def serve(settings: Settings, *, offline: bool) -> None:
     """Serve until SIGTERM/SIGINT (`serve_until_signalled`); with `offline`, first start the
     offline engine in this process and event loop, and send every call to it."""
-    from .server import serve_until_signalled
+    from ..server import serve_until_signalled
 
     if not offline:
         tune_gc()
         await serve_until_signalled(settings)
         return
-    from .engine.server import OfflineEngine
+    from ..engine.server import OfflineEngine
 
     # On loopback with a free port: only this proxy talks to it.
     async with OfflineEngine(host="127.0.0.1", port=0) as engine:

@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import signal
 
+from ..engine import INSTALL_HINT, missing_requirements
 from ..logs import get_logger, setup_logging
-from . import INSTALL_HINT, missing_requirements
+from . import hints
+from .arguments import count, level_name, port
 
 DESCRIPTION = (
     "Serve the offline transcription engine (Whisper tiny.en, no account, nothing downloaded) "
@@ -24,26 +26,6 @@ EXIT_FAILED = 1
 logger = get_logger("engine")
 
 
-def _positive(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {raw!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--host, --port, --workers and --log-level."""
     parser.add_argument(
@@ -51,22 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=DEFAULT_PORT,
         help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)",
     )
     parser.add_argument(
         "--workers",
-        type=_positive,
+        type=count(),
         default=None,
         help="recogniser processes, each decoding one utterance at a time "
         "(default: 2, or 1 on a single core)",
     )
     parser.add_argument(
         "--log-level",
+        type=level_name,
         default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="default: INFO",
+        help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
     )
 
 
@@ -78,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error(
             "the offline engine needs %s, which is not installed: %s",
             ", ".join(missing),
-            INSTALL_HINT,
+            hints.pip(INSTALL_HINT),
         )
         return EXIT_FAILED
-    from .model import WeightsError
-    from .server import EngineError
+    from ..engine.model import WeightsError
+    from ..engine.server import EngineError
 
     try:
         asyncio.run(_serve(args))
@@ -96,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .server import OfflineEngine
+    from ..engine.server import OfflineEngine
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
