@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from twilio_dg_proxy.audio import mulaw_encode, read_tracks
+from twilio_dg_proxy.audio import mulaw_encode, read_tracks, sample_call
 from twilio_dg_proxy.commands.simulate import (
     SimulateOptions,
     SimulationResult,
@@ -425,6 +425,20 @@ async def test_the_command_streams_a_file_and_prints_the_call_sid(
     (stream,) = await closed_streams(deepgram, 1)
     assert_channels(stream, [on_timeline(mulaw(left)), on_timeline(mulaw(right))])
     assert "Traceback" not in err
+
+
+async def test_without_a_file_the_command_streams_the_bundled_sample(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    code, out, err = await run_command("--url", proxy.twilio_url, "--fast")
+    assert code == 0, err
+    assert re.fullmatch(r"CA[0-9a-f]{32}\n", out)
+    assert "streaming sample_call.wav" in err
+    (stream,) = await closed_streams(deepgram, 1)
+    with sample_call() as path:
+        tracks = read_tracks(path)
+    assert bytes(stream.audio[0::2]).startswith(tracks["inbound"])
+    assert bytes(stream.audio[1::2]).startswith(tracks["outbound"])
 
 
 @pytest.mark.parametrize(
