@@ -28,8 +28,8 @@ from websockets.exceptions import (
 from websockets.frames import Close, CloseCode
 
 from .audio import SAMPLE_RATE, AudioFileError, read_tracks
-from .fakes.twilio import FRAME_BYTES, FRAME_MS, SimulatedCall, play
 from .twilio_events import Track
+from .twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall, play
 
 __all__ = [
     "DEFAULT_URL",

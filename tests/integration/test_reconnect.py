@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
 

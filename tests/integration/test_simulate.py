@@ -25,7 +25,6 @@ from websockets.exceptions import ConnectionClosed
 
 from twilio_dg_proxy.audio import mulaw_encode, read_tracks
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
-from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE, SimulatedCall
 from twilio_dg_proxy.simulate import (
     SimulateOptions,
     SimulationResult,
@@ -41,6 +40,7 @@ from twilio_dg_proxy.twilio_events import (
     Track,
     TwilioStream,
 )
+from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall
 
 from .helpers import RunningProxy, TwilioPeer
 
