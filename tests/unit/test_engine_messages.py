@@ -6,16 +6,11 @@ from typing import Any
 
 import pytest
 
+from twilio_dg_proxy.deepgram_server_protocol import results_message, utterance_end_message
 from twilio_dg_proxy.engine.model import MODEL_INFO, MODEL_UUID, Word
 from twilio_dg_proxy.engine.options import OptionError, StreamOptions
-from twilio_dg_proxy.engine.results import (
-    bare_word,
-    deepgram_words,
-    engine_results,
-    utterance_end_message,
-)
+from twilio_dg_proxy.engine.results import bare_word, deepgram_words, engine_results
 from twilio_dg_proxy.engine.segmenter import DEFAULT_ENDPOINTING_MS
-from twilio_dg_proxy.fakes.deepgram import results_message
 
 STEREO = {"encoding": "mulaw", "sample_rate": "8000", "channels": "2", "multichannel": "true"}
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from .. import event_loop
-from ..fakes.deepgram import FakeDeepgram, FakeStream
+from ..engine.synthetic import SyntheticEngine as FakeDeepgram
+from ..engine.synthetic import SyntheticStream as FakeStream
 
 __all__ = ["FakeProcess", "StreamRecord", "main"]
 
