@@ -1,13 +1,30 @@
-"""What the project's local Deepgram-protocol servers (the offline engine and the fake)
-share: a websockets server on a host and port, its URL, and stopping it."""
+"""What the project's local Deepgram-protocol servers (the offline engine and the synthetic
+engine) share: a websockets server on a host and port, its URL, the upgrade's checks and
+answers, the idle-deadline watch of a stream, and stopping it.
+
+The rules themselves (what is refused, with which body and headers; when a stream is idle)
+are in `deepgram_server_protocol`; this module applies them with websockets and the clock.
+"""
 
 from __future__ import annotations
 
-from websockets.asyncio.server import Server
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 
-__all__ = ["LISTEN_PATH", "Listening", "bound_port"]
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
-LISTEN_PATH = "/v1/listen"  # Deepgram's live-transcription path
+from .deepgram_server_protocol import (
+    LISTEN_PATH,
+    REQUEST_ID_HEADER,
+    Refusal,
+    refusal_body,
+    refusal_headers,
+)
+
+__all__ = ["Listening", "bound_port", "respond_refused", "watch_deadline"]
 
 
 def bound_port(server: Server) -> int:
@@ -15,11 +32,57 @@ def bound_port(server: Server) -> int:
     return int(server.sockets[0].getsockname()[1])
 
 
-class Listening:
-    """A Deepgram-protocol server a subclass starts (in `__aenter__`, into `_server`)."""
+def respond_refused(connection: ServerConnection, refusal: Refusal) -> Response:
+    """Return Deepgram's answer to a refused upgrade: `refusal.status`, its JSON body and
+    headers, under a fresh request id."""
+    request_id = str(uuid.uuid4())
+    response = connection.respond(refusal.status, refusal_body(refusal, request_id=request_id))
+    for name, value in refusal_headers(refusal, request_id=request_id).items():
+        # Replaces websockets' text/plain Content-Type rather than adding a second one.
+        if name in response.headers:
+            del response.headers[name]
+        response.headers[name] = value
+    return response
 
-    def __init__(self, host: str) -> None:
+
+async def watch_deadline(
+    receiver: asyncio.Task[None],
+    deadline: Callable[[], tuple[float, str] | None],
+    close: Callable[[str], Awaitable[None]],
+) -> None:
+    """Return when `receiver` ends, awaiting ``close(reason)`` if a deadline passes first.
+
+    `deadline()` gives the time (on `time.monotonic`'s clock) and the reason of the next
+    deadline, or None for none (then this awaits `receiver` itself). One wake-up per deadline
+    rather than a timer per message: messages only move what `deadline()` reads, and it is
+    asked again when the wait expires.
+    """
+    while True:
+        due = deadline()
+        if due is None:
+            await receiver
+            return
+        at, reason = due
+        delay = at - time.monotonic()
+        if delay <= 0:
+            await close(reason)
+            return
+        done, _ = await asyncio.wait({receiver}, timeout=delay)
+        if done:
+            return
+
+
+class Listening:
+    """A Deepgram-protocol server on `host`:`port` (0 picks a free port).
+
+    A subclass starts it with `_start_serving` (in its `__aenter__`) and stops it with
+    `_stop_serving`; it says which upgrades it refuses in `_refusal`. Every upgrade response
+    carries ``dg-request-id``, as Deepgram's do.
+    """
+
+    def __init__(self, host: str, port: int = 0) -> None:
         self.host = host
+        self._port = port
         self._server: Server | None = None
 
     @property
@@ -34,9 +97,38 @@ class Listening:
         """``ws://HOST:PORT/v1/listen`` (only while started): what to set DEEPGRAM_URL to."""
         return f"ws://{self.host}:{self.port}{LISTEN_PATH}"
 
+    def _refusal(self, request: Request) -> Refusal | None:
+        """Return why this upgrade is refused, or None to accept it (a subclass says)."""
+        raise NotImplementedError
+
+    async def _start_serving(self, handler: Callable[[ServerConnection], Awaitable[None]]) -> None:
+        """Listen, running `handler` for each accepted connection; ready when this returns."""
+        self._server = await serve(
+            handler,
+            self.host,
+            self._port,
+            process_request=self._process_request,
+            process_response=self._process_response,
+            # JSON out, mu-law in: compressing would cost CPU for little, and in a benchmark
+            # make the server, not the proxy, the bottleneck.
+            compression=None,
+        )
+
     async def _stop_serving(self) -> None:
         """Close every connection and stop listening; return once all handlers ended."""
         if self._server is not None:
             server, self._server = self._server, None
             server.close()
             await server.wait_closed()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        refusal = self._refusal(request)
+        return None if refusal is None else respond_refused(connection, refusal)
+
+    @staticmethod
+    def _process_response(
+        connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        # Deepgram sends dg-request-id on every upgrade response, 101 included; refusals have one.
+        if REQUEST_ID_HEADER not in response.headers:
+            response.headers[REQUEST_ID_HEADER] = str(uuid.uuid4())

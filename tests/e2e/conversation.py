@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twilio_dg_proxy.fakes.deepgram import transcript_for
-from twilio_dg_proxy.fakes.twilio import SILENCE, SimulatedCall, pattern
+from twilio_dg_proxy.engine.synthetic import transcript_for
 from twilio_dg_proxy.twilio_events import Track
+from twilio_dg_proxy.twilio_simulator import SILENCE, SimulatedCall, pattern
 
 from ..integration.helpers import TwilioPeer
 from .conftest import RESULT_MS

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall
+from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
 from ..integration.helpers import RunningProxy, TwilioPeer, running_proxy, until
 from .conftest import RESULT_MS

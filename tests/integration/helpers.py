@@ -14,8 +14,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from twilio_dg_proxy.config import Settings
-from twilio_dg_proxy.fakes.twilio import SimulatedCall
 from twilio_dg_proxy.server import ProxyServer, bound_port
+from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
 
 @dataclass

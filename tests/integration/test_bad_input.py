@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
 

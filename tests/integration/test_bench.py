@@ -26,8 +26,8 @@ from twilio_dg_proxy.commands.bench.measure import (
 )
 from twilio_dg_proxy.commands.bench.procfs import busy_seconds, cpu_seconds, rss_bytes
 from twilio_dg_proxy.commands.bench.wire import text_frame
-from twilio_dg_proxy.fakes.deepgram import results_message
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.deepgram_server_protocol import results_message
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 # --- statistics -----------------------------------------------------------------------------
 

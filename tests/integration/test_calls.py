@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE, SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
 

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from twilio_dg_proxy.config import settings_table
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

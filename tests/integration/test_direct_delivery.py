@@ -14,7 +14,7 @@ from websockets.frames import Frame, Opcode
 
 from twilio_dg_proxy.direct_connection import MAX_FRAGMENTS
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, Watcher, results, until
 

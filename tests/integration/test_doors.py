@@ -15,9 +15,9 @@ from websockets.exceptions import InvalidStatus
 
 from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 from twilio_dg_proxy.logs import setup_logging
 from twilio_dg_proxy.server import warn_if_exposed
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
 

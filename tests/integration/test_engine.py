@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from twilio_dg_proxy.engine.server import OfflineEngine
-from twilio_dg_proxy.fakes.twilio import SimulatedCall
+from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
 from .helpers import TwilioPeer, Watcher, running_proxy
 from .test_cli import ServerProcess

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import (
     RunningProxy,

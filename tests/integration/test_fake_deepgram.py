@@ -11,12 +11,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from twilio_dg_proxy.fakes.deepgram import (
-    FakeDeepgram,
-    FakeTranscriber,
-    audio_digest,
-    next_deadline,
-)
+from twilio_dg_proxy.engine.synthetic import SyntheticTranscriber, audio_digest
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, next_deadline
 
 STEREO = "?encoding=mulaw&sample_rate=8000&channels=2&multichannel=true"
 MONO = "?encoding=mulaw&sample_rate=8000&channels=1"
@@ -338,7 +334,9 @@ async def test_next_stream_returns_streams_in_order_then_times_out() -> None:
 
 
 def test_speech_final_ends_each_utterance_once() -> None:
-    transcriber = FakeTranscriber(channels=1, result_ms=10, interim_results=False, request_id="r")
+    transcriber = SyntheticTranscriber(
+        channels=1, result_ms=10, interim_results=False, request_id="r"
+    )
     talk, quiet = speech(80), SILENCE * 80
     windows = [talk, quiet, quiet, talk, talk, talk, talk, quiet]
     finals = [m for w in windows for m in transcriber.feed(w)]

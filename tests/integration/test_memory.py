@@ -12,9 +12,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from twilio_dg_proxy.commands.bench import procfs
 from twilio_dg_proxy.commands.bench.processes import ProxyProcess
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern, play
 from twilio_dg_proxy.server import IDLE_COLLECT_S
 from twilio_dg_proxy.twilio_events import Track
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern, play
 
 ROUNDS = 4
 CALLS = 100  # at once, per round: 400 calls in all

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.engine.synthetic import SyntheticStream
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
 
@@ -28,7 +29,7 @@ def interleaved(audio: dict[str, bytes]) -> bytes:
 
 
 def assert_one_timeline(
-    transcript: Sequence[str], streams: Sequence[FakeStream], produced: int
+    transcript: Sequence[str], streams: Sequence[SyntheticStream], produced: int
 ) -> None:
     """What the watcher got is what each stream sent, in order, its times moved to where
     the stream's audio lies on the call's timeline (the last stream carries the call's

@@ -31,8 +31,8 @@ from twilio_dg_proxy.commands.simulate import (
     simulate,
     stream_call,
 )
-from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
-from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE, SimulatedCall
+from twilio_dg_proxy.engine.synthetic import SyntheticStream
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_events import (
     Connected,
     Media,
@@ -41,6 +41,7 @@ from twilio_dg_proxy.twilio_events import (
     Track,
     TwilioStream,
 )
+from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall
 
 from .helpers import RunningProxy, TwilioPeer
 
@@ -82,7 +83,7 @@ def on_timeline(data: bytes, lost: frozenset[int] = frozenset(), start_frame: in
     return bytes(frames[: end * FRAME_BYTES])
 
 
-def assert_channels(stream: FakeStream, expected: Sequence[bytes]) -> None:
+def assert_channels(stream: SyntheticStream, expected: Sequence[bytes]) -> None:
     """The stream's interleaved audio is `expected`, one bytes per channel, the shorter ones
     padded with silence to the longest (the mixer pads a track that ended first)."""
     length = max(len(channel) for channel in expected)
@@ -101,7 +102,7 @@ async def run_simulate(
     return result, out.getvalue(), err.getvalue()
 
 
-async def closed_streams(deepgram: FakeDeepgram, n: int) -> list[FakeStream]:
+async def closed_streams(deepgram: FakeDeepgram, n: int) -> list[SyntheticStream]:
     """The next `n` streams the fake accepted, once each has ended."""
     streams = [await deepgram.next_stream() for _ in range(n)]
     await asyncio.wait_for(asyncio.gather(*(s.closed.wait() for s in streams)), 10)

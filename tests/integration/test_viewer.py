@@ -13,9 +13,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 from twilio_dg_proxy.hub import is_history
 from twilio_dg_proxy.twilio_events import Track
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from twilio_dg_proxy.viewer import load_assets
 
 from .helpers import (

@@ -13,8 +13,9 @@ import pytest
 from twilio_dg_proxy.__main__ import main
 from twilio_dg_proxy.commands.terminal_transcript import TranscriptRenderer
 from twilio_dg_proxy.commands.watch import WatchError, WatchOptions, watch
-from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, FakeStream
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.engine.synthetic import SyntheticStream
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, until
 
@@ -62,7 +63,7 @@ async def test_without_a_call_sid_it_watches_the_newest_call_and_prints_both_spe
     assert " ".join(x.split(": ", 1)[1] for x in caller).split() == spoken(stream, channel=0)
 
 
-def spoken(stream: FakeStream, *, channel: int) -> list[str]:
+def spoken(stream: SyntheticStream, *, channel: int) -> list[str]:
     """The words of the final results the fake sent on `channel`."""
     words: list[str] = []
     for text in stream.sent:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, until
 

@@ -6,16 +6,11 @@ from typing import Any
 
 import pytest
 
+from twilio_dg_proxy.deepgram_server_protocol import results_message
 from twilio_dg_proxy.engine.model import MODEL_INFO, MODEL_UUID, Word
 from twilio_dg_proxy.engine.options import OptionError, StreamOptions
-from twilio_dg_proxy.engine.results import (
-    bare_word,
-    deepgram_words,
-    engine_results,
-    utterance_end_message,
-)
+from twilio_dg_proxy.engine.results import bare_word, deepgram_words, engine_results
 from twilio_dg_proxy.engine.segmenter import DEFAULT_ENDPOINTING_MS
-from twilio_dg_proxy.fakes.deepgram import results_message
 
 STEREO = {"encoding": "mulaw", "sample_rate": "8000", "channels": "2", "multichannel": "true"}
 
@@ -140,14 +135,6 @@ def test_no_words_is_an_empty_transcript_with_zero_confidence() -> None:
         [],
     )
     assert message["from_finalize"] is True
-
-
-def test_utterance_end() -> None:
-    assert utterance_end_message(channel=0, channels=2, last_word_end=3.5) == {
-        "type": "UtteranceEnd",
-        "channel": [0, 2],
-        "last_word_end": 3.5,
-    }
 
 
 def test_whisper_pieces_without_a_leading_space_continue_the_previous_word() -> None:

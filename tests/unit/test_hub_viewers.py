@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from websockets.frames import CloseCode
 
 from twilio_dg_proxy import json_loads
+from twilio_dg_proxy.deepgram_server_protocol import results_message
 from twilio_dg_proxy.exceptions import TooManySubscribers, UnknownCall
-from twilio_dg_proxy.fakes.deepgram import results_message
 from twilio_dg_proxy.hub import CallInfo, Ending, History, Hub, ViewerFeed, is_history
 
 

@@ -16,8 +16,8 @@ from twilio_dg_proxy.exceptions import (
     UnexpectedEvent,
     UnsupportedFrame,
 )
-from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 from twilio_dg_proxy.intake import StreamIntake
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 LOG = logging.getLogger("test_intake")
 N = 8000  # one second per track

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twilio_dg_proxy.exceptions import TwilioProtocolError
-from twilio_dg_proxy.fakes.twilio import SimulatedCall
 from twilio_dg_proxy.mixer import SILENCE, StereoMixer
 from twilio_dg_proxy.twilio_events import Media, Track, TwilioStream
+from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
 FRAME = 160  # bytes (= samples) in one 20 ms Twilio frame
 

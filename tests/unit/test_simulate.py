@@ -23,8 +23,8 @@ from twilio_dg_proxy.audio import (
     tracks_from_audio,
 )
 from twilio_dg_proxy.commands.simulate import CallPlan, Progress, loss_plan, plan_call
-from twilio_dg_proxy.fakes.twilio import FRAME_BYTES, SILENCE
 from twilio_dg_proxy.twilio_events import Media, Start, Stop, Track, TwilioEvent, TwilioStream
+from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE
 
 DATA = Path(__file__).resolve().parents[2] / "src" / "twilio_dg_proxy" / "data"
 

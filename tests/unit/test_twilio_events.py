@@ -22,13 +22,6 @@ from twilio_dg_proxy.exceptions import (
     TwilioProtocolError,
     UnexpectedEvent,
 )
-from twilio_dg_proxy.fakes.twilio import (
-    FRAME_BYTES,
-    FRAME_MS,
-    SILENCE,
-    SimulatedCall,
-    pattern,
-)
 from twilio_dg_proxy.twilio_events import (
     MAX_PAYLOAD_BYTES,
     Connected,
@@ -42,6 +35,13 @@ from twilio_dg_proxy.twilio_events import (
     TwilioStream,
     UnknownEvent,
     parse_event,
+)
+from twilio_dg_proxy.twilio_simulator import (
+    FRAME_BYTES,
+    FRAME_MS,
+    SILENCE,
+    SimulatedCall,
+    pattern,
 )
 
 

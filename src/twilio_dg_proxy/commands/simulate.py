@@ -2,7 +2,7 @@
 
 The pure half plans a call: `loss_plan` picks the frames a lossy network drops, `plan_call`
 turns per-track mu-law audio (`audio.read_tracks`) into the call's messages with
-`fakes.twilio.SimulatedCall`. The I/O half sends plans with `fakes.twilio.play`:
+`twilio_simulator.SimulatedCall`. The I/O half sends plans with `twilio_simulator.play`:
 `stream_call` for one call, `simulate` for N concurrent calls with a progress line.
 """
 
@@ -29,8 +29,8 @@ from websockets.frames import Close, CloseCode
 
 from ..audio import SAMPLE_RATE, AudioFileError, read_tracks, sample_call
 from ..config import number_in, ws_url
-from ..fakes.twilio import FRAME_BYTES, FRAME_MS, SimulatedCall, play
 from ..twilio_events import Track
+from ..twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall, play
 from .arguments import argument, count, parse_name_value, seconds
 
 __all__ = [

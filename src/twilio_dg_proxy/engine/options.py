@@ -1,10 +1,10 @@
 """The query options of one engine stream, read and checked at the upgrade (pure).
 
 The audio format (``encoding=mulaw``, ``sample_rate=8000``, ``channels`` 1 or 2,
-``multichannel=true`` with 2) is checked by the fake's `query_problem`, shared with the fake
-Deepgram. Here: the options that change what the engine sends. Anything else Deepgram knows
-(``model``, ``language``, ``diarize``, ...) is accepted and ignored, as the proxy passes the
-user's options through unchanged.
+``multichannel=true`` with 2) is checked by `deepgram_server_protocol.query_problem`, shared
+with the synthetic engine. Here: the options that change what the engine sends. Anything else
+Deepgram knows (``model``, ``language``, ``diarize``, ...) is accepted and ignored, as the
+proxy passes the user's options through unchanged.
 """
 
 from __future__ import annotations

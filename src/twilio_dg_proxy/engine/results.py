@@ -1,9 +1,8 @@
-"""Deepgram messages from the engine's decoded words (pure).
+"""Deepgram ``Results`` from the engine's decoded words (pure).
 
-``Results`` are built by the fake Deepgram's `results_message` and ``Metadata`` by its
-`metadata_message`, so the engine and the fake cannot drift apart in field names. What the
-engine adds: Deepgram's word objects from Whisper's words, and ``SpeechStarted`` and
-``UtteranceEnd``.
+The message itself is `deepgram_server_protocol.results_message`, shared with the synthetic
+engine, so the two cannot drift apart in field names. What the engine adds: Deepgram's word
+objects from Whisper's words, their transcript and confidence, and the engine's model.
 """
 
 from __future__ import annotations
@@ -12,16 +11,10 @@ import re
 from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
-from ..fakes.deepgram import results_message
+from ..deepgram_server_protocol import results_message
 from .model import MODEL_INFO, MODEL_UUID, Word
 
-__all__ = [
-    "bare_word",
-    "deepgram_words",
-    "engine_results",
-    "speech_started_message",
-    "utterance_end_message",
-]
+__all__ = ["bare_word", "deepgram_words", "engine_results"]
 
 JSONDict: TypeAlias = dict[str, Any]
 
@@ -101,13 +94,3 @@ def engine_results(
         model_uuid=MODEL_UUID,
         model_info=MODEL_INFO,
     )
-
-
-def speech_started_message(*, channel: int, channels: int, timestamp: float) -> JSONDict:
-    """Deepgram's ``SpeechStarted`` (sent with ``vad_events=true``)."""
-    return {"type": "SpeechStarted", "channel": [channel, channels], "timestamp": timestamp}
-
-
-def utterance_end_message(*, channel: int, channels: int, last_word_end: float) -> JSONDict:
-    """Deepgram's ``UtteranceEnd`` (sent with ``utterance_end_ms``)."""
-    return {"type": "UtteranceEnd", "channel": [channel, channels], "last_word_end": last_word_end}

@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,30 +33,34 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 
-from ..fakes.deepgram import (
+from ..deepgram_server_protocol import (
     DATA_REASON,
     EMPTY_FRAME_REASON,
+    REQUEST_ID_HEADER,
     Refusal,
     check_upgrade,
     control_type,
+    finalize_channel,
+    idle_deadline,
+    iso_timestamp,
     metadata_message,
-    next_deadline,
     parse_query,
-    refusal_response,
+    speech_started_message,
+    utterance_end_message,
 )
-from ..listening import Listening
+from ..listening import Listening, watch_deadline
 from ..logs import get_logger
 from .audio import Samples, mulaw_to_float, split_channels
 from .model import MODEL_INFO, MODEL_UUID, Word, decode, init_worker, verify_weights, warm_up
 from .model import weights_dir as installed_weights_dir
 from .options import OptionError, StreamOptions
 from .pacer import InterimPacer
-from .results import engine_results, speech_started_message, utterance_end_message
+from .results import engine_results
 from .segmenter import SAMPLE_RATE, Event, Segment, Segmenter, SpeechStarted, UtteranceGap
 
 __all__ = ["EngineError", "EngineStats", "OfflineEngine", "default_workers"]
@@ -137,13 +140,12 @@ class OfflineEngine(Listening):
             raise ValueError(f"interim_interval_s must not be negative, got {interim_interval_s}")
         if final_beam_size < 1:
             raise ValueError(f"final_beam_size must be at least 1, got {final_beam_size}")
-        super().__init__(host)
+        super().__init__(host, port)
         self.workers = workers
         self.idle_timeout_s = idle_timeout_s
         self.interim_interval_s = interim_interval_s
         self.final_beam_size = final_beam_size
         self.stats = EngineStats()
-        self._port = port
         self._weights = weights
         self._pool: ProcessPoolExecutor | None = None
 
@@ -169,14 +171,7 @@ class OfflineEngine(Listening):
             await asyncio.gather(
                 *(loop.run_in_executor(self._pool, warm_up) for _ in range(self.workers))
             )
-            self._server = await serve(
-                self._handle,
-                self.host,
-                self._port,
-                process_request=self._process_request,
-                process_response=self._process_response,
-                compression=None,  # JSON out, mu-law in: not worth the CPU
-            )
+            await self._start_serving(self._handle)
         except BrokenProcessPool as exc:
             await self._stop_pool()
             raise EngineError(
@@ -222,24 +217,16 @@ class OfflineEngine(Listening):
 
     # Handshake.
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        refusal = check_upgrade(request.path, request.headers, api_key=None, reject_status=None)
+    def _refusal(self, request: Request) -> Refusal | None:
+        refusal = check_upgrade(request.path, request.headers, api_key=None)
         if refusal is None:
             try:
                 StreamOptions.from_query(parse_query(request.path))
             except OptionError as exc:
                 refusal = Refusal(HTTPStatus.BAD_REQUEST, "Bad Request", f"Bad Request: {exc}")
-        if refusal is None:
-            return None
-        logger.debug("refused %s: %s", request.path, refusal.message)
-        return refusal_response(connection, refusal)
-
-    def _process_response(
-        self, connection: ServerConnection, request: Request, response: Response
-    ) -> None:
-        # Deepgram sends dg-request-id on every upgrade response; refusals already have one.
-        if "dg-request-id" not in response.headers:
-            response.headers["dg-request-id"] = str(uuid.uuid4())
+        if refusal is not None:
+            logger.debug("refused %s: %s", request.path, refusal.message)
+        return refusal
 
     # Streams.
 
@@ -247,14 +234,14 @@ class OfflineEngine(Listening):
         """Own one stream: its receiver, its channel tasks and its idle deadline."""
         assert ws.request is not None and ws.response is not None  # set by the handshake
         options = StreamOptions.from_query(parse_query(ws.request.path))  # checked at upgrade
-        stream = _Stream(self, ws, options, ws.response.headers["dg-request-id"])
+        stream = _Stream(self, ws, options, ws.response.headers[REQUEST_ID_HEADER])
         self.stats.streams += 1
         logger.debug("stream %s opened: %s", stream.request_id, options)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(channel.run()) for channel in stream.channels]
                 receiver = tg.create_task(stream.receive())
-                await stream.watch(receiver)
+                await watch_deadline(receiver, stream.deadline, stream.close_idle)
                 for task in tasks:
                     task.cancel()  # a no-op for those that ended after CloseStream
         except* BrokenProcessPool:
@@ -294,26 +281,20 @@ class _Stream:
         """Seconds of audio received (whole sample frames)."""
         return self._received // len(self.channels) / SAMPLE_RATE
 
-    async def watch(self, receiver: asyncio.Task[None]) -> None:
-        """Return when `receiver` ends, closing with 1011 if the idle deadline passes first."""
-        while True:
-            if self.closing:
-                await receiver
-                return
-            deadline, reason = next_deadline(
-                opened_at=self.opened_at,
-                last_activity=self.last_activity,
-                got_audio=self._received > 0,
-                idle_timeout_s=self.engine.idle_timeout_s,
-                drop_after_s=None,
-            )
-            delay = deadline - time.monotonic()
-            if delay <= 0:
-                await self.ws.close(CloseCode.INTERNAL_ERROR, reason)
-                return
-            done, _ = await asyncio.wait({receiver}, timeout=delay)
-            if done:
-                return
+    def deadline(self) -> tuple[float, str] | None:
+        """The idle deadline (NET-0001) and its reason; None once CloseStream arrived."""
+        if self.closing:
+            return None
+        return idle_deadline(
+            opened_at=self.opened_at,
+            last_activity=self.last_activity,
+            got_audio=self._received > 0,
+            idle_timeout_s=self.engine.idle_timeout_s,
+        )
+
+    async def close_idle(self, reason: str) -> None:
+        """Close the stream with 1011 and `reason`: its idle deadline passed."""
+        await self.ws.close(CloseCode.INTERNAL_ERROR, reason)
 
     async def receive(self) -> None:
         """Read audio and control messages until the stream ends (CloseStream, error, close)."""
@@ -337,7 +318,7 @@ class _Stream:
                 # Deepgram's NET-0001 counts any message as activity, controls included.
                 self.last_activity = time.monotonic()
                 if kind == "Finalize":
-                    self.finalize(_finalize_channel(message))
+                    self.finalize(finalize_channel(message))
                 elif kind == "CloseStream":
                     await self.close_stream()
                     return
@@ -374,7 +355,7 @@ class _Stream:
             channel.closing = True
             channel.add([segment] if segment else [])
         await asyncio.gather(*(channel.done.wait() for channel in self.channels))
-        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        created = iso_timestamp(datetime.now(UTC))
         await self.send(
             metadata_message(
                 request_id=self.request_id,
@@ -526,9 +507,3 @@ class _Channel:
             punctuate=self.stream.options.punctuate,
             request_id=self.stream.request_id,
         )
-
-
-def _finalize_channel(text: str) -> int | None:
-    """The ``channel`` of a Finalize message, or None for all channels."""
-    channel = json.loads(text).get("channel")
-    return channel if isinstance(channel, int) and not isinstance(channel, bool) else None

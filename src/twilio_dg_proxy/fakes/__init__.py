@@ -1,1 +1,4 @@
-"""Fakes of Twilio and Deepgram used by the tests, the simulator and the benchmark."""
+"""Test doubles: the fake Deepgram (the synthetic engine with fault knobs), used by the tests.
+
+Nothing outside this package and the tests imports it (tests/unit/test_layers.py checks).
+"""

@@ -1,7 +1,7 @@
-"""The fake Deepgram in a process of its own, so that its CPU is not the load generator's.
+"""The synthetic Deepgram in a process of its own, so its CPU is not the load generator's.
 
 The child, ``python -m twilio_dg_proxy.commands.bench.fake_server --result-ms N``, serves a
-`FakeDeepgram` (``record=False``), prints one JSON line ``{"url": ...}``, then answers one
+`SyntheticEngine` (``record=False``), prints one JSON line ``{"url": ...}``, then answers one
 JSON line per command read from stdin: ``{"op": "next"}`` gives the next stream's
 ``{"request_id": ...}`` (streams are handed out in the order the proxy opened them);
 ``{"op": "report", "wait_s": S}`` waits up to S seconds for every stream to close, then gives
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from ... import event_loop
-from ...fakes.deepgram import FakeDeepgram, FakeStream
+from ...engine.synthetic import SyntheticEngine, SyntheticStream
 
 __all__ = ["FakeProcess", "StreamRecord", "main"]
 
@@ -44,7 +44,7 @@ class StreamRecord:
     closed: bool
 
     @classmethod
-    def of(cls, stream: FakeStream) -> StreamRecord:
+    def of(cls, stream: SyntheticStream) -> StreamRecord:
         """The record of a live stream."""
         return cls(
             request_id=stream.request_id,
@@ -70,7 +70,7 @@ async def _serve(result_ms: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    async with FakeDeepgram(
+    async with SyntheticEngine(
         result_ms=result_ms, idle_timeout_s=_IDLE_TIMEOUT_S, record=False
     ) as fake:
         _reply({"url": fake.url})

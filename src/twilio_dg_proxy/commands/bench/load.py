@@ -24,9 +24,9 @@ from typing import Any, Final
 
 from websockets.exceptions import InvalidHandshake
 
-from ...fakes.twilio import FRAME_BYTES, FRAME_MS, SimulatedCall, pattern
 from ...server import IDLE_COLLECT_S
 from ...twilio_events import Track
+from ...twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall, pattern
 from . import procfs
 from .fake_server import FakeProcess, StreamRecord
 from .measure import (

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ...fakes.twilio import pattern
+from ...twilio_simulator import pattern
 
 __all__ = [
     "GENERATOR_SATURATED",

@@ -1,7 +1,10 @@
-"""A simulated Twilio call: Media Streams messages built exactly as Twilio sends them.
+"""The call simulator: Twilio Media Streams messages built exactly as Twilio sends them.
 
-`SimulatedCall` builds the JSON text of one stream (pure); `play` sends such a script over a
-real WebSocket, in real time or as fast as possible.
+Product tooling, not a test double: the `simulate` command, the benchmark's load generator and
+the tests all play calls with it. `SimulatedCall` builds the JSON text of one stream (pure;
+`MediaTemplate` renders a track's media messages fast, `pattern` makes audio that tells the
+tracks apart); `play` sends such a script over a real WebSocket, in real time or as fast as
+possible.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import connect
 from websockets.frames import Close
 
-from ..twilio_events import Track
+from .twilio_events import Track
 
 __all__ = [
     "FRAME_BYTES",
