@@ -1,5 +1,6 @@
-"""The client protocols: /client, as in Deepgram's tutorial, and /viewer/ws, its JSON
-extension for the web viewer (and any program that wants the same).
+"""The client connections: /client, as in Deepgram's tutorial, and /viewer/ws, its JSON
+extension for the web viewer (and any program that wants the same). The I/O only: the viewer
+protocol's texts are written and read by `viewer_protocol`.
 
 /client:
 1. The server sends a JSON array of the active callSids.
@@ -20,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from . import viewer_protocol
 from .exceptions import (
     ClientProtocolError,
     ProxyError,
@@ -131,36 +131,6 @@ async def _close_when_evicted(ws: ServerConnection, outbox: Outbox, watching: st
         ws.transport.abort()
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerCommand:
-    """A command of the viewer protocol: start or stop following a call."""
-
-    action: Literal["subscribe", "unsubscribe"]
-    call_sid: str
-
-
-def parse_viewer_command(message: str | bytes) -> ViewerCommand:
-    """Parse `{"type": "subscribe" | "unsubscribe", "callSid": "CA..."}`; anything else
-    raises ClientProtocolError."""
-    if not isinstance(message, str):
-        raise ClientProtocolError("expected a JSON command as a text message")
-    try:
-        command = json.loads(message)
-    except ValueError:
-        raise ClientProtocolError("expected a JSON command") from None
-    if not isinstance(command, dict):
-        raise ClientProtocolError("expected a JSON object")
-    action = command.get("type")
-    call_sid = command.get("callSid")
-    if not isinstance(call_sid, str) or not call_sid.strip():
-        raise ClientProtocolError("expected callSid, a string")
-    if action == "subscribe":
-        return ViewerCommand("subscribe", call_sid.strip())
-    if action == "unsubscribe":
-        return ViewerCommand("unsubscribe", call_sid.strip())
-    raise ClientProtocolError(f"unknown command type {str(action)[:40]!r}")
-
-
 async def handle_viewer(ws: ServerConnection, hub: Hub) -> None:
     """Serve one /viewer/ws connection: the call list, then the calls it subscribes to."""
     peer = _peer(ws)
@@ -185,7 +155,7 @@ async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> 
     peer = _peer(ws)
     try:
         async for message in ws:
-            command = parse_viewer_command(message)
+            command = viewer_protocol.parse_command(message)
             if command.action == "unsubscribe":
                 hub.unfollow(viewer, command.call_sid)
                 continue
@@ -193,10 +163,7 @@ async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> 
                 hub.follow(viewer, command.call_sid)
             except (UnknownCall, TooManySubscribers) as exc:
                 code, reason = close_frame_for(exc)
-                hub.tell(
-                    viewer,
-                    {"type": "error", "callSid": command.call_sid, "code": code, "reason": reason},
-                )
+                hub.tell(viewer, viewer_protocol.error(command.call_sid, code, reason))
             else:
                 logger.info("viewer %s subscribed to %s", peer, command.call_sid)
     except ConnectionClosed:
