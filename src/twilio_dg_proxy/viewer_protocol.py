@@ -121,7 +121,7 @@ def parse_command(message: str | bytes) -> ViewerCommand:
         raise ClientProtocolError("expected a JSON command as a text message")
     try:
         command = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json goes
         raise ClientProtocolError("expected a JSON command") from None
     if not isinstance(command, dict):
         raise ClientProtocolError("expected a JSON object")

@@ -164,3 +164,8 @@ def test_any_text_is_a_command_or_a_protocol_error(message: str) -> None:
     except ClientProtocolError:
         return
     assert command.action in ("subscribe", "unsubscribe") and command.call_sid.strip()
+
+
+def test_nesting_deeper_than_the_parser_goes_is_a_protocol_error() -> None:
+    with pytest.raises(ClientProtocolError, match="expected a JSON command"):
+        parse_command("[" * 4000)  # within CLIENT_MAX_MESSAGE_BYTES
