@@ -45,17 +45,20 @@ _EVICTION_GRACE_S = 2.0
 CHOICE_TIMEOUT_S = 300.0
 
 
-async def handle_client(ws: ServerConnection, hub: Hub) -> None:
-    """Serve one /client connection: the call list, its choice, then that call's results."""
+async def handle_client(
+    ws: ServerConnection, hub: Hub, *, choice_timeout_s: float = CHOICE_TIMEOUT_S
+) -> None:
+    """Serve one /client connection: the call list, its choice (within `choice_timeout_s`),
+    then that call's results."""
     peer = _peer(ws)
     try:
         await ws.send(json.dumps(hub.active_calls()))
         try:
-            async with asyncio.timeout(CHOICE_TIMEOUT_S):
+            async with asyncio.timeout(choice_timeout_s):
                 choice = await ws.recv()
         except TimeoutError:
             raise ClientProtocolError(
-                f"no callSid chosen within {CHOICE_TIMEOUT_S:.0f} s"
+                f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
         if not isinstance(choice, str):
             raise ClientProtocolError("expected a callSid as a text message")
