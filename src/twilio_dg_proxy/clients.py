@@ -1,12 +1,20 @@
 """The client connections: /client, as in Deepgram's tutorial, and /viewer/ws, its JSON
-extension for the web viewer (and any program that wants the same). The I/O only: the viewer
-protocol's texts are written and read by `viewer_protocol`.
+extension for the web viewer (and any program that wants the same). The I/O only: the texts
+are written and read by `client_protocol` and `viewer_protocol`.
 
 /client:
 1. The server sends a JSON array of the active callSids.
 2. The client sends one callSid as a text line.
 3. The server sends every Deepgram message of that call verbatim, then the text `close`
    and a normal close when the call ends.
+
+/client additions, beside the tutorial's protocol and never in its place:
+- `/client?history=1` (opt-in): after its choice the client first gets the call's final
+  results so far (the history a viewer gets, each message as Deepgram sent it, oldest
+  first), then the live messages, each final exactly once. Without it nothing is replayed.
+  Other query parameters are ignored (`token` belongs to the doors; a client that passes
+  any other gets the tutorial's protocol, as it always did). A `history` value other than
+  1/0 (true/false, yes/no, on/off) is refused at once (1008) instead of the call list.
 
 /viewer/ws (JSON both ways; README, "The viewer protocol"):
 1. The server sends `calls` (the active calls with their metadata), then `call_started` and
@@ -19,13 +27,12 @@ protocol's texts are written and read by `viewer_protocol`.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from . import viewer_protocol
+from . import client_protocol, viewer_protocol
 from .exceptions import (
     ClientProtocolError,
     ProxyError,
@@ -49,10 +56,11 @@ async def handle_client(
     ws: ServerConnection, hub: Hub, *, choice_timeout_s: float = CHOICE_TIMEOUT_S
 ) -> None:
     """Serve one /client connection: the call list, its choice (within `choice_timeout_s`),
-    then that call's results."""
+    then that call's results (after its history if it asked for it)."""
     peer = _peer(ws)
     try:
-        await ws.send(json.dumps(hub.active_calls()))
+        options = client_protocol.parse_options(ws.request.path if ws.request else "")
+        await ws.send(client_protocol.call_list(hub.active_calls()))
         try:
             async with asyncio.timeout(choice_timeout_s):
                 choice = await ws.recv()
@@ -60,9 +68,7 @@ async def handle_client(
             raise ClientProtocolError(
                 f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
-        if not isinstance(choice, str):
-            raise ClientProtocolError("expected a callSid as a text message")
-        sub = hub.subscribe(choice.strip())
+        sub = hub.subscribe(client_protocol.parse_choice(choice), history=options.history)
     except ConnectionClosed:
         return
     except ProxyError as exc:
@@ -106,7 +112,7 @@ async def _end(ws: ServerConnection, ending: Ending) -> None:
     if ending is CLIENT_LEFT:
         return
     if ending.say_close:
-        await ws.send("close")
+        await ws.send(client_protocol.CLOSE)
     await ws.close(ending.code, ending.reason)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from websockets.frames import CloseCode
@@ -43,11 +44,15 @@ CLIENT_LEFT = Ending(CloseCode.NORMAL_CLOSURE, "client left")
 
 
 class Outbox:
-    """One client's bounded queue of texts to send, then one `Ending`."""
+    """One client's bounded queue of texts to send, then one `Ending`.
 
-    def __init__(self, limit: int) -> None:
+    `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
+    client asked for it, and only falling behind the live messages is too slow."""
+
+    def __init__(self, limit: int, replay: Iterable[str] = ()) -> None:
         self._limit = limit
-        self._items: deque[str] = deque()
+        self._items: deque[str] = deque(replay)
+        self._replay = len(self._items)  # how many of the first items are the replay
         self._ending: Ending | None = None
         self._wakeup = asyncio.Event()
         self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
@@ -56,8 +61,9 @@ class Outbox:
         """Queue `text`; False if the queue was full and the client is now evicted."""
         if self._ending is not None:
             return True
-        if len(self._items) >= self._limit:
+        if len(self._items) - self._replay >= self._limit:
             self._items.clear()
+            self._replay = 0
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
             self.evicted.set()
             return False
@@ -86,14 +92,20 @@ class Outbox:
         while not self._items and self._ending is None:
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._items.popleft() if self._items else self._ending  # type: ignore[return-value]
+        if not self._items:
+            assert self._ending is not None  # the loop ends on an item or an ending
+            return self._ending
+        if self._replay:
+            self._replay -= 1
+        return self._items.popleft()
 
 
 class Subscription(Outbox):
-    """One /client client's feed of one call: Deepgram messages in order, then one `Ending`."""
+    """One /client client's feed of one call: the `history` it asked for (none by default),
+    then Deepgram's messages in order, then one `Ending`."""
 
-    def __init__(self, call_sid: str, limit: int) -> None:
-        super().__init__(limit)
+    def __init__(self, call_sid: str, limit: int, history: Iterable[str] = ()) -> None:
+        super().__init__(limit, history)
         self.call_sid = call_sid
 
 
@@ -267,10 +279,13 @@ class Hub:
 
     # /client subscribers.
 
-    def subscribe(self, call_sid: str) -> Subscription:
-        """Start a subscription to an active call."""
+    def subscribe(self, call_sid: str, *, history: bool = False) -> Subscription:
+        """Start a subscription to an active call. With `history`, its queue starts with the
+        call's history (as `follow` sends a viewer; older finals beyond the history's limits
+        are gone), taken in the same step as it joins the call, so every final reaches it
+        exactly once. Raises UnknownCall or TooManySubscribers."""
         call = self._watchable(call_sid)
-        sub = Subscription(call_sid, self._queue_limit)
+        sub = Subscription(call_sid, self._queue_limit, call.history.messages if history else ())
         call.subscribers.add(sub)
         self.counters.subscriptions += 1
         return sub
