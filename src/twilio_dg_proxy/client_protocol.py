@@ -2,7 +2,8 @@
 sends besides Deepgram's own messages, the client's choice, and the opt-in query.
 
 Pure: text in, values out; no sockets. A client that sends no query gets exactly the
-tutorial's protocol (see `clients`); the additions below only answer what it opts into.
+tutorial's protocol (see `clients`); the additions below only answer what it opts into, or
+explain a refusal that the tutorial would only close on.
 """
 
 from __future__ import annotations
@@ -59,3 +60,13 @@ def parse_choice(message: str | bytes) -> str:
     if not isinstance(message, str):
         raise ClientProtocolError("expected a callSid as a text message")
     return message.strip()
+
+
+def refusal(reason: str, active: Iterable[str] | None = None) -> str:
+    """The text sent before closing a client we refuse, so that someone watching websocat
+    (which does not show close reasons) sees why: `error: <reason>`, and when the choice
+    named no active call, the ones there are."""
+    line = f"error: {reason}"
+    if active is not None:
+        line += f"; active calls: {call_list(active)}"
+    return line

@@ -14,7 +14,12 @@ are written and read by `client_protocol` and `viewer_protocol`.
   first), then the live messages, each final exactly once. Without it nothing is replayed.
   Other query parameters are ignored (`token` belongs to the doors; a client that passes
   any other gets the tutorial's protocol, as it always did). A `history` value other than
-  1/0 (true/false, yes/no, on/off) is refused at once (1008) instead of the call list.
+  1/0 (true/false, yes/no, on/off) is refused at once, as below, instead of the call list.
+- A refused client (a callSid that is not an active call, a binary choice, no choice in
+  time, a call with too many watchers) gets one text, `error: <why>` (for an unknown callSid
+  followed by `; active calls: [...]`), before the close (1008, or 1013 when full) whose
+  reason says the same: websocat shows texts, not close reasons. A client that chooses an
+  active call sees no difference.
 
 /viewer/ws (JSON both ways; README, "The viewer protocol"):
 1. The server sends `calls` (the active calls with their metadata), then `call_started` and
@@ -72,9 +77,7 @@ async def handle_client(
     except ConnectionClosed:
         return
     except ProxyError as exc:
-        code, reason = close_frame_for(exc)
-        logger.info("client %s refused (%d): %s", peer, code, exc)
-        await ws.close(code, reason)
+        await _refuse(ws, hub, exc)
         return
     logger.info("client %s subscribed to %s", peer, sub.call_sid)
     try:
@@ -82,6 +85,19 @@ async def handle_client(
     finally:
         hub.unsubscribe(sub)
         logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
+
+
+async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
+    """Say why in a text (`client_protocol.refusal`), then close with the code and reason
+    of `exc`."""
+    code, reason = close_frame_for(exc)
+    logger.info("client %s refused (%d): %s", _peer(ws), code, exc)
+    active = hub.active_calls() if isinstance(exc, UnknownCall) else None
+    try:
+        await ws.send(client_protocol.refusal(str(exc), active))
+    except ConnectionClosed:
+        return
+    await ws.close(code, reason)
 
 
 async def _stream(ws: ServerConnection, sub: Subscription) -> None:

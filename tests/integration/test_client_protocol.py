@@ -1,5 +1,5 @@
-"""/client's additions over real sockets: the opt-in history. A client that does not opt in
-gets the tutorial's protocol unchanged."""
+"""/client's additions over real sockets: the opt-in history and the refusal text. A client
+that does not opt in and chooses an active call gets the tutorial's protocol unchanged."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from twilio_dg_proxy.fakes.twilio import SimulatedCall, pattern
 from twilio_dg_proxy.hub import is_history
 from twilio_dg_proxy.twilio_events import Track
 
-from .helpers import RunningProxy, TwilioPeer, until
+from .helpers import RunningProxy, TwilioPeer, Watcher, running_proxy, until
 
 
 def audio(seconds: float) -> dict[Track, bytes]:
@@ -99,7 +99,48 @@ async def test_unknown_query_parameters_change_nothing(
     assert any(is_history(text) for text in sent[:joined_at])
 
 
-async def test_a_bad_history_value_is_refused_with_1008(proxy: RunningProxy) -> None:
+async def test_a_bad_history_value_is_refused_with_a_text_saying_why(proxy: RunningProxy) -> None:
     async with connect(proxy.client_url + "?history=please", proxy=None) as ws:
-        await everything(ws)
+        received = await everything(ws)
+    assert received == ["error: history='please': expected 1 or 0"]
     assert ws.close_code == 1008 and "expected 1 or 0" in (ws.close_reason or "")
+
+
+async def test_an_unknown_callsid_gets_a_text_naming_the_active_calls_then_1008(
+    proxy: RunningProxy,
+) -> None:
+    call = SimulatedCall()
+    async with TwilioPeer.started(proxy, call) as twilio:
+        ws, listed = await join(proxy, "", "CAnope")
+        received = await everything(ws)
+        await twilio.stop()
+    assert listed == [call.call_sid]
+    assert received == [
+        f"error: unknown callSid 'CAnope': not an active call; active calls: {json.dumps(listed)}"
+    ]
+    assert ws.close_code == 1008 and "unknown callSid 'CAnope'" in (ws.close_reason or "")
+
+
+async def test_a_full_call_refuses_with_a_text_then_1013(deepgram: FakeDeepgram) -> None:
+    async with running_proxy(deepgram.url, MAX_SUBSCRIBERS_PER_CALL="1") as proxy:
+        call = SimulatedCall()
+        async with TwilioPeer.started(proxy, call) as twilio:
+            first = await Watcher.join(proxy, call.call_sid)
+            ws, _ = await join(proxy, "?history=1", call.call_sid)
+            received = await everything(ws)
+            await twilio.stop()
+            await first.transcript()  # the first watcher's feed goes on to its normal end
+    assert received == [f"error: call {call.call_sid} has 1 subscribers"]
+    assert ws.close_code == 1013
+
+
+async def test_a_valid_choice_gets_no_error_text(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    async with TwilioPeer.started(proxy, call) as twilio:
+        ws, _ = await join(proxy, "", call.call_sid)
+        await twilio.send_all(call.frames(audio(0.5)))
+        await twilio.stop()
+        received = await everything(ws)
+    assert received == deepgram.streams[0].sent + ["close"]

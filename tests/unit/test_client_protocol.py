@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from twilio_dg_proxy.client_protocol import (
     call_list,
     parse_choice,
     parse_options,
+    refusal,
 )
 from twilio_dg_proxy.exceptions import ClientProtocolError
 
@@ -64,3 +67,13 @@ def test_a_choice_is_a_line_of_text_trimmed(message: str, call_sid: str) -> None
 def test_a_binary_choice_is_refused() -> None:
     with pytest.raises(ClientProtocolError, match="expected a callSid as a text message"):
         parse_choice(b"CA1")
+
+
+def test_a_refusal_says_why_and_for_an_unknown_call_which_calls_there_are() -> None:
+    assert refusal("no callSid chosen within 300 s") == "error: no callSid chosen within 300 s"
+    line = refusal("unknown callSid 'CAx': not an active call", ["CA1", "CA2"])
+    assert (
+        line == 'error: unknown callSid \'CAx\': not an active call; active calls: ["CA1", "CA2"]'
+    )
+    assert json.loads(line.partition("; active calls: ")[2]) == ["CA1", "CA2"]
+    assert refusal("unknown callSid 'CAx': not an active call", []).endswith("active calls: []")
