@@ -1,11 +1,25 @@
-"""The client protocols: /client, as in Deepgram's tutorial, and /viewer/ws, its JSON
-extension for the web viewer (and any program that wants the same).
+"""The client connections: /client, as in Deepgram's tutorial, and /viewer/ws, its JSON
+extension for the web viewer (and any program that wants the same). The I/O only: the texts
+are written and read by `client_protocol` and `viewer_protocol`.
 
 /client:
 1. The server sends a JSON array of the active callSids.
 2. The client sends one callSid as a text line.
 3. The server sends every Deepgram message of that call verbatim, then the text `close`
    and a normal close when the call ends.
+
+/client additions, beside the tutorial's protocol and never in its place:
+- `/client?history=1` (opt-in): after its choice the client first gets the call's final
+  results so far (the history a viewer gets, each message as Deepgram sent it, oldest
+  first), then the live messages, each final exactly once. Without it nothing is replayed.
+  Other query parameters are ignored (`token` belongs to the doors; a client that passes
+  any other gets the tutorial's protocol, as it always did). A `history` value other than
+  1/0 (true/false, yes/no, on/off) is refused at once, as below, instead of the call list.
+- A refused client (a callSid that is not an active call, a binary choice, no choice in
+  time, a call with too many watchers) gets one text, `error: <why>` (for an unknown callSid
+  followed by `; active calls: [...]`), before the close (1008, or 1013 when full) whose
+  reason says the same: websocat shows texts, not close reasons. A client that chooses an
+  active call sees no difference.
 
 /viewer/ws (JSON both ways; README, "The viewer protocol"):
 1. The server sends `calls` (the active calls with their metadata), then `call_started` and
@@ -18,14 +32,12 @@ extension for the web viewer (and any program that wants the same).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from . import client_protocol, viewer_protocol
 from .exceptions import (
     ClientProtocolError,
     ProxyError,
@@ -45,27 +57,27 @@ _EVICTION_GRACE_S = 2.0
 CHOICE_TIMEOUT_S = 300.0
 
 
-async def handle_client(ws: ServerConnection, hub: Hub) -> None:
-    """Serve one /client connection: the call list, its choice, then that call's results."""
+async def handle_client(
+    ws: ServerConnection, hub: Hub, *, choice_timeout_s: float = CHOICE_TIMEOUT_S
+) -> None:
+    """Serve one /client connection: the call list, its choice (within `choice_timeout_s`),
+    then that call's results (after its history if it asked for it)."""
     peer = _peer(ws)
     try:
-        await ws.send(json.dumps(hub.active_calls()))
+        options = client_protocol.parse_options(ws.request.path if ws.request else "")
+        await ws.send(client_protocol.call_list(hub.active_calls()))
         try:
-            async with asyncio.timeout(CHOICE_TIMEOUT_S):
+            async with asyncio.timeout(choice_timeout_s):
                 choice = await ws.recv()
         except TimeoutError:
             raise ClientProtocolError(
-                f"no callSid chosen within {CHOICE_TIMEOUT_S:.0f} s"
+                f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
-        if not isinstance(choice, str):
-            raise ClientProtocolError("expected a callSid as a text message")
-        sub = hub.subscribe(choice.strip())
+        sub = hub.subscribe(client_protocol.parse_choice(choice), history=options.history)
     except ConnectionClosed:
         return
     except ProxyError as exc:
-        code, reason = close_frame_for(exc)
-        logger.info("client %s refused (%d): %s", peer, code, exc)
-        await ws.close(code, reason)
+        await _refuse(ws, hub, exc)
         return
     logger.info("client %s subscribed to %s", peer, sub.call_sid)
     try:
@@ -73,6 +85,19 @@ async def handle_client(ws: ServerConnection, hub: Hub) -> None:
     finally:
         hub.unsubscribe(sub)
         logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
+
+
+async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
+    """Say why in a text (`client_protocol.refusal`), then close with the code and reason
+    of `exc`."""
+    code, reason = close_frame_for(exc)
+    logger.info("client %s refused (%d): %s", _peer(ws), code, exc)
+    active = hub.active_calls() if isinstance(exc, UnknownCall) else None
+    try:
+        await ws.send(client_protocol.refusal(str(exc), active))
+    except ConnectionClosed:
+        return
+    await ws.close(code, reason)
 
 
 async def _stream(ws: ServerConnection, sub: Subscription) -> None:
@@ -103,7 +128,7 @@ async def _end(ws: ServerConnection, ending: Ending) -> None:
     if ending is CLIENT_LEFT:
         return
     if ending.say_close:
-        await ws.send("close")
+        await ws.send(client_protocol.CLOSE)
     await ws.close(ending.code, ending.reason)
 
 
@@ -131,36 +156,6 @@ async def _close_when_evicted(ws: ServerConnection, outbox: Outbox, watching: st
         ws.transport.abort()
 
 
-@dataclass(frozen=True, slots=True)
-class ViewerCommand:
-    """A command of the viewer protocol: start or stop following a call."""
-
-    action: Literal["subscribe", "unsubscribe"]
-    call_sid: str
-
-
-def parse_viewer_command(message: str | bytes) -> ViewerCommand:
-    """Parse `{"type": "subscribe" | "unsubscribe", "callSid": "CA..."}`; anything else
-    raises ClientProtocolError."""
-    if not isinstance(message, str):
-        raise ClientProtocolError("expected a JSON command as a text message")
-    try:
-        command = json.loads(message)
-    except ValueError:
-        raise ClientProtocolError("expected a JSON command") from None
-    if not isinstance(command, dict):
-        raise ClientProtocolError("expected a JSON object")
-    action = command.get("type")
-    call_sid = command.get("callSid")
-    if not isinstance(call_sid, str) or not call_sid.strip():
-        raise ClientProtocolError("expected callSid, a string")
-    if action == "subscribe":
-        return ViewerCommand("subscribe", call_sid.strip())
-    if action == "unsubscribe":
-        return ViewerCommand("unsubscribe", call_sid.strip())
-    raise ClientProtocolError(f"unknown command type {str(action)[:40]!r}")
-
-
 async def handle_viewer(ws: ServerConnection, hub: Hub) -> None:
     """Serve one /viewer/ws connection: the call list, then the calls it subscribes to."""
     peer = _peer(ws)
@@ -185,7 +180,7 @@ async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> 
     peer = _peer(ws)
     try:
         async for message in ws:
-            command = parse_viewer_command(message)
+            command = viewer_protocol.parse_command(message)
             if command.action == "unsubscribe":
                 hub.unfollow(viewer, command.call_sid)
                 continue
@@ -193,10 +188,7 @@ async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> 
                 hub.follow(viewer, command.call_sid)
             except (UnknownCall, TooManySubscribers) as exc:
                 code, reason = close_frame_for(exc)
-                hub.tell(
-                    viewer,
-                    {"type": "error", "callSid": command.call_sid, "code": code, "reason": reason},
-                )
+                hub.tell(viewer, viewer_protocol.error(command.call_sid, code, reason))
             else:
                 logger.info("viewer %s subscribed to %s", peer, command.call_sid)
     except ConnectionClosed:

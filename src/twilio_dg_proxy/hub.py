@@ -7,23 +7,23 @@ dropped and it is told why, and the client layer closes its connection.
 Two kinds of watcher share that policy. A `Subscription` is a /client (tutorial) client's
 feed of one call: Deepgram's messages verbatim. A `ViewerFeed` is one /viewer/ws connection:
 the call list as it changes, and for each call it follows, the call's final results so far
-(its history), then its live messages, each wrapped in a small JSON envelope.
+(its history), then its live messages, each wrapped in a small JSON envelope. The Hub decides
+who gets what and when; `viewer_protocol` writes the viewers' texts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from websockets.frames import CloseCode
 
-from . import json_loads
+from . import json_loads, viewer_protocol
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
+from .viewer_protocol import CallInfo as CallInfo  # re-exported: where call.py finds it
 
 DEFAULT_HISTORY_LIMIT = 1000
 DEFAULT_HISTORY_BYTES = 32 << 10
@@ -44,11 +44,15 @@ CLIENT_LEFT = Ending(CloseCode.NORMAL_CLOSURE, "client left")
 
 
 class Outbox:
-    """One client's bounded queue of texts to send, then one `Ending`."""
+    """One client's bounded queue of texts to send, then one `Ending`.
 
-    def __init__(self, limit: int) -> None:
+    `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
+    client asked for it, and only falling behind the live messages is too slow."""
+
+    def __init__(self, limit: int, replay: Iterable[str] = ()) -> None:
         self._limit = limit
-        self._items: deque[str] = deque()
+        self._items: deque[str] = deque(replay)
+        self._replay = len(self._items)  # how many of the first items are the replay
         self._ending: Ending | None = None
         self._wakeup = asyncio.Event()
         self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
@@ -57,8 +61,9 @@ class Outbox:
         """Queue `text`; False if the queue was full and the client is now evicted."""
         if self._ending is not None:
             return True
-        if len(self._items) >= self._limit:
+        if len(self._items) - self._replay >= self._limit:
             self._items.clear()
+            self._replay = 0
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
             self.evicted.set()
             return False
@@ -87,14 +92,20 @@ class Outbox:
         while not self._items and self._ending is None:
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._items.popleft() if self._items else self._ending  # type: ignore[return-value]
+        if not self._items:
+            assert self._ending is not None  # the loop ends on an item or an ending
+            return self._ending
+        if self._replay:
+            self._replay -= 1
+        return self._items.popleft()
 
 
 class Subscription(Outbox):
-    """One /client client's feed of one call: Deepgram messages in order, then one `Ending`."""
+    """One /client client's feed of one call: the `history` it asked for (none by default),
+    then Deepgram's messages in order, then one `Ending`."""
 
-    def __init__(self, call_sid: str, limit: int) -> None:
-        super().__init__(limit)
+    def __init__(self, call_sid: str, limit: int, history: Iterable[str] = ()) -> None:
+        super().__init__(limit, history)
         self.call_sid = call_sid
 
 
@@ -105,26 +116,6 @@ class ViewerFeed(Outbox):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.following: set[str] = set()
-
-
-@dataclass(frozen=True, slots=True)
-class CallInfo:
-    """What a viewer is told about a call: its callSid, the stream's custom parameters
-    (without the stream secret), its tracks, and when it started (Unix time, milliseconds)."""
-
-    call_sid: str
-    custom_parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
-    tracks: tuple[str, ...] = ()
-    started_at_ms: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The call as the viewer protocol sends it."""
-        return {
-            "callSid": self.call_sid,
-            "customParameters": dict(self.custom_parameters),
-            "tracks": list(self.tracks),
-            "startedAt": self.started_at_ms,
-        }
 
 
 class History:
@@ -210,11 +201,6 @@ def is_history(text: str) -> bool:
         return False
 
 
-def _embed(text: str) -> str:
-    """A Deepgram message as a JSON value: the object itself, or a string if it is not one."""
-    return text if text[:1] == "{" else json.dumps(text)
-
-
 class Hub:
     """callSid → the call's watchers and history. Publishing and ending never await."""
 
@@ -244,7 +230,7 @@ class Hub:
         self._calls[call_sid] = call
         self.counters.calls += 1
         if self._viewers:
-            self._tell_viewers(json.dumps({"type": "call_started", "call": call.info.to_json()}))
+            self._tell_viewers(viewer_protocol.call_started(call.info))
 
     def end_call(self, call_sid: str, ending: Ending = CALL_ENDED) -> int:
         """Forget the call: each subscriber gets `ending` after its queue, each viewer a
@@ -257,13 +243,7 @@ class Hub:
         for viewer in call.viewers:
             viewer.following.discard(call_sid)
         if self._viewers:
-            event = {
-                "type": "call_ended",
-                "callSid": call_sid,
-                "code": int(ending.code),
-                "reason": ending.reason,
-            }
-            self._tell_viewers(json.dumps(event))
+            self._tell_viewers(viewer_protocol.call_ended(call_sid, ending.code, ending.reason))
         return call.watchers
 
     def publish(self, call_sid: str, text: str) -> None:
@@ -281,20 +261,13 @@ class Hub:
                 call.subscribers.discard(sub)
                 self.counters.evicted += 1
         if call.viewers:
-            envelope = (
-                f'{{"type": "deepgram", "callSid": {json.dumps(call_sid)}, '
-                f'"message": {_embed(text)}}}'
-            )
+            envelope = viewer_protocol.deepgram(call_sid, text)
             for viewer in list(call.viewers):
                 self._offer(viewer, envelope)
 
     def active_calls(self) -> list[str]:
         """callSids of the calls streaming now, oldest first."""
         return list(self._calls)
-
-    def call_info(self) -> list[CallInfo]:
-        """What is known of the calls streaming now, oldest first."""
-        return [call.info for call in self._calls.values()]
 
     def subscriber_count(self) -> int:
         """Subscribers and viewers following calls, across all active calls."""
@@ -306,10 +279,13 @@ class Hub:
 
     # /client subscribers.
 
-    def subscribe(self, call_sid: str) -> Subscription:
-        """Start a subscription to an active call."""
+    def subscribe(self, call_sid: str, *, history: bool = False) -> Subscription:
+        """Start a subscription to an active call. With `history`, its queue starts with the
+        call's history (as `follow` sends a viewer; older finals beyond the history's limits
+        are gone), taken in the same step as it joins the call, so every final reaches it
+        exactly once. Raises UnknownCall or TooManySubscribers."""
         call = self._watchable(call_sid)
-        sub = Subscription(call_sid, self._queue_limit)
+        sub = Subscription(call_sid, self._queue_limit, call.history.messages if history else ())
         call.subscribers.add(sub)
         self.counters.subscriptions += 1
         return sub
@@ -328,8 +304,7 @@ class Hub:
         time in milliseconds, lets the viewer show durations whatever its own clock says),
         then receives `call_started` and `call_ended` as calls come and go."""
         viewer = ViewerFeed(self._queue_limit)
-        calls = [call.info.to_json() for call in self._calls.values()]
-        viewer.offer(json.dumps({"type": "calls", "now": now_ms, "calls": calls}))
+        viewer.offer(viewer_protocol.calls(now_ms, (call.info for call in self._calls.values())))
         self._viewers.add(viewer)
         return viewer
 
@@ -347,11 +322,9 @@ class Hub:
         TooManySubscribers."""
         following = call_sid in viewer.following
         call = self._calls[call_sid] if following else self._watchable(call_sid)
-        snapshot = (
-            f'{{"type": "subscribed", "callSid": {json.dumps(call_sid)}, '
-            f'"call": {json.dumps(call.info.to_json())}, '
-            f'"historyTruncated": {json.dumps(call.history.truncated)}, '
-            f'"history": [{", ".join(call.history.messages)}]}}'
+        history = call.history
+        snapshot = viewer_protocol.subscribed(
+            call_sid, call.info, history.messages, history.truncated
         )
         if not self._offer(viewer, snapshot):
             return
@@ -367,11 +340,11 @@ class Hub:
         call = self._calls.get(call_sid)
         if call is not None:
             call.viewers.discard(viewer)
-        self._offer(viewer, json.dumps({"type": "unsubscribed", "callSid": call_sid}))
+        self._offer(viewer, viewer_protocol.unsubscribed(call_sid))
 
-    def tell(self, viewer: ViewerFeed, message: Mapping[str, Any]) -> None:
+    def tell(self, viewer: ViewerFeed, text: str) -> None:
         """Queue one message of the viewer protocol (e.g. an error) for `viewer`."""
-        self._offer(viewer, json.dumps(message))
+        self._offer(viewer, text)
 
     # Internals.
 

@@ -19,7 +19,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from .call import handle_twilio
-from .clients import handle_client, handle_viewer
+from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .direct_connection import DirectConnection
 from .doors import SIGNATURE_HEADER, open_doors, token_allowed, token_of, twilio_signature_check
@@ -57,9 +57,11 @@ MAX_MESSAGE_BYTES = 16 << 20
 class ProxyServer:
     """The proxy: one Hub shared by every /twilio, /client and /viewer/ws connection."""
 
-    def __init__(self, settings: Settings) -> None:
-        """Raises ConfigError if a setting cannot be used (e.g. no twilio package)."""
+    def __init__(self, settings: Settings, *, choice_timeout_s: float = CHOICE_TIMEOUT_S) -> None:
+        """`choice_timeout_s`: how long a /client client may take to choose a call. Raises
+        ConfigError if a setting cannot be used (e.g. no twilio package)."""
         self.settings = settings
+        self.choice_timeout_s = choice_timeout_s
         self.hub = Hub(
             settings.client_queue_size,
             settings.max_subscribers_per_call,
@@ -82,7 +84,7 @@ class ProxyServer:
                 if path == VIEWER_PATH:
                     await handle_viewer(ws, self.hub)
                 else:
-                    await handle_client(ws, self.hub)
+                    await handle_client(ws, self.hub, choice_timeout_s=self.choice_timeout_s)
             finally:
                 self._clients.discard(ws)
             return

@@ -329,11 +329,13 @@ async def test_a_stream_that_never_starts_is_closed(
     assert ws.close_code == 1008 and "no start within" in (ws.close_reason or "")
 
 
-async def test_a_client_that_never_chooses_is_closed(
-    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("twilio_dg_proxy.clients.CHOICE_TIMEOUT_S", 0.2)
-    async with connect(proxy.client_url, proxy=None) as ws:
-        await ws.recv()
-        await ws.wait_closed()
+async def test_a_client_that_never_chooses_is_closed(deepgram: FakeDeepgram) -> None:
+    from twilio_dg_proxy.config import Settings
+    from twilio_dg_proxy.server import ProxyServer, bound_port
+
+    settings = Settings.from_env({"DEEPGRAM_URL": deepgram.url, "HOST": "127.0.0.1", "PORT": "0"})
+    async with ProxyServer(settings, choice_timeout_s=0.2).running() as server:
+        async with connect(f"ws://127.0.0.1:{bound_port(server)}/client", proxy=None) as ws:
+            await ws.recv()
+            await ws.wait_closed()
     assert ws.close_code == 1008 and "no callSid chosen" in (ws.close_reason or "")

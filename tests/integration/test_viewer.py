@@ -314,6 +314,7 @@ async def test_an_unknown_call_is_an_error_message_and_unsubscribe_is_acknowledg
         ('{"type": "watch", "callSid": "CA1"}', "unknown command type 'watch'"),
         ('{"type": "subscribe"}', "callSid"),
         ('{"type": "subscribe", "callSid": 5}', "callSid"),
+        ("[" * 4000, "expected a JSON command"),  # deeper than json's parser goes
     ],
 )
 async def test_a_malformed_command_closes_only_that_viewer_with_1008(

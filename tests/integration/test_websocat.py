@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.hub import is_history
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from .helpers import RunningProxy, TwilioPeer, until
@@ -52,3 +53,67 @@ async def test_websocat_prints_the_call_list_every_transcript_and_close(
     assert json.loads(lines[0]) == [call.call_sid]
     assert lines[1:-1] == deepgram.streams[0].sent
     assert lines[-1] == "close"
+
+
+async def test_websocat_e_in_a_terminal_shows_the_history_and_leaves_when_the_call_ends(
+    proxy: RunningProxy, deepgram: FakeDeepgram
+) -> None:
+    call = SimulatedCall()
+    frames = call.frames(
+        {"inbound": pattern("inbound", 8000), "outbound": pattern("outbound", 8000)}
+    )
+    async with TwilioPeer.started(proxy, call) as twilio:
+        await twilio.send_all(frames[: len(frames) // 2])
+        await until(lambda: proxy.server.hub.counters.published >= 5)
+        # A late join from a terminal: stdin stays open, as a terminal's does until Ctrl-D.
+        # websocat answers our close only when its stdin ends, unless -E (--exit-on-eof).
+        process = await asyncio.create_subprocess_exec(
+            websocat(),
+            "-E",
+            proxy.client_url + "?history=1",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(f"{call.call_sid}\n".encode())
+        await process.stdin.drain()
+        await until(lambda: proxy.server.hub.subscriber_count() == 1)
+        await twilio.send_all(frames[len(frames) // 2 :])
+        await twilio.stop()
+        async with asyncio.timeout(5):  # well before websockets' 10 s close timeout
+            out = await process.stdout.read()
+            await process.wait()
+        process.stdin.close()
+    assert process.returncode == 0
+    lines = out.decode().splitlines()
+    sent = deepgram.streams[0].sent
+    assert json.loads(lines[0]) == [call.call_sid] and lines[-1] == "close"
+    seams = [
+        i
+        for i in range(1, len(sent))
+        if lines[1:-1] == [t for t in sent[:i] if is_history(t)] + sent[i:]
+    ]
+    assert seams and any(is_history(t) for t in sent[: seams[0]])
+
+
+async def test_websocat_shows_why_an_unknown_callsid_is_refused(proxy: RunningProxy) -> None:
+    call = SimulatedCall()
+    async with TwilioPeer.started(proxy, call) as twilio:
+        process = await asyncio.create_subprocess_exec(
+            websocat(),
+            "-n",
+            proxy.client_url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(10):
+            out, err = await process.communicate(b"CAmistyped\n")
+        await twilio.stop()
+    assert process.returncode == 0, err.decode()
+    assert out.decode().splitlines() == [
+        json.dumps([call.call_sid]),
+        "error: unknown callSid 'CAmistyped': not an active call; "
+        f"active calls: {json.dumps([call.call_sid])}",
+    ]

@@ -8,7 +8,7 @@ import pytest
 from websockets.frames import CloseCode
 
 from twilio_dg_proxy.exceptions import DuplicateCall, UnknownCall
-from twilio_dg_proxy.hub import CALL_ENDED, CLIENT_LEFT, Ending, Hub
+from twilio_dg_proxy.hub import CALL_ENDED, CLIENT_LEFT, Ending, Hub, Subscription
 
 
 async def test_every_subscriber_gets_every_message_in_order_then_the_ending() -> None:
@@ -97,3 +97,46 @@ async def test_the_first_ending_wins() -> None:
     hub.end_call("CA1", failure)
     sub.end(CALL_ENDED)
     assert await sub.get() == failure
+
+
+def final(text: str) -> str:
+    """A final result with text: what a call's history keeps."""
+    transcript = f'{{"alternatives": [{{"transcript": "{text}"}}]}}'
+    return f'{{"type": "Results", "is_final": true, "channel": {transcript}}}'
+
+
+async def taken(sub: Subscription) -> list[str | Ending]:
+    """What `sub` delivers up to and including its ending."""
+    items: list[str | Ending] = []
+    while not items or not isinstance(items[-1], Ending):
+        items.append(await sub.get())
+    return items
+
+
+async def test_a_subscriber_asking_for_history_gets_the_finals_then_each_live_one_once() -> None:
+    hub = Hub(queue_limit=10)
+    hub.open_call("CA1")
+    early = [final("one"), '{"type": "Results", "is_final": false}', final("two")]
+    for text in early:
+        hub.publish("CA1", text)
+    with_history, without = hub.subscribe("CA1", history=True), hub.subscribe("CA1")
+    hub.publish("CA1", final("three"))
+    hub.end_call("CA1")
+    assert await taken(with_history) == [final("one"), final("two"), final("three"), CALL_ENDED]
+    assert await taken(without) == [final("three"), CALL_ENDED]  # the tutorial: nothing replayed
+
+
+async def test_the_history_does_not_count_towards_the_queue_limit() -> None:
+    hub = Hub(queue_limit=2)
+    hub.open_call("CA1")
+    for i in range(5):
+        hub.publish("CA1", final(f"w{i}"))
+    sub = hub.subscribe("CA1", history=True)
+    hub.publish("CA1", "live 1")
+    assert await sub.get() == final("w0")  # taking the history frees no room for live ones
+    hub.publish("CA1", "live 2")
+    assert not sub.evicted.is_set() and sub.backlog == 6
+    hub.publish("CA1", "live 3")  # a third live message waiting is one too many
+    assert sub.evicted.is_set() and sub.backlog == 0
+    ending = await sub.get()
+    assert isinstance(ending, Ending) and ending.code == CloseCode.TRY_AGAIN_LATER

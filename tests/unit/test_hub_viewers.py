@@ -1,4 +1,5 @@
-"""Hub and ViewerFeed: the call list, history replay exactly once, envelopes, eviction."""
+"""Hub and ViewerFeed: the call list, history replay exactly once, routing, eviction (the
+texts themselves: test_viewer_protocol)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from websockets.frames import CloseCode
 from twilio_dg_proxy import json_loads
 from twilio_dg_proxy.deepgram_server_protocol import results_message
 from twilio_dg_proxy.exceptions import TooManySubscribers, UnknownCall
-from twilio_dg_proxy.hub import CallInfo, Ending, History, Hub, ViewerFeed, is_history
+from twilio_dg_proxy.hub import Ending, History, Hub, ViewerFeed, is_history
+from twilio_dg_proxy.viewer_protocol import CallInfo
 
 
 def result(text: str, *, start: float, is_final: bool = True, speech_final: bool = False) -> str:
@@ -208,15 +210,6 @@ def test_a_viewer_too_far_behind_is_evicted_and_forgotten() -> None:
     assert (hub.viewer_count(), hub.subscriber_count()) == (1, 1)
     hub.open_call("CA2")  # nothing more is queued for the evicted viewer
     assert slow.backlog == 0
-
-
-def test_a_message_that_is_not_a_json_object_still_makes_a_valid_envelope() -> None:
-    hub = Hub(queue_limit=10)
-    hub.open_call("CA1")
-    viewer = hub.add_viewer(now_ms=0)
-    hub.follow(viewer, "CA1")
-    hub.publish("CA1", 'not "json"')
-    assert taken(viewer)[-1] == {"type": "deepgram", "callSid": "CA1", "message": 'not "json"'}
 
 
 @pytest.mark.parametrize(
