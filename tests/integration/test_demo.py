@@ -73,5 +73,5 @@ async def test_the_demo_transcribes_the_sample_call_with_caller_and_callee_label
         errors += word_errors(reference, words(said[label]))
         total += len(reference)
     assert errors / total <= 0.2, (errors, total, said)
-    assert "websocat -n 'ws://127.0.0.1:PORT/client?history=1'" in out
+    assert "websocat -E 'ws://127.0.0.1:PORT/client?history=1'" in out
     assert "Traceback" not in err

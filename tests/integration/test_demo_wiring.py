@@ -67,7 +67,7 @@ async def test_the_demo_streams_the_sample_and_prints_labelled_utterances() -> N
     assert bytes(stream.audio[1::2]).startswith(tracks["outbound"])
     # It says where to go next, with the configured port's watch and websocat commands.
     assert "-m twilio_dg_proxy watch --url ws://127.0.0.1:PORT\n" in out
-    assert "websocat -n 'ws://127.0.0.1:PORT/client?history=1'" in out
+    assert "websocat -E 'ws://127.0.0.1:PORT/client?history=1'" in out
     assert "http://127.0.0.1:PORT/" in out  # the web viewer
     assert "DEEPGRAM_API_KEY=<key>" in out
 
@@ -88,7 +88,7 @@ async def test_a_taken_port_falls_back_to_a_free_one(taken_port: int) -> None:
     assert listening and int(listening[1]) not in (taken_port, 0)
     # The next steps name the configured port, the one `serve` will use.
     assert f"-m twilio_dg_proxy --port {taken_port}\n" in out
-    assert f"websocat -n 'ws://127.0.0.1:{taken_port}/client?history=1'" in out
+    assert f"websocat -E 'ws://127.0.0.1:{taken_port}/client?history=1'" in out
 
 
 class BrokenEngine:
