@@ -19,10 +19,10 @@ import time
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
+from .auth import SECRET_PARAMETER, redacted, secret_matches
 from .config import Settings
 from .deepgram import DeepgramSession
 from .direct_connection import DirectConnection
-from .doors import SECRET_PARAMETER, redacted, secret_matches
 from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
 from .hub import CALL_ENDED, CallInfo, Ending, Hub
 from .intake import Log, StreamIntake

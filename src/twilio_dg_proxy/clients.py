@@ -12,7 +12,7 @@ are written and read by `client_protocol` and `viewer_protocol`.
 - `/client?history=1` (opt-in): after its choice the client first gets the call's final
   results so far (the history a viewer gets, each message as Deepgram sent it, oldest
   first), then the live messages, each final exactly once. Without it nothing is replayed.
-  Other query parameters are ignored (`token` belongs to the doors; a client that passes
+  Other query parameters are ignored (`token` belongs to authentication; a client that passes
   any other gets the tutorial's protocol, as it always did). A `history` value other than
   1/0 (true/false, yes/no, on/off) is refused at once, as below, instead of the call list.
 - A refused client (a callSid that is not an active call, a binary choice, no choice in

@@ -18,11 +18,17 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from .auth import (
+    SIGNATURE_HEADER,
+    token_allowed,
+    token_of,
+    twilio_signature_check,
+    unauthenticated_endpoints,
+)
 from .call import handle_twilio
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .direct_connection import DirectConnection
-from .doors import SIGNATURE_HEADER, open_doors, token_allowed, token_of, twilio_signature_check
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
@@ -37,7 +43,7 @@ VIEWER_AUTH_PATH = "/viewer/auth"  # lets the page learn whether its token is ac
 ASSETS_PREFIX = "/viewer/"  # the viewer's static files, by exact name
 HEALTH_PATH = "/healthz"
 WEBSOCKET_PATHS = frozenset({TWILIO_PATH, CLIENT_PATH, VIEWER_PATH})
-CLIENT_PATHS = frozenset({CLIENT_PATH, VIEWER_PATH})  # same doors and limits
+CLIENT_PATHS = frozenset({CLIENT_PATH, VIEWER_PATH})  # same authentication and limits
 
 # The page loads only its own files and talks only to its own origin.
 _PAGE_POLICY = (
@@ -131,7 +137,7 @@ class ProxyServer:
 
     def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         """Answer plain HTTP requests (health, the viewer's files); check upgrades (path 404,
-        doors 401/403, limits 503)."""
+        authentication 401/403, limits 503)."""
         path = _path(request.path)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == TWILIO_PATH and upgrade:
@@ -296,12 +302,12 @@ def warn_if_exposed(settings: Settings) -> None:
         loopback = ipaddress.ip_address(settings.host).is_loopback
     except ValueError:
         loopback = settings.host == "localhost"
-    doors = open_doors(settings)
-    if doors and not loopback:
+    endpoints = unauthenticated_endpoints(settings)
+    if endpoints and not loopback:
         logger.warning(
             "listening on %s with open endpoints: anyone who can reach it may use %s",
             settings.host,
-            "; ".join(doors),
+            "; ".join(endpoints),
         )
 
 

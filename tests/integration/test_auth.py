@@ -1,4 +1,4 @@
-"""The doors (Twilio signature, stream secret, client tokens, TLS) and the limits."""
+"""Authentication (Twilio signature, stream secret, client tokens), TLS and the limits."""
 
 from __future__ import annotations
 

@@ -70,11 +70,11 @@ def redacted(parameters: Mapping[str, str]) -> dict[str, str]:
     return {k: ("<hidden>" if k == SECRET_PARAMETER else v) for k, v in parameters.items()}
 
 
-def open_doors(settings: Settings) -> list[str]:
+def unauthenticated_endpoints(settings: Settings) -> list[str]:
     """The endpoints anyone who can reach the server may use, for a start-up warning."""
-    doors = []
+    endpoints = []
     if not (settings.twilio_auth_token or settings.twilio_stream_secret):
-        doors.append("/twilio (set TWILIO_AUTH_TOKEN and PUBLIC_URL, or TWILIO_STREAM_SECRET)")
+        endpoints.append("/twilio (set TWILIO_AUTH_TOKEN and PUBLIC_URL, or TWILIO_STREAM_SECRET)")
     if not settings.client_tokens:
-        doors.append("/client (set CLIENT_TOKENS)")
-    return doors
+        endpoints.append("/client (set CLIENT_TOKENS)")
+    return endpoints
