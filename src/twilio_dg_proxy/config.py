@@ -122,6 +122,11 @@ class Settings:
     client_max_message_bytes: int = _setting(
         "CLIENT_MAX_MESSAGE_BYTES", 4096, "largest message accepted on /client (else 1009)"
     )
+    direct_receive: bool = _setting(
+        "DIRECT_RECEIVE",
+        True,
+        "read /twilio and Deepgram's messages in the socket callback (false: websockets' recv())",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -232,6 +237,13 @@ def _file(name: str, raw: str) -> str:
     return raw
 
 
+def _boolean(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(name, f"expected true, false, 1, 0, yes or no, got {raw!r}")
+    return value in ("true", "1", "yes")
+
+
 def _log_level(name: str, raw: str) -> str:
     level = raw.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -270,4 +282,5 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_subscribers_per_call": _number_in(int, 1, 1_000_000),
     "twilio_max_message_bytes": _number_in(int, 1024, 16 << 20),
     "client_max_message_bytes": _number_in(int, 256, 16 << 20),
+    "direct_receive": _boolean,
 }
