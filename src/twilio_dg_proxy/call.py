@@ -33,7 +33,7 @@ from .twilio_events import Start
 
 logger = get_logger("call")
 
-# Twilio sends `connected` and `start` as soon as it connects.
+# Twilio sends `connected` and `start` as soon as it connects: the default start timeout.
 START_TIMEOUT_S = 10.0
 
 
