@@ -140,7 +140,8 @@ class DeepgramLink:
         arrives, until the stream closes. Raises `DeepgramClosed` unless it closes after
         `finish()` (and what `publish` raised, if it did)."""
         self._publish = publish
-        # Deepgram's messages are published whatever their kind, as the direct path does.
+        # raw: with DIRECT_RECEIVE off too, any message is published whatever its kind or its
+        # UTF-8, as the direct path does.
         async with receiving(self._ws, self, raw=True):
             await self._ended.wait()
         if self._error is not None:

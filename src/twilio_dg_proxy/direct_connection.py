@@ -10,8 +10,8 @@ received it, in order; any other frame goes to websockets, whose checks, limits,
 closing handshake stay as they are. `DirectConnection` serves /twilio this way (other
 paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 `receiving` gives a sink its messages either way: directly, or through websockets' public
-`recv()` when DIRECT_RECEIVE is off (the fallback should a websockets release break the
-internals this module leans on).
+`recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
+internals this module leans on.
 
 This module subclasses websockets' connection classes and relies on their internals:
 tests/unit/test_websockets_contract.py names each one and fails, saying which and how, when
