@@ -1,13 +1,15 @@
 """One call's life on /twilio: from Twilio's `start` to the last transcript.
 
 Twilio's messages are taken as they arrive, without a task (`intake.StreamIntake`: order
-rules → mixer → audio buffer). Three tasks: `twilio_receiver` (waits for the stream's end
-and answers bad input), and per Deepgram stream (`deepgram.DeepgramSession`)
+rules → mixer → audio buffer), and Deepgram's results are published likewise; with
+DIRECT_RECEIVE off, one task per connection reads them with `recv()` instead
+(`direct_connection.receiving`). Three tasks: `wait_for_twilio_end` (waits for the stream's
+end and answers bad input), and per Deepgram stream (`deepgram.DeepgramSession`)
 `deepgram_sender` (audio buffer → Deepgram, KeepAlive when idle, CloseStream at the end)
-and `deepgram_receiver` (Deepgram results → Hub). A normal end travels down the pipe: the
-intake flushes and closes the buffer, the sender sends CloseStream, the Deepgram receiver
-returns when Deepgram closes. A Deepgram failure that reconnecting cannot mend cancels the
-rest and closes the call's connections.
+and `wait_for_deepgram_end` (returns when Deepgram closes, after its last results reached
+the Hub). A normal end travels down the pipe: the intake flushes and closes the buffer, the
+sender sends CloseStream, the Deepgram stream ends when Deepgram closes. A Deepgram failure
+that reconnecting cannot mend cancels the rest and closes the call's connections.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from .auth import SECRET_PARAMETER, redacted, secret_matches
 from .config import Settings
-from .deepgram import DeepgramSession
-from .direct_connection import DirectConnection
+from .deepgram import DEFAULT_PINGS, DeepgramSession, Pings
+from .direct_connection import receiving
 from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
 from .hub import CALL_ENDED, CallInfo, Ending, Hub
 from .intake import Log, StreamIntake
@@ -31,33 +33,47 @@ from .twilio_events import Start
 
 logger = get_logger("call")
 
-# Twilio sends `connected` and `start` as soon as it connects.
+# Twilio sends `connected` and `start` as soon as it connects: the default start timeout.
 START_TIMEOUT_S = 10.0
 
 
-async def handle_twilio(ws: DirectConnection, hub: Hub, settings: Settings) -> None:
-    """Serve one Twilio Media Stream connection until the call ends."""
+async def handle_twilio(
+    ws: ServerConnection,
+    hub: Hub,
+    settings: Settings,
+    *,
+    start_timeout_s: float = START_TIMEOUT_S,
+    deepgram_pings: Pings = DEFAULT_PINGS,
+) -> None:
+    """Serve one Twilio Media Stream connection until the call ends: a `DirectConnection`
+    directly, any other through `recv()`. A stream without `start` within
+    `start_timeout_s` is closed (1008)."""
     intake = StreamIntake(
         chunk_ms=settings.chunk_ms,
         max_lag_ms=settings.max_track_lag_ms,
         buffer_s=settings.audio_buffer_s,
         log=logger,
     )
-    ws.attach(intake)
     try:
-        await _serve_stream(ws, intake, hub, settings)
+        async with receiving(ws, intake):
+            await _serve_stream(ws, intake, hub, settings, start_timeout_s, deepgram_pings)
     finally:
         hub.counters.unknown_events += intake.unknown_count
 
 
 async def _serve_stream(
-    ws: DirectConnection, intake: StreamIntake, hub: Hub, settings: Settings
+    ws: ServerConnection,
+    intake: StreamIntake,
+    hub: Hub,
+    settings: Settings,
+    start_timeout_s: float,
+    deepgram_pings: Pings,
 ) -> None:
     try:
-        async with asyncio.timeout(START_TIMEOUT_S):
+        async with asyncio.timeout(start_timeout_s):
             start = await intake.wait_for_start()
     except TimeoutError:
-        await _refuse(ws, TwilioProtocolError(f"no start within {START_TIMEOUT_S:.0f} s"), logger)
+        await _refuse(ws, TwilioProtocolError(f"no start within {start_timeout_s:.0f} s"), logger)
         return
     if start is None:
         if intake.error is not None:
@@ -76,7 +92,7 @@ async def _serve_stream(
     except ProxyError as exc:
         await _refuse(ws, exc, log)
         return
-    session = CallSession(ws, intake, start, hub, settings, log)
+    session = CallSession(ws, intake, start, hub, settings, log, deepgram_pings=deepgram_pings)
     try:
         await session.run()
     except Exception as exc:  # a bug: this call fails, the server and other calls go on
@@ -114,6 +130,8 @@ class CallSession:
         hub: Hub,
         settings: Settings,
         log: logging.LoggerAdapter[logging.Logger],
+        *,
+        deepgram_pings: Pings = DEFAULT_PINGS,
     ) -> None:
         assert intake.mixer is not None and intake.audio is not None  # made by `start`
         self.ws = ws
@@ -126,7 +144,12 @@ class CallSession:
         self.log = log
         call_sid = start.call_sid
         self.deepgram = DeepgramSession(
-            settings, self.mixer.channels, self.audio, lambda text: hub.publish(call_sid, text), log
+            settings,
+            self.mixer.channels,
+            self.audio,
+            lambda text: hub.publish(call_sid, text),
+            log,
+            pings=deepgram_pings,
         )
         self.deepgram.on_reconnect = self._count_reconnect
         self.ending: Ending = CALL_ENDED
@@ -144,13 +167,13 @@ class CallSession:
         self.log.debug("custom parameters: %s", redacted(parameters))
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.twilio_receiver(), name="twilio_receiver")
+                tasks.create_task(self.wait_for_twilio_end(), name="wait_for_twilio_end")
                 # Twilio's audio waits in the buffer while Deepgram accepts the stream.
                 tasks.create_task(self.deepgram.run(), name="deepgram")
         except* ProxyError as group:
             await self.fail(group.exceptions[0])
 
-    async def twilio_receiver(self) -> None:
+    async def wait_for_twilio_end(self) -> None:
         """Wait for Twilio's stream to end, then answer how it ended.
 
         The messages themselves are taken by the intake as they arrive (`StreamIntake`), and

@@ -61,13 +61,13 @@ def text(raw: str) -> str:
 
 
 def boolean(raw: str) -> bool:
-    """true/false, yes/no, on/off or 1/0, in any case."""
+    """true/false, yes/no or 1/0, in any case."""
     value = raw.lower()
-    if value in ("true", "yes", "on", "1"):
+    if value in ("true", "yes", "1"):
         return True
-    if value in ("false", "no", "off", "0"):
+    if value in ("false", "no", "0"):
         return False
-    raise ValueError(f"expected true or false, got {raw!r}")
+    raise ValueError(f"expected true, false, yes, no, 1 or 0, got {raw!r}")
 
 
 def ws_url(raw: str) -> str:
@@ -256,6 +256,12 @@ class Settings:
         parse=number_in(int, 0, 1 << 30),
     )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", parse=level_name)
+    direct_receive: bool = setting(
+        "DIRECT_RECEIVE",
+        True,
+        "read /twilio and Deepgram's messages in the socket callback (false: websockets' recv())",
+        parse=boolean,
+    )
     twilio_auth_token: str = setting(
         "TWILIO_AUTH_TOKEN",
         "",

@@ -1,8 +1,10 @@
 """The Deepgram link's I/O: live streams for one call, reopened when Deepgram drops them.
 
-`DeepgramLink` is one WebSocket stream. `DeepgramSession` is the Deepgram side of a call:
-per stream, `deepgram_sender` sends the call's audio (KeepAlive when idle, CloseStream at the
-end) and `deepgram_receiver` publishes the results; when a stream fails in a retryable way
+`DeepgramLink` is one WebSocket stream; its results are published as they arrive (from the
+socket callback, or with DIRECT_RECEIVE off from a task reading `recv()`). `DeepgramSession`
+is the Deepgram side of a call: per stream, `deepgram_sender` sends the call's audio
+(KeepAlive when idle, CloseStream at the end) and `wait_for_deepgram_end` waits for the
+stream to close and says whether it failed; when a stream fails in a retryable way
 it opens another after a jittered backoff, sends the audio that waited meanwhile first, and
 shifts the new stream's times so subscribers see one timeline. The pure parts are in
 `deepgram_protocol.py`.
@@ -14,8 +16,9 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .audio_buffer import AudioBuffer
@@ -30,7 +33,7 @@ from .deepgram_protocol import (
     replay_wait,
     shift_times,
 )
-from .direct_connection import DirectClientConnection
+from .direct_connection import DirectClientConnection, receiving
 from .exceptions import (
     DeepgramClosed,
     DeepgramError,
@@ -43,18 +46,26 @@ Log = logging.LoggerAdapter[logging.Logger]
 
 # Deepgram's messages are small JSON; a megabyte is generous and still bounds memory.
 _MAX_RESULT_BYTES = 1 << 20
-# Pings detect a stalled stream (Deepgram does not count them as traffic). Module constants
-# so that tests can shorten them.
-PING_INTERVAL_S = 5.0
-PING_TIMEOUT_S = 5.0
 # A stream that lived this long was a success: the retry budget starts over after it.
 STABLE_STREAM_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pings:
+    """WebSocket pings on a Deepgram stream: they detect a stalled stream (Deepgram does
+    not count them as traffic). Seconds between pings, and to wait for each pong."""
+
+    interval_s: float = 5.0
+    timeout_s: float = 5.0
+
+
+DEFAULT_PINGS = Pings()
 
 
 class DeepgramLink:
     """One live-transcription stream. Audio and control go out; results come back."""
 
-    def __init__(self, ws: DirectClientConnection, settings: Settings, log: Log) -> None:
+    def __init__(self, ws: ClientConnection, settings: Settings, log: Log) -> None:
         self._ws = ws
         self._close_timeout = settings.deepgram_close_timeout_s
         self._log = log
@@ -65,7 +76,9 @@ class DeepgramLink:
         self._error: Exception | None = None  # a bug met while publishing
 
     @classmethod
-    async def open(cls, settings: Settings, channels: int, log: Log) -> DeepgramLink:
+    async def open(
+        cls, settings: Settings, channels: int, log: Log, *, pings: Pings = DEFAULT_PINGS
+    ) -> DeepgramLink:
         """Open a stream for `channels` of mu-law; raise a `DeepgramError` if refused."""
         if settings.needs_api_key and not settings.deepgram_api_key:
             raise DeepgramNotConfigured(
@@ -77,14 +90,16 @@ class DeepgramLink:
                 url,
                 additional_headers=auth_headers(settings),
                 open_timeout=settings.deepgram_connect_timeout_s,
-                ping_interval=PING_INTERVAL_S,
-                ping_timeout=PING_TIMEOUT_S,
+                ping_interval=pings.interval_s,
+                ping_timeout=pings.timeout_s,
                 close_timeout=5,
                 max_size=_MAX_RESULT_BYTES,
                 compression=None,  # mu-law does not compress; deflate would only cost CPU
                 # Results are published from the socket callback that reads them: no task
-                # wake-up between Deepgram and the watchers' queues.
-                create_connection=DirectClientConnection,
+                # wake-up between Deepgram and the watchers' queues (see `receiving`).
+                create_connection=(
+                    DirectClientConnection if settings.direct_receive else ClientConnection
+                ),
             )
         except InvalidStatus as exc:
             response = exc.response
@@ -96,7 +111,6 @@ class DeepgramLink:
             raise DeepgramUnavailable(f"cannot reach {settings.deepgram_url}: {exc!r}") from None
         request_id = ws.response.headers.get("dg-request-id", "-") if ws.response else "-"
         log.info("Deepgram stream open: %d channel(s), request %s", channels, request_id)
-        assert isinstance(ws, DirectClientConnection)  # create_connection above
         return cls(ws, settings, log)
 
     async def send_audio(self, data: bytes) -> None:
@@ -126,8 +140,10 @@ class DeepgramLink:
         arrives, until the stream closes. Raises `DeepgramClosed` unless it closes after
         `finish()` (and what `publish` raised, if it did)."""
         self._publish = publish
-        self._ws.attach(self)
-        await self._ended.wait()
+        # raw: with DIRECT_RECEIVE off too, any message is published whatever its kind or its
+        # UTF-8, as the direct path does.
+        async with receiving(self._ws, self, raw=True):
+            await self._ended.wait()
         if self._error is not None:
             raise self._error
         code, reason = self._ws.close_code, self._ws.close_reason or ""
@@ -136,15 +152,15 @@ class DeepgramLink:
         if code not in (1000, None):
             self._log.warning("Deepgram closed with %s %s after CloseStream", code, reason)
 
-    # The connection's MessageSink: called from its socket callbacks, never raising.
+    # The connection's MessageSink (`receiving`): never raising.
 
-    def message(self, data: bytes, text: bool) -> None:
+    def message(self, data: bytes | str, text: bool) -> None:
         """One message from Deepgram: publish it (its JSON is text; anything else, as text
         too, for whoever watches)."""
         if self._error is not None:
             return
         try:
-            message = data.decode(errors="replace")
+            message = data if isinstance(data, str) else data.decode(errors="replace")
             self._publish(shift_times(message, self.offset_s) if self.offset_s else message)
         except Exception as exc:  # noqa: BLE001 - a bug: forward_results raises it
             self._error = exc
@@ -180,8 +196,11 @@ class DeepgramSession:
         audio: AudioBuffer,
         publish: Callable[[str], None],
         log: Log,
+        *,
+        pings: Pings = DEFAULT_PINGS,
     ) -> None:
         self.settings = settings
+        self.pings = pings
         self.channels = channels
         self.audio = audio
         self.publish = publish
@@ -201,7 +220,9 @@ class DeepgramSession:
         attempt, outage_start = 0, 0.0
         while True:
             try:
-                link = await DeepgramLink.open(self.settings, self.channels, self.log)
+                link = await DeepgramLink.open(
+                    self.settings, self.channels, self.log, pings=self.pings
+                )
             except DeepgramError as exc:
                 failure: DeepgramError | None = exc
                 lived = 0.0
@@ -225,12 +246,12 @@ class DeepgramSession:
             await self._wait_to_retry(failure, attempt, loop.time() - outage_start)
 
     async def _stream(self, link: DeepgramLink) -> DeepgramError | None:
-        """Run one stream's sender and receiver; the error that ended it, or None."""
+        """Run one stream's sender and wait for its end; the error that ended it, or None."""
         failure: DeepgramError | None = None
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.deepgram_sender(link), name="deepgram_sender")
-                tasks.create_task(self.deepgram_receiver(link), name="deepgram_receiver")
+                tasks.create_task(self.wait_for_deepgram_end(link), name="wait_for_deepgram_end")
         except* DeepgramError as group:
             failure = next(e for e in group.exceptions if isinstance(e, DeepgramError))
         finally:
@@ -286,8 +307,10 @@ class DeepgramSession:
             self.sent_bytes += len(chunk.data)
             sent_s += len(chunk.data) / self.bytes_per_s
 
-    async def deepgram_receiver(self, link: DeepgramLink) -> None:
-        """Publish every Deepgram message of the stream, verbatim but for the time shift."""
+    async def wait_for_deepgram_end(self, link: DeepgramLink) -> None:
+        """Return when the stream closes after CloseStream; raise `DeepgramClosed` if it
+        closes before. Meanwhile every Deepgram message of the stream is published as it
+        arrives, verbatim but for the time shift."""
         await link.forward_results(self._publish)
 
     def _publish(self, text: str) -> None:

@@ -14,7 +14,6 @@ from .exceptions import DeepgramClosed, DeepgramError, DeepgramNotConfigured, De
 # Control messages are JSON text frames. Never send an empty binary frame: it is the
 # deprecated end-of-stream signal and makes Deepgram close unexpectedly.
 KEEPALIVE = '{"type":"KeepAlive"}'
-FINALIZE = '{"type":"Finalize"}'
 CLOSE_STREAM = '{"type":"CloseStream"}'
 
 

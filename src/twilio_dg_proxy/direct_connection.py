@@ -9,16 +9,27 @@ itself (`FrameSplitter`) and calls `MessageSink.message` from the protocol callb
 received it, in order; any other frame goes to websockets, whose checks, limits, pings and
 closing handshake stay as they are. `DirectConnection` serves /twilio this way (other
 paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
+`receiving` gives a sink its messages either way: directly, or through websockets' public
+`recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
+internals this module leans on.
+
+This module subclasses websockets' connection classes and relies on their internals:
+tests/unit/test_websockets_contract.py names each one and fails, saying which and how, when
+a websockets release changes it.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event, State
@@ -34,11 +45,12 @@ except ImportError:  # pragma: no cover - older websockets: the same default
 
 
 class MessageSink(Protocol):
-    """Where a direct connection's messages go. Called from the event loop's protocol
+    """Where a connection's messages go (`receiving`). Called from the event loop's protocol
     callbacks, so neither method may block or raise."""
 
-    def message(self, data: bytes, text: bool) -> None:
-        """One complete message: UTF-8 bytes of a text message, or a binary message."""
+    def message(self, data: bytes | str, text: bool) -> None:
+        """One complete message: a text message (its UTF-8 bytes, or a str from `recv()`),
+        or a binary message."""
 
     def closed(self) -> None:
         """The connection is closed: no message will follow."""
@@ -201,3 +213,35 @@ class DirectClientConnection(_Direct, ClientConnection):
         elif self._takes(event):
             return
         super().process_event(event)
+
+
+@asynccontextmanager
+async def receiving(ws: Connection, sink: MessageSink, *, raw: bool = False) -> AsyncIterator[None]:
+    """Give `sink` the messages of `ws`, in order, and `closed()` when the connection closes:
+    from the socket callbacks if `ws` is direct; else (DIRECT_RECEIVE off) from a task
+    reading websockets' `recv()` while the block runs (its end cancels the task).
+
+    The fallback gives text as str: websockets has checked its UTF-8 and refuses bad UTF-8
+    itself (1007, with its own reason), where a direct connection leaves that to the sink.
+    `raw` (fallback only) gives every message as bytes, unchecked and with `text` False, for
+    a sink to which the kind does not matter, so that it sees what the direct path gives."""
+    if isinstance(ws, _Direct) and ws.direct:
+        ws.attach(sink)
+        yield
+        return
+    async with asyncio.TaskGroup() as tasks:
+        reader = tasks.create_task(_read(ws, sink, raw), name="recv_reader")
+        try:
+            yield
+        finally:
+            reader.cancel()
+
+
+async def _read(ws: Connection, sink: MessageSink, raw: bool) -> None:
+    """`recv()` every message of `ws` into `sink`, then tell it the connection closed."""
+    try:
+        while True:
+            message = await ws.recv(decode=False if raw else None)
+            sink.message(message, isinstance(message, str))
+    except ConnectionClosed:  # recv() raises it once the connection is closed
+        sink.closed()

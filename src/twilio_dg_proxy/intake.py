@@ -1,6 +1,7 @@
 """Everything one /twilio connection sends, handled the moment it arrives.
 
-A `StreamIntake` takes each message from the socket layer (`direct_connection`): it checks
+A `StreamIntake` takes each message from the socket layer (`direct_connection.receiving`,
+in the socket callback or, with DIRECT_RECEIVE off, from a task reading `recv()`): it checks
 it (`TwilioStream`), places media on the call's timeline (`StereoMixer`) and queues mixed
 chunks for Deepgram (`AudioBuffer`), all synchronously, so a call costs one wake-up of its
 Deepgram sender per chunk instead of one of a task per message. Tasks only wait for the
@@ -55,8 +56,8 @@ class StreamIntake:
         """Twilio said `stop`."""
         return self.stream.stopped
 
-    def message(self, data: bytes, text: bool) -> None:
-        """Take one message (the UTF-8 bytes of a text message, or a binary message)."""
+    def message(self, data: bytes | str, text: bool) -> None:
+        """Take one message (a text message, as str or UTF-8 bytes, or a binary message)."""
         if self.ended:
             return
         try:

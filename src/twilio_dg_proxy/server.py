@@ -25,9 +25,10 @@ from .auth import (
     twilio_signature_check,
     unauthenticated_endpoints,
 )
-from .call import handle_twilio
+from .call import START_TIMEOUT_S, handle_twilio
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
+from .deepgram import DEFAULT_PINGS, Pings
 from .direct_connection import DirectConnection
 from .hub import Hub
 from .listening import bound_port as bound_port
@@ -63,11 +64,22 @@ MAX_MESSAGE_BYTES = 16 << 20
 class ProxyServer:
     """The proxy: one Hub shared by every /twilio, /client and /viewer/ws connection."""
 
-    def __init__(self, settings: Settings, *, choice_timeout_s: float = CHOICE_TIMEOUT_S) -> None:
-        """`choice_timeout_s`: how long a /client client may take to choose a call. Raises
-        ConfigError if a setting cannot be used (e.g. no twilio package)."""
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        start_timeout_s: float = START_TIMEOUT_S,
+        choice_timeout_s: float = CHOICE_TIMEOUT_S,
+        deepgram_pings: Pings = DEFAULT_PINGS,
+    ) -> None:
+        """Raises ConfigError if a setting cannot be used (e.g. no twilio package). The
+        keyword arguments shorten waits for tests: `start_timeout_s` and `deepgram_pings` go
+        to each call (`call.handle_twilio`), `choice_timeout_s` is how long a /client client
+        may take to choose a call."""
         self.settings = settings
+        self.start_timeout_s = start_timeout_s
         self.choice_timeout_s = choice_timeout_s
+        self.deepgram_pings = deepgram_pings
         self.hub = Hub(
             settings.client_queue_size,
             settings.max_subscribers_per_call,
@@ -94,11 +106,16 @@ class ProxyServer:
             finally:
                 self._clients.discard(ws)
             return
-        assert isinstance(ws, DirectConnection) and ws.direct  # see `_Connection`
         self._streams.add(ws)
         self._no_streams.clear()
         try:
-            await handle_twilio(ws, self.hub, self.settings)
+            await handle_twilio(
+                ws,
+                self.hub,
+                self.settings,
+                start_timeout_s=self.start_timeout_s,
+                deepgram_pings=self.deepgram_pings,
+            )
         finally:
             self._streams.discard(ws)
             if not self._streams:
@@ -235,7 +252,8 @@ class ProxyServer:
             self.settings.host,
             self.settings.port,
             process_request=self.process_request,
-            create_connection=_Connection,
+            # DIRECT_RECEIVE off: websockets' own connections, recv() on every path.
+            create_connection=_Connection if self.settings.direct_receive else ServerConnection,
             max_size=MAX_MESSAGE_BYTES,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
             server_header=None,

@@ -1,4 +1,5 @@
-"""Fixtures: a fake Deepgram and a proxy wired to it, both on 127.0.0.1 ephemeral ports."""
+"""Fixtures: a fake Deepgram and a proxy wired to it, both on 127.0.0.1 ephemeral ports, and
+the receive mode of every proxy a test starts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import pytest
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 
-from .helpers import RunningProxy, running_proxy
+from .helpers import PROXY_ENV, RunningProxy, running_proxy
+
+
+@pytest.fixture(autouse=True)
+def direct_receive(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """DIRECT_RECEIVE for every proxy the test starts: "true", unless the test is marked
+    `helpers.both_receive_modes` (the core path's are), which runs it with each value."""
+    value: str = getattr(request, "param", "true")
+    monkeypatch.setitem(PROXY_ENV, "DIRECT_RECEIVE", value)
+    return value
 
 
 @pytest.fixture

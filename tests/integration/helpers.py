@@ -8,14 +8,26 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from twilio_dg_proxy.config import Settings
+from twilio_dg_proxy.deepgram import Pings
 from twilio_dg_proxy.server import ProxyServer, bound_port
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
+
+# Settings every proxy a test starts gets, under its own (the conftest's `direct_receive`
+# fixture puts DIRECT_RECEIVE here).
+PROXY_ENV: dict[str, str] = {}
+
+# The core path's tests run with DIRECT_RECEIVE on and off: the direct path, and the recv()
+# fallback, must behave the same.
+both_receive_modes = pytest.mark.parametrize(
+    "direct_receive", ["true", "false"], ids=["direct", "recv"], indirect=True
+)
 
 
 @dataclass
@@ -34,13 +46,23 @@ class RunningProxy:
         return f"ws://127.0.0.1:{self.port}/client"
 
 
+class ServerOptions(TypedDict, total=False):
+    """`ProxyServer`'s keyword arguments that tests shorten."""
+
+    start_timeout_s: float
+    deepgram_pings: Pings
+
+
 @asynccontextmanager
-async def running_proxy(deepgram_url: str, **env: str) -> AsyncIterator[RunningProxy]:
-    """Start a proxy that talks to `deepgram_url`, with settings overridden by `env`."""
+async def running_proxy(
+    deepgram_url: str, options: ServerOptions | None = None, /, **env: str
+) -> AsyncIterator[RunningProxy]:
+    """Start a proxy that talks to `deepgram_url`, with settings overridden by `env` (over
+    `PROXY_ENV`) and `options` given to `ProxyServer`."""
     settings = Settings.from_env(
-        {"DEEPGRAM_URL": deepgram_url, "HOST": "127.0.0.1", "PORT": "0"} | env
+        {"DEEPGRAM_URL": deepgram_url, "HOST": "127.0.0.1", "PORT": "0"} | PROXY_ENV | env
     )
-    proxy = ProxyServer(settings)
+    proxy = ProxyServer(settings, **(options or {}))
     async with proxy.running() as server:
         yield RunningProxy(proxy, bound_port(server))
 

@@ -17,7 +17,17 @@ from websockets.asyncio.client import connect
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
-from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
+from .helpers import (
+    RunningProxy,
+    TwilioPeer,
+    Watcher,
+    both_receive_modes,
+    results,
+    running_proxy,
+    until,
+)
+
+pytestmark = both_receive_modes
 
 FRAME = pattern("inbound", 160)
 
@@ -30,7 +40,8 @@ class TextBytes(bytes):
 class Case:
     """Messages sent after `connected` (and `start`, unless `before_start`), and the outcome:
     a close `code` with `reason` in its reason, or (code None) a normal call end with
-    `counter` raised by `at_least`."""
+    `counter` raised by `at_least`. `recv_reason` replaces `reason` with DIRECT_RECEIVE off
+    where websockets' recv() refuses the message itself, in its own words (same code)."""
 
     name: str
     messages: Callable[[SimulatedCall], list[str | bytes]]
@@ -39,6 +50,7 @@ class Case:
     counter: str = ""
     at_least: int = 1
     before_start: bool = False
+    recv_reason: str | None = None
 
 
 def media(call: SimulatedCall, *timestamps: int, payload: bytes = FRAME) -> list[str | bytes]:
@@ -89,6 +101,7 @@ TWILIO_CASES = [
         lambda c: [TextBytes(b'{"event": "media\xff"}')],
         1007,
         "not valid UTF-8",
+        recv_reason="invalid start byte at position",
     ),
     Case("an oversized message", lambda c: ["x" * 70_000], 1009),
     Case(
@@ -146,7 +159,9 @@ async def proxy_with_a_healthy_call() -> AsyncIterator[
 
 @pytest.mark.parametrize("case", TWILIO_CASES, ids=[c.name for c in TWILIO_CASES])
 async def test_bad_twilio_input(
-    proxy_with_a_healthy_call: tuple[RunningProxy, asyncio.Task[list[str]]], case: Case
+    proxy_with_a_healthy_call: tuple[RunningProxy, asyncio.Task[list[str]]],
+    case: Case,
+    direct_receive: str,
 ) -> None:
     proxy, healthy = proxy_with_a_healthy_call
     counters = proxy.server.hub.counters
@@ -166,7 +181,10 @@ async def test_bad_twilio_input(
         await until(lambda: getattr(counters, case.counter) >= before + case.at_least)
     else:
         assert ws.close_code == case.code, ws.close_reason
-        assert case.reason in (ws.close_reason or "")
+        reason = case.reason
+        if direct_receive == "false" and case.recv_reason is not None:
+            reason = case.recv_reason
+        assert reason in (ws.close_reason or "")
     assert not healthy.done()  # still streaming: untouched
 
 

@@ -11,7 +11,17 @@ import pytest
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall, pattern
 
-from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
+from .helpers import (
+    RunningProxy,
+    TwilioPeer,
+    Watcher,
+    both_receive_modes,
+    results,
+    running_proxy,
+    until,
+)
+
+pytestmark = both_receive_modes
 
 SECOND = 8000  # mu-law bytes per second per track
 

@@ -1,5 +1,7 @@
 """/twilio's messages are taken as they are parsed (`DirectConnection`), not through recv():
-however they are framed or timed, the call is the same, and /client is untouched."""
+however they are framed or timed, the call is the same, and /client is untouched. Every
+test of what a peer sees also runs with DIRECT_RECEIVE off (websockets' recv()): the two
+paths must not differ."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from twilio_dg_proxy.direct_connection import MAX_FRAGMENTS
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
-from .helpers import RunningProxy, Watcher, results, until
+from .helpers import RunningProxy, Watcher, both_receive_modes, results, until
 
 N = 8000  # one second per track
 
@@ -35,6 +37,7 @@ async def heard(deepgram: FakeDeepgram, audio: dict[str, bytes]) -> None:
     assert bytes(stream.audio[1::2]) == audio["outbound"]
 
 
+@both_receive_modes
 async def test_fragmented_messages_are_reassembled(
     proxy: RunningProxy, deepgram: FakeDeepgram
 ) -> None:
@@ -57,6 +60,7 @@ async def test_fragmented_messages_are_reassembled(
     assert len(results(await watcher.transcript())) >= 2
 
 
+@both_receive_modes
 async def test_a_message_in_too_many_fragments_is_refused(proxy: RunningProxy) -> None:
     call = SimulatedCall()
     async with connect(proxy.twilio_url, proxy=None) as ws:
@@ -104,6 +108,7 @@ async def close_code_from(reader: asyncio.StreamReader) -> int:
     return int.from_bytes(closing[2:4], "big")
 
 
+@both_receive_modes
 @pytest.mark.parametrize("when", ["with the request", "right after it"])
 async def test_messages_sent_before_the_101_response_are_kept_in_order(
     proxy: RunningProxy, deepgram: FakeDeepgram, when: str
@@ -124,6 +129,7 @@ async def test_messages_sent_before_the_101_response_are_kept_in_order(
     writer.close()
 
 
+@both_receive_modes
 async def test_a_frame_breaking_the_protocol_ends_the_call_with_1002_and_nothing_after_it(
     proxy: RunningProxy, deepgram: FakeDeepgram
 ) -> None:
@@ -152,6 +158,7 @@ def close_frame(code: int) -> bytes:
     return Frame(Opcode.CLOSE, code.to_bytes(2, "big")).serialize(mask=True, extensions=[])
 
 
+@both_receive_modes
 async def test_a_frame_cut_by_the_proxys_own_close_is_read_whole_after_it(
     proxy: RunningProxy,
 ) -> None:
@@ -174,6 +181,7 @@ async def test_a_frame_cut_by_the_proxys_own_close_is_read_whole_after_it(
     writer.close()
 
 
+@both_receive_modes
 async def test_after_too_many_fragments_nothing_more_is_taken_and_a_silent_peer_is_cut_off(
     proxy: RunningProxy,
 ) -> None:
@@ -195,6 +203,7 @@ async def test_after_too_many_fragments_nothing_more_is_taken_and_a_silent_peer_
     writer.close()
 
 
+@both_receive_modes
 async def test_pings_during_a_call_are_answered(
     proxy: RunningProxy, deepgram: FakeDeepgram
 ) -> None:

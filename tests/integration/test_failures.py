@@ -22,12 +22,15 @@ from .helpers import (
     RunningProxy,
     TwilioPeer,
     Watcher,
+    both_receive_modes,
     results,
     running_proxy,
     send_text,
     stuck_client,
     until,
 )
+
+pytestmark = both_receive_modes
 
 SECOND = 8000
 
@@ -319,11 +322,11 @@ async def test_a_bug_in_one_call_fails_only_that_call_with_1011(
     assert len(results(await healthy_call(proxy))) >= 10
 
 
-async def test_a_stream_that_never_starts_is_closed(
-    proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("twilio_dg_proxy.call.START_TIMEOUT_S", 0.2)
-    async with connect(proxy.twilio_url, proxy=None) as ws:
+async def test_a_stream_that_never_starts_is_closed(deepgram: FakeDeepgram) -> None:
+    async with (
+        running_proxy(deepgram.url, {"start_timeout_s": 0.2}) as proxy,
+        connect(proxy.twilio_url, proxy=None) as ws,
+    ):
         await ws.send(SimulatedCall().connected())
         await ws.wait_closed()
     assert ws.close_code == 1008 and "no start within" in (ws.close_reason or "")

@@ -8,11 +8,22 @@ from collections.abc import Sequence
 
 import pytest
 
+from twilio_dg_proxy.deepgram import Pings
 from twilio_dg_proxy.engine.synthetic import SyntheticStream
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
-from .helpers import RunningProxy, TwilioPeer, Watcher, results, running_proxy, until
+from .helpers import (
+    RunningProxy,
+    TwilioPeer,
+    Watcher,
+    both_receive_modes,
+    results,
+    running_proxy,
+    until,
+)
+
+pytestmark = both_receive_modes
 
 SECOND = 8000  # mu-law bytes per second per track
 
@@ -82,13 +93,9 @@ async def call_with_fault(
 
 
 @pytest.mark.parametrize("fault", ["drop", "cut", "stall"])
-async def test_a_failed_stream_is_reopened_and_no_audio_or_time_is_lost(
-    fault: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("twilio_dg_proxy.deepgram.PING_INTERVAL_S", 0.2)
-    monkeypatch.setattr("twilio_dg_proxy.deepgram.PING_TIMEOUT_S", 0.2)
+async def test_a_failed_stream_is_reopened_and_no_audio_or_time_is_lost(fault: str) -> None:
     async with FakeDeepgram(result_ms=100) as deepgram:
-        async with running_proxy(deepgram.url) as proxy:
+        async with running_proxy(deepgram.url, {"deepgram_pings": Pings(0.2, 0.2)}) as proxy:
             transcript, produced = await call_with_fault(proxy, deepgram, fault)
             assert proxy.server.hub.counters.deepgram_reconnects == 1
     assert len(deepgram.streams) == 2

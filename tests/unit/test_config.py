@@ -48,6 +48,8 @@ def test_values_are_parsed_from_text() -> None:
         ("DEEPGRAM_PARAMS", "channels=1", "set by the proxy"),
         ("LOG_LEVEL", "LOUD", "expected DEBUG"),
         ("CLIENT_QUEUE_SIZE", "0", "between 1"),
+        ("DIRECT_RECEIVE", "maybe", "expected true, false"),
+        ("DIRECT_RECEIVE", "on", "expected true, false"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, message: str) -> None:
@@ -55,6 +57,19 @@ def test_a_bad_value_names_its_variable(variable: str, value: str, message: str)
         Settings.from_env({variable: value})
     assert caught.value.variable == variable
     assert str(caught.value).startswith(variable)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True)]
+    + [("false", False), ("False", False), ("0", False), ("no", False)],
+)
+def test_direct_receive_is_a_strict_boolean(value: str, expected: bool) -> None:
+    assert Settings.from_env({"DIRECT_RECEIVE": value}).direct_receive is expected
+
+
+def test_direct_receive_is_on_by_default() -> None:
+    assert Settings.from_env({}).direct_receive is True
 
 
 def test_the_api_key_never_appears_in_repr() -> None:
