@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -181,3 +183,42 @@ def stuck_client(port: int, path: str) -> socket.socket:
 def send_text(stuck: socket.socket, data: bytes) -> None:
     """Send `data` (under 126 bytes) as one masked text frame (an all-zero mask)."""
     stuck.sendall(bytes([0x81, 0x80 | len(data)]) + b"\x00" * 4 + data)
+
+
+class ServerProcess:
+    """`python -m twilio_dg_proxy` as a subprocess on an ephemeral port; always killed."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, startup: str) -> None:
+        self.process = process
+        self.port = port
+        self.startup = startup  # what it logged up to "listening on"
+
+    @classmethod
+    @asynccontextmanager
+    async def started(cls, *args: str, **env: str) -> AsyncIterator[ServerProcess]:
+        """Start it with `args` (default `--port 0`) and `env` over this environment."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "twilio_dg_proxy",
+            *(args or ("--port", "0")),
+            stderr=asyncio.subprocess.PIPE,
+            env=os.environ | env,
+        )
+        try:
+            assert process.stderr is not None
+            startup = line = ""
+            async with asyncio.timeout(20):
+                while "listening on" not in line:  # other loggers (asyncio debug) may come first
+                    line = (await process.stderr.readline()).decode()
+                    assert line, "the server exited before listening"
+                    startup += line
+            yield cls(process, int(line.split("ws://127.0.0.1:")[1].split()[0]), startup)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    async def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return (await self.process.stderr.read()).decode()

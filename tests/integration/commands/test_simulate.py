@@ -43,7 +43,7 @@ from twilio_dg_proxy.twilio_events import (
 )
 from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall
 
-from .helpers import RunningProxy, TwilioPeer
+from ..helpers import RunningProxy, TwilioPeer
 
 RATE = 8000
 SID = re.compile(r"[0-9a-f]{32}")

@@ -17,7 +17,7 @@ from twilio_dg_proxy.engine.synthetic import SyntheticStream
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
-from .helpers import RunningProxy, TwilioPeer, until
+from ..helpers import RunningProxy, TwilioPeer, until
 
 SECOND = 8000  # mu-law bytes per second per track
 

@@ -26,7 +26,7 @@ from twilio_dg_proxy.commands.simulate import CallPlan, Progress, loss_plan, pla
 from twilio_dg_proxy.twilio_events import Media, Start, Stop, Track, TwilioEvent, TwilioStream
 from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE
 
-DATA = Path(__file__).resolve().parents[2] / "src" / "twilio_dg_proxy" / "data"
+DATA = Path(__file__).resolve().parents[3] / "src" / "twilio_dg_proxy" / "data"
 
 
 def pcm16(samples: Sequence[int]) -> bytes:

@@ -28,12 +28,11 @@ from twilio_dg_proxy.engine import model
 from twilio_dg_proxy.engine.server import OfflineEngine
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
-from .helpers import TwilioPeer, Watcher, running_proxy
-from .test_cli import ServerProcess
+from ..helpers import ServerProcess, TwilioPeer, Watcher, running_proxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 STEREO = "?encoding=mulaw&sample_rate=8000&channels=2&multichannel=true"
 CHUNK = 1600  # 100 ms of stereo mu-law, the proxy's default CHUNK_MS
 # Words each speaker says that tiny.en gets right on this sample, and must not leak into the

@@ -9,8 +9,6 @@ import signal
 import socket
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,8 @@ from websockets.asyncio.client import connect
 from twilio_dg_proxy.config import settings_table
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
+
+from ..helpers import ServerProcess
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -95,45 +95,6 @@ async def test_server_starts_from_an_env_file_answers_and_exits_0_on_sigterm(
 def _get(url: str) -> tuple[str, str]:
     with urllib.request.urlopen(url) as response:
         return response.read().decode(), response.headers["Content-Type"]
-
-
-class ServerProcess:
-    """`python -m twilio_dg_proxy` as a subprocess on an ephemeral port; always killed."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int, startup: str) -> None:
-        self.process = process
-        self.port = port
-        self.startup = startup  # what it logged up to "listening on"
-
-    @classmethod
-    @asynccontextmanager
-    async def started(cls, *args: str, **env: str) -> AsyncIterator[ServerProcess]:
-        """Start it with `args` (default `--port 0`) and `env` over this environment."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "twilio_dg_proxy",
-            *(args or ("--port", "0")),
-            stderr=asyncio.subprocess.PIPE,
-            env=os.environ | env,
-        )
-        try:
-            assert process.stderr is not None
-            startup = line = ""
-            async with asyncio.timeout(20):
-                while "listening on" not in line:  # other loggers (asyncio debug) may come first
-                    line = (await process.stderr.readline()).decode()
-                    assert line, "the server exited before listening"
-                    startup += line
-            yield cls(process, int(line.split("ws://127.0.0.1:")[1].split()[0]), startup)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-    async def stderr(self) -> str:
-        assert self.process.stderr is not None
-        return (await self.process.stderr.read()).decode()
 
 
 async def test_sigterm_lets_a_call_finish_and_its_watcher_gets_every_result_then_close() -> None:
