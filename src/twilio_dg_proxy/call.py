@@ -26,10 +26,11 @@ from .config import Settings
 from .deepgram import DEFAULT_PINGS, DeepgramSession, Pings
 from .direct_connection import receiving
 from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
-from .hub import CALL_ENDED, CallInfo, Ending, Hub
+from .hub import CALL_ENDED, Ending, Hub
 from .intake import Log, StreamIntake
 from .logs import CallLog, get_logger
 from .twilio_events import Start
+from .viewer_protocol import CallInfo
 
 logger = get_logger("call")
 

@@ -23,7 +23,7 @@ from websockets.frames import CloseCode
 
 from . import json_loads, viewer_protocol
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
-from .viewer_protocol import CallInfo as CallInfo  # re-exported: where call.py finds it
+from .viewer_protocol import CallInfo
 
 DEFAULT_HISTORY_LIMIT = 1000
 DEFAULT_HISTORY_BYTES = 32 << 10

@@ -274,11 +274,6 @@ class SyntheticStream:
         """Whether any audio arrived on this stream."""
         return self.audio_bytes > 0
 
-    @property
-    def audio_seconds(self) -> float:
-        """Seconds of audio received (whole sample frames)."""
-        return self.audio_bytes // self.channels / SAMPLE_RATE
-
     def messages(self) -> list[JSONDict]:
         """Return the sent messages decoded from JSON (needs ``record=True``)."""
         return [json.loads(text) for text in self.sent]
