@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("the offline engine cannot start: %s", exc)
         return EXIT_FAILED
     except OSError as exc:  # the address is taken or not ours to bind
-        logger.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        logger.error("%s", hints.cannot_listen(args.host, args.port, exc))
         return EXIT_FAILED
     return 0
 

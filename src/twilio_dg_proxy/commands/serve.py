@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import errno
 import gc
 import os
 import sys
@@ -29,10 +28,6 @@ DESCRIPTION = (
     "client watching on /client."
 )
 logger = get_logger("main")
-_PORT_TAKEN_HINT = (
-    " (another program has this port: pick another with --port N or PORT=N in .env, "
-    "or --port 0 for any free one)"
-)
 
 # The cyclic garbage collector's young-generation threshold while serving (CPython's default
 # is 700). Each call keeps hundreds of objects alive across awaits (frames, futures, messages
@@ -125,13 +120,7 @@ def run(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(settings, offline=offline))
     except OSError as exc:  # the address is taken or not ours to bind
-        logger.error(
-            "cannot listen on %s:%d: %s%s",
-            settings.host,
-            settings.port,
-            exc.strerror,
-            _PORT_TAKEN_HINT if exc.errno == errno.EADDRINUSE else "",
-        )
+        logger.error("%s", hints.cannot_listen(settings.host, settings.port, exc, setting="PORT"))
         return EXIT_LISTEN
     except asyncio.CancelledError:  # a second signal cut the drain short
         return EXIT_INTERRUPTED

@@ -74,7 +74,7 @@ async def test_a_taken_port_is_reported_plainly() -> None:
         code, _, err = await run("--port", str(taken.getsockname()[1]))
     assert code == 1
     assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
-    assert "pick another with --port N or PORT=N" in err
+    assert "pick another with --port N or PORT=N in .env" in err
 
 
 async def test_server_starts_from_an_env_file_answers_and_exits_0_on_sigterm(

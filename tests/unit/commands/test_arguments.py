@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -66,3 +67,14 @@ def test_hints_name_the_interpreter_as_typed_from_the_current_directory(
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # not below the current directory: the full path
     assert hints.program() == f"{bin_dir / 'python'} -m twilio_dg_proxy"
+
+
+def test_a_taken_port_says_how_to_pick_another_and_other_errors_say_only_why() -> None:
+    taken = OSError(errno.EADDRINUSE, "Address already in use")
+    assert hints.cannot_listen("127.0.0.1", 5000, taken, setting="PORT") == (
+        "cannot listen on 127.0.0.1:5000: Address already in use (another program has it: "
+        "pick another with --port N or PORT=N in .env, or --port 0)"
+    )
+    assert hints.cannot_listen("h", 1, taken).endswith("pick another with --port N, or --port 0)")
+    denied = OSError(errno.EACCES, "Permission denied")
+    assert hints.cannot_listen("h", 80, denied) == "cannot listen on h:80: Permission denied"
