@@ -198,7 +198,10 @@ async def test_keepalive_is_recorded_and_holds_a_stream_that_received_audio() ->
     # A KeepAlive every third of the idle timeout, over twice that timeout: both scale, so a
     # busy machine has more room between two KeepAlives before the fake's deadline.
     idle = 0.3 * S
-    async with FakeDeepgram(idle_timeout_s=idle) as fake, connect(fake.url + MONO, proxy=None) as ws:
+    async with (
+        FakeDeepgram(idle_timeout_s=idle) as fake,
+        connect(fake.url + MONO, proxy=None) as ws,
+    ):
         await ws.send(speech(160))
         for _ in range(6):
             await asyncio.sleep(idle / 3)
