@@ -76,7 +76,7 @@ async def idle(proxy: ProxyProcess) -> None:
 
 async def subscribed(proxy: ProxyProcess, total: int, done: asyncio.Event) -> None:
     """Set `done` once the proxy has taken `total` subscriptions since it started."""
-    while (await proxy.health())["totals"]["subscriptions"] < total:  # noqa: ASYNC110 (HTTP)
+    while (await proxy.health())["totals"]["subscriptions"] < total:  # noqa: ASYNC110 (another process)
         await asyncio.sleep(0.01)  # how often to ask, not how long to wait
     done.set()
 
