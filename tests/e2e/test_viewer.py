@@ -15,6 +15,7 @@ from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
 from ..integration.helpers import RunningProxy, TwilioPeer, running_proxy, until
+from ..timing import S
 from .conftest import RESULT_MS
 from .conversation import Conversation
 
@@ -79,7 +80,7 @@ async def final_lines(page: Page) -> list[tuple[int, str]]:
     return [(line["channel"], line["text"]) for line in await shown_lines(page) if line["text"]]
 
 
-async def until_lines(page: Page, expected: list[tuple[int, str]], within: float = 10.0) -> None:
+async def until_lines(page: Page, expected: list[tuple[int, str]], within: float = 10 * S) -> None:
     """Wait until the page shows exactly `expected` (channel, final text) lines."""
     try:
         async with asyncio.timeout(within):
@@ -89,7 +90,7 @@ async def until_lines(page: Page, expected: list[tuple[int, str]], within: float
         raise AssertionError(f"shown {await final_lines(page)}, expected {expected}") from None
 
 
-async def until_true(page: Page, function: str, within: float = 5.0) -> None:
+async def until_true(page: Page, function: str, within: float = 5 * S) -> None:
     """Wait until the JavaScript `function` returns true in the page. (Playwright's
     wait_for_function evaluates strings, which the page's Content-Security-Policy forbids.)"""
     async with asyncio.timeout(within):

@@ -21,6 +21,8 @@ from twilio_dg_proxy.deepgram import Pings
 from twilio_dg_proxy.server import ProxyServer, bound_port
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
+from ..timing import S
+
 # Settings every proxy a test starts gets, under its own (the conftest's `direct_receive`
 # fixture puts DIRECT_RECEIVE here).
 PROXY_ENV: dict[str, str] = {}
@@ -69,12 +71,12 @@ async def running_proxy(
         yield RunningProxy(proxy, bound_port(server))
 
 
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], within: float = 5 * S) -> None:
     """Wait until `condition()` holds, checking every few milliseconds (for state that
     offers nothing to await, such as the hub's counters)."""
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # how often to look, not how long: unscaled
 
 
 class TwilioPeer:
@@ -132,7 +134,7 @@ class Watcher:
         await until(lambda: hub.counters.subscriptions > before or ws.close_code is not None)
         return cls(ws, listed)
 
-    async def transcript(self, within: float = 10.0) -> list[str]:
+    async def transcript(self, within: float = 10 * S) -> list[str]:
         """Every message until the text `close`, which must be followed by a normal close."""
         messages = []
         async with asyncio.timeout(within):
@@ -149,7 +151,7 @@ class Watcher:
         assert self.ws.close_code == 1000, (self.ws.close_code, self.ws.close_reason)
         return messages
 
-    async def closed(self, within: float = 10.0) -> tuple[int | None, str, list[str]]:
+    async def closed(self, within: float = 10 * S) -> tuple[int | None, str, list[str]]:
         """Read until the connection closes: (close code, reason, messages received)."""
         messages: list[str] = []
         async with asyncio.timeout(within):
@@ -208,7 +210,7 @@ class ServerProcess:
         try:
             assert process.stderr is not None
             startup = line = ""
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(20 * S):
                 while "listening on" not in line:  # other loggers (asyncio debug) may come first
                     line = (await process.stderr.readline()).decode()
                     assert line, "the server exited before listening"

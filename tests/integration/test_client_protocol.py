@@ -14,6 +14,7 @@ from twilio_dg_proxy.hub import is_history
 from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ..timing import S
 from .helpers import RunningProxy, TwilioPeer, Watcher, running_proxy, until
 
 
@@ -34,7 +35,7 @@ async def join(proxy: RunningProxy, query: str, choice: str) -> tuple[ClientConn
     return ws, listed
 
 
-async def everything(ws: ClientConnection, within: float = 10.0) -> list[str]:
+async def everything(ws: ClientConnection, within: float = 10 * S) -> list[str]:
     """Every text until the connection closes, whatever its close code."""
     messages: list[str] = []
     async with asyncio.timeout(within):

@@ -18,7 +18,12 @@ from twilio_dg_proxy.direct_connection import MAX_FRAGMENTS
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ..timing import S
 from .helpers import RunningProxy, Watcher, both_receive_modes, results, until
+
+# websockets' default, which the proxy keeps: how long it waits for a peer's close frame
+# before it drops the connection.
+CLOSE_TIMEOUT_S = 10.0
 
 N = 8000  # one second per track
 
@@ -32,7 +37,7 @@ async def heard(deepgram: FakeDeepgram, audio: dict[str, bytes]) -> None:
     """Deepgram's one stream closes with exactly `audio`, both channels byte for byte."""
     await until(lambda: len(deepgram.streams) == 1)
     [stream] = deepgram.streams
-    await asyncio.wait_for(stream.closed.wait(), 5)
+    await asyncio.wait_for(stream.closed.wait(), 5 * S)
     assert bytes(stream.audio[0::2]) == audio["inbound"]
     assert bytes(stream.audio[1::2]) == audio["outbound"]
 
@@ -103,7 +108,7 @@ async def raw_twilio(
 
 async def close_code_from(reader: asyncio.StreamReader) -> int:
     """The code of the close frame the proxy sends (unmasked, so at a fixed offset)."""
-    closing = await asyncio.wait_for(reader.read(4), 5)
+    closing = await asyncio.wait_for(reader.read(4), 5 * S)
     assert closing[0] == 0x88
     return int.from_bytes(closing[2:4], "big")
 
@@ -165,6 +170,17 @@ async def test_a_frame_cut_by_the_proxys_own_close_is_read_whole_after_it(
     """The proxy closes (bad input) while the start of the next frame is all it has read:
     the rest of that frame, then the peer's close frame, must still be read as such, and the
     closing handshake end at once (not at close_timeout)."""
+    # The control: a peer that never answers the proxy's close, failed first, so the proxy
+    # drops it at its close_timeout. Had the close frame below not been read as one, this
+    # connection would be dropped the same way, only later.
+    control, control_writer = await raw_twilio(proxy)
+    control_call = SimulatedCall()
+    control_writer.write(
+        b"".join(masked(m) for m in [control_call.connected(), control_call.start(), "{not"])
+    )
+    assert await close_code_from(control) == 1008
+    control_dropped = asyncio.create_task(control.read())  # returns at the end of stream
+
     call = SimulatedCall()
     # Read as a frame header, this payload would announce 65,535 bytes to wait for.
     cut = zero_masked(b"\x82\xfe\xff\xff\x00\x00\x00\x00" + b"x" * 40)
@@ -175,10 +191,15 @@ async def test_a_frame_cut_by_the_proxys_own_close_is_read_whole_after_it(
     assert await close_code_from(reader) == 1008
     writer.write(cut[6:] + close_frame(1000))
     await writer.drain()
-    async with asyncio.timeout(3):
+    # Bounded past the close_timeout, so that a handshake left to it fails the assertion
+    # below, which says why, rather than this timeout.
+    async with asyncio.timeout(CLOSE_TIMEOUT_S + 5 * S):
         while await reader.read(1024):  # the rest of the close frame, then end of stream
             pass
+    assert not control_dropped.done(), "the close frame was not read: dropped at close_timeout"
+    control_dropped.cancel()
     writer.close()
+    control_writer.close()
 
 
 @both_receive_modes
@@ -197,8 +218,8 @@ async def test_after_too_many_fragments_nothing_more_is_taken_and_a_silent_peer_
     writer.write(b"".join(f.serialize(mask=True, extensions=[]) for f in fragments))
     await writer.drain()
     assert await close_code_from(reader) == 1009
-    # This peer never closes its side: the proxy cuts it off after its close_timeout (10 s).
-    await until(lambda: not hub.active_calls(), within=15)
+    # This peer never closes its side: the proxy cuts it off after its close_timeout.
+    await until(lambda: not hub.active_calls(), within=CLOSE_TIMEOUT_S + 5 * S)
     assert hub.counters.unknown_events == 0  # the last fragment was not taken
     writer.close()
 
@@ -215,7 +236,7 @@ async def test_pings_during_a_call_are_answered(
         for i, message in enumerate(frames):
             await ws.send(message)
             if i % 20 == 0:
-                await asyncio.wait_for(await ws.ping(), 2)
+                await asyncio.wait_for(await ws.ping(), 2 * S)
         await ws.send(call.stop())
     await heard(deepgram, audio)
 

@@ -16,6 +16,8 @@ from twilio_dg_proxy.server import IDLE_COLLECT_S
 from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern, play
 
+from ..timing import S
+
 ROUNDS = 4
 CALLS = 100  # at once, per round: 400 calls in all
 WATCHERS = 2  # per call
@@ -37,8 +39,9 @@ async def watch(ws: ClientConnection) -> list[str]:
     return [str(message) async for message in ws]
 
 
-async def one_call(proxy: ProxyProcess) -> None:
-    """A short call with its watchers joining right after `start`; all of it must arrive."""
+async def one_call(proxy: ProxyProcess, everyone_subscribed: asyncio.Event) -> None:
+    """A short call with its watchers joining right after `start`; all of it must arrive.
+    The call goes on once `everyone_subscribed` is set."""
     call = SimulatedCall()
     url = f"ws://127.0.0.1:{proxy.port}"
     feeds: list[asyncio.Task[list[str]]] = []
@@ -53,7 +56,9 @@ async def one_call(proxy: ProxyProcess) -> None:
                 ws = await connect(f"{url}/client", proxy=None)
             await ws.send(call.call_sid)
             feeds.append(asyncio.create_task(watch(ws)))
-        await asyncio.sleep(0.05)  # let the proxy take the subscriptions
+        # The proxy answers a choice with nothing: its count of subscriptions says when it
+        # has taken this round's, and only then may the call go on (and end).
+        await everyone_subscribed.wait()
 
     close = await play(f"{url}/twilio", call.script(AUDIO), realtime=False, on_sent=join_watchers)
     assert close is not None and close.code == 1000
@@ -66,7 +71,14 @@ async def idle(proxy: ProxyProcess) -> None:
         health = await proxy.health()
         if health["calls"] == 0 and health["subscribers"] == 0:
             return
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # how often to ask, not how long to wait
+
+
+async def subscribed(proxy: ProxyProcess, total: int, done: asyncio.Event) -> None:
+    """Set `done` once the proxy has taken `total` subscriptions since it started."""
+    while (await proxy.health())["totals"]["subscriptions"] < total:  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.01)  # how often to ask, not how long to wait
+    done.set()
 
 
 async def test_hundreds_of_short_calls_leave_the_proxy_as_they_found_it() -> None:
@@ -76,9 +88,16 @@ async def test_hundreds_of_short_calls_leave_the_proxy_as_they_found_it() -> Non
             start = procfs.sample(proxy.pid).rss
             after = []
             for _ in range(ROUNDS):
-                await asyncio.gather(*(one_call(proxy) for _ in range(CALLS)))
+                before = (await proxy.health())["totals"]["subscriptions"]
+                everyone = asyncio.Event()
+                async with asyncio.TaskGroup() as round_:
+                    round_.create_task(subscribed(proxy, before + CALLS * WATCHERS, everyone))
+                    for _ in range(CALLS):
+                        round_.create_task(one_call(proxy, everyone))
                 await idle(proxy)
-                await asyncio.sleep(IDLE_COLLECT_S + 0.5)  # it collects garbage once idle
+                # It collects garbage IDLE_COLLECT_S after its last call, which nothing shows
+                # from outside: wait that long, and some room.
+                await asyncio.sleep(IDLE_COLLECT_S + 0.5 * S)
                 after.append(procfs.sample(proxy.pid).rss)
             totals = (await proxy.health())["totals"]
             assert proxy.problems == 0, "".join(proxy.tail)

@@ -13,6 +13,7 @@ from twilio_dg_proxy.engine.synthetic import SyntheticStream
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ..timing import S
 from .helpers import (
     RunningProxy,
     TwilioPeer,
@@ -88,7 +89,7 @@ async def call_with_fault(
             deepgram.stall(first)
         await sending
         await twilio.stop()
-        transcript = await watcher.transcript(within=20)
+        transcript = await watcher.transcript(within=20 * S)
     return transcript, interleaved(audio)
 
 
@@ -124,7 +125,7 @@ async def test_retryable_refusals_are_retried_with_backoff() -> None:
                 await deepgram.drop(first)
                 await twilio.send_all(call.frames(audio)[10:], speed=4)  # type: ignore[arg-type]
                 await twilio.stop()
-                transcript = await watcher.transcript(within=20)
+                transcript = await watcher.transcript(within=20 * S)
     assert [r.status for r in deepgram.refusals] == [503, 429]
     assert b"".join(bytes(s.audio) for s in deepgram.streams) == interleaved(audio)
     assert_one_timeline(transcript, deepgram.streams, len(interleaved(audio)))
@@ -182,7 +183,7 @@ async def test_audio_beyond_the_buffer_during_an_outage_is_dropped_and_counted()
                 await deepgram.drop(first)
                 await twilio.send_all(frames[20:], speed=1)
                 await twilio.stop()
-                await watcher.transcript(within=20)
+                await watcher.transcript(within=20 * S)
             dropped = proxy.server.hub.counters.audio_dropped_bytes
     received = sum(s.audio_bytes for s in deepgram.streams)
     assert dropped > 0

@@ -12,6 +12,7 @@ from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.hub import is_history
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ..timing import S
 from .helpers import RunningProxy, TwilioPeer, until
 
 
@@ -46,7 +47,7 @@ async def test_websocat_prints_the_call_list_every_transcript_and_close(
         await until(lambda: proxy.server.hub.subscriber_count() == 1)
         await twilio.send_all(call.frames(audio))  # type: ignore[arg-type]
         await twilio.stop()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * S):
             out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     lines = out.decode().splitlines()
@@ -81,7 +82,9 @@ async def test_websocat_e_in_a_terminal_shows_the_history_and_leaves_when_the_ca
         await until(lambda: proxy.server.hub.subscriber_count() == 1)
         await twilio.send_all(frames[len(frames) // 2 :])
         await twilio.stop()
-        async with asyncio.timeout(5):  # well before websockets' 10 s close timeout
+        # Its exit is the property: without -E it never exits while its stdin is open, not
+        # even once the proxy drops the connection. The timeout only bounds the wait.
+        async with asyncio.timeout(5 * S):
             out = await process.stdout.read()
             await process.wait()
         process.stdin.close()
@@ -108,7 +111,7 @@ async def test_websocat_shows_why_an_unknown_callsid_is_refused(proxy: RunningPr
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * S):
             out, err = await process.communicate(b"CAmistyped\n")
         await twilio.stop()
     assert process.returncode == 0, err.decode()

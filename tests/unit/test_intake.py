@@ -19,6 +19,8 @@ from twilio_dg_proxy.exceptions import (
 from twilio_dg_proxy.intake import StreamIntake
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ..timing import S
+
 LOG = logging.getLogger("test_intake")
 N = 8000  # one second per track
 
@@ -111,7 +113,7 @@ async def test_wait_for_end_waits_for_stop() -> None:
     await asyncio.sleep(0)
     assert not waiting.done()
     feed(taker, call.stop())
-    await asyncio.wait_for(waiting, 1)
+    await asyncio.wait_for(waiting, 1 * S)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ import pytest
 
 import twilio_dg_proxy
 
+from ..timing import S
+
 PACKAGE = "twilio_dg_proxy"
 FAKES = f"{PACKAGE}.fakes"
 ROOT = Path(twilio_dg_proxy.__file__).resolve().parent
@@ -98,6 +100,6 @@ def test_importing_the_product_loads_no_fakes_module(module: str) -> None:
         f"print(sorted(m for m in sys.modules if m == {FAKES!r} or m.startswith({FAKES!r} + '.')))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60 * S
     ).stdout
     assert out.strip() == "[]", f"importing {module} loaded {out.strip()}"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from websockets.frames import Frame, Opcode
@@ -28,6 +29,8 @@ from twilio_dg_proxy.commands.bench.procfs import busy_seconds, cpu_seconds, rss
 from twilio_dg_proxy.commands.bench.wire import text_frame
 from twilio_dg_proxy.deepgram_server_protocol import results_message
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
+
+from ...timing import S
 
 # --- statistics -----------------------------------------------------------------------------
 
@@ -169,17 +172,21 @@ def test_help_states_the_real_time_criterion() -> None:
 
 
 async def test_a_small_run_delivers_everything_with_sane_figures() -> None:
+    began = time.monotonic()
     report = await run_bench(
         BenchOptions(calls=3, subscribers=2, duration_s=2.0, warmup_s=0.5, chunk_ms=100)
     )
+    # How fast is the benchmark's to say, not this test's: a latency is only bounded by the
+    # run it was measured in (which catches a figure in the wrong unit).
+    run_ms = (time.monotonic() - began) * 1000
     assert report.complete, report
     assert report.calls_exact == 3 and report.calls_failed == 0
     assert report.audio_received == report.audio_sent > 0
     assert report.deliveries == report.expected_deliveries > 0
     # Chunking alone puts the median near half a chunk and bounds the best case.
-    assert 20 < report.added.p50_ms < 100 + 100
+    assert 20 < report.added.p50_ms < run_ms
     assert report.added.count == 3 * 100  # 2 s of 20 ms frames per call
-    assert 0 <= report.fanout.p50_ms < 100 and report.fanout.count > 0
+    assert 0 <= report.fanout.p50_ms < run_ms and report.fanout.count > 0
     assert 0 < report.proxy_cpu_share < 1.5 and report.proxy_rss_loaded > 10_000_000
     assert 0 < report.generator_cpu_share < 1.0
 
@@ -191,9 +198,12 @@ def test_the_command_runs_end_to_end_on_its_own_event_loop() -> None:
         [sys.executable, "-m", "twilio_dg_proxy", "bench", "-n", "2", "-d", "1", "--json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=120 * S,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["held"] and report["complete"] and report["calls_exact"] == 2
+    # The verdict is there, whichever it is: whether 2 calls hold real time depends on what
+    # else the machine is doing, and is the benchmark's figure, not this test's.
+    assert isinstance(report["held"], bool) and report["verdict"]
+    assert report["complete"] and report["calls_exact"] == 2

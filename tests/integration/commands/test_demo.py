@@ -14,6 +14,8 @@ import pytest
 
 from twilio_dg_proxy import audio
 
+from ...timing import S
+
 SCRIPT = (Path(audio.__file__).parent / "data" / "sample_call.txt").read_text().splitlines()
 
 # Words each speaker says in the sample (data/sample_call.txt), which the engine must put on
@@ -36,7 +38,7 @@ def word_errors(reference: list[str], hypothesis: list[str]) -> int:
     return row[-1]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300 * S)
 async def test_the_demo_transcribes_the_sample_call_with_caller_and_callee_labels() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -50,7 +52,7 @@ async def test_the_demo_transcribes_the_sample_call_with_caller_and_callee_label
         stderr=asyncio.subprocess.PIPE,
         env=os.environ,
     )
-    async with asyncio.timeout(240):
+    async with asyncio.timeout(240 * S):
         raw_out, raw_err = await process.communicate()
     out, err = raw_out.decode(), raw_err.decode()
     assert process.returncode == 0, out + err

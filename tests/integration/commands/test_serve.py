@@ -18,6 +18,7 @@ from twilio_dg_proxy.config import settings_table
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ...timing import S
 from ..helpers import ServerProcess
 
 
@@ -31,7 +32,7 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, 
         stderr=asyncio.subprocess.PIPE,
         env=(os.environ | (env or {})),
     )
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(20 * S):
         out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -99,7 +100,11 @@ def _get(url: str) -> tuple[str, str]:
 
 async def test_sigterm_lets_a_call_finish_and_its_watcher_gets_every_result_then_close() -> None:
     async with FakeDeepgram(result_ms=100) as deepgram:
-        async with ServerProcess.started(DEEPGRAM_URL=deepgram.url, DRAIN_TIMEOUT="0.3") as server:
+        # The call never ends on its own: the drain timeout only bounds how long the test waits.
+        drain_timeout = str(0.3 * S)
+        async with ServerProcess.started(
+            DEEPGRAM_URL=deepgram.url, DRAIN_TIMEOUT=drain_timeout
+        ) as server:
             call = SimulatedCall()
             url = f"ws://127.0.0.1:{server.port}"
             async with connect(f"{url}/twilio", proxy=None) as twilio:
@@ -116,9 +121,11 @@ async def test_sigterm_lets_a_call_finish_and_its_watcher_gets_every_result_then
                     }
                     for _, message in call.frames(audio):  # type: ignore[arg-type]
                         await twilio.send(message)
-                    await asyncio.sleep(0.2)  # let some results flow before the signal
+                    # Some results have flowed before the signal: the watcher has one.
+                    async with asyncio.timeout(5 * S):
+                        first = await watcher.recv()
                     server.process.send_signal(signal.SIGTERM)
-                    received = [m async for m in watcher]
+                    received = [first, *[m async for m in watcher]]
                     await twilio.wait_closed()
             log = await server.stderr()
             assert await server.process.wait() == 0
@@ -130,15 +137,22 @@ async def test_sigterm_lets_a_call_finish_and_its_watcher_gets_every_result_then
 
 async def test_a_second_signal_exits_at_once() -> None:
     async with FakeDeepgram(result_ms=100) as deepgram:
-        async with ServerProcess.started(DEEPGRAM_URL=deepgram.url, DRAIN_TIMEOUT="60") as server:
+        async with ServerProcess.started(
+            DEEPGRAM_URL=deepgram.url, DRAIN_TIMEOUT="60", LOG_LEVEL="INFO"
+        ) as server:
             call = SimulatedCall()
             async with connect(f"ws://127.0.0.1:{server.port}/twilio", proxy=None) as twilio:
                 await twilio.send(call.connected())
                 await twilio.send(call.start())
-                await deepgram.next_stream()
+                await deepgram.next_stream(timeout=5 * S)
                 server.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
+                assert server.process.stderr is not None
+                line = ""
+                async with asyncio.timeout(5 * S):
+                    while "draining: 1 call(s)" not in line:  # it has taken the first signal
+                        line = (await server.process.stderr.readline()).decode()
+                        assert line, "the server exited instead of draining"
                 assert server.process.returncode is None  # draining: the call goes on
                 server.process.send_signal(signal.SIGINT)
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(5 * S):
                     assert await server.process.wait() == 130

@@ -43,6 +43,7 @@ from twilio_dg_proxy.twilio_events import (
 )
 from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall
 
+from ...timing import S
 from ..helpers import RunningProxy, TwilioPeer
 
 RATE = 8000
@@ -105,7 +106,7 @@ async def run_simulate(
 async def closed_streams(deepgram: FakeDeepgram, n: int) -> list[SyntheticStream]:
     """The next `n` streams the fake accepted, once each has ended."""
     streams = [await deepgram.next_stream() for _ in range(n)]
-    await asyncio.wait_for(asyncio.gather(*(s.closed.wait() for s in streams)), 10)
+    await asyncio.wait_for(asyncio.gather(*(s.closed.wait() for s in streams)), 10 * S)
     return streams
 
 
@@ -408,7 +409,7 @@ async def run_command(*args: str) -> tuple[int, str, str]:
         stderr=asyncio.subprocess.PIPE,
         env=os.environ,
     )
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(30 * S):
         out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()

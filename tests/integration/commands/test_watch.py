@@ -17,6 +17,7 @@ from twilio_dg_proxy.engine.synthetic import SyntheticStream
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ...timing import S
 from ..helpers import RunningProxy, TwilioPeer, until
 
 SECOND = 8000  # mu-law bytes per second per track
@@ -54,7 +55,7 @@ async def test_without_a_call_sid_it_watches_the_newest_call_and_prints_both_spe
         watching = asyncio.create_task(watch(options(proxy), out, TranscriptRenderer(tty=False)))
         await subscribed(proxy, before)
         await play(twilio)
-        assert await asyncio.wait_for(watching, 10) == newer.call_sid
+        assert await asyncio.wait_for(watching, 10 * S) == newer.call_sid
     caller, callee = printed_lines(out)
     assert caller and all(re.fullmatch(r"Caller: (ch0 w\d+ [0-9a-f]{8} ?)+", x) for x in caller)
     assert callee and all(re.fullmatch(r"Callee: (ch1 w\d+ [0-9a-f]{8} ?)+", x) for x in callee)
@@ -84,7 +85,7 @@ async def test_with_no_call_active_it_waits_for_the_next_one(
     async with TwilioPeer.started(proxy, call) as twilio:
         await subscribed(proxy, 0)
         await play(twilio)
-    assert await asyncio.wait_for(watching, 10) == call.call_sid
+    assert await asyncio.wait_for(watching, 10 * S) == call.call_sid
     assert printed_lines(out)[0]
 
 

@@ -28,6 +28,7 @@ from twilio_dg_proxy.engine import model
 from twilio_dg_proxy.engine.server import OfflineEngine
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
+from ...timing import S
 from ..helpers import ServerProcess, TwilioPeer, Watcher, running_proxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -124,7 +125,7 @@ async def send_audio(ws: ClientConnection, audio: bytes, *, speed: float | None 
             await asyncio.sleep(max(0.0, origin + (n + 1) * 0.1 / speed - loop.time()))
 
 
-async def receive_all(ws: ClientConnection, within: float = 30.0) -> list[dict[str, Any]]:
+async def receive_all(ws: ClientConnection, within: float = 30 * S) -> list[dict[str, Any]]:
     messages = []
     async with asyncio.timeout(within):
         async for message in ws:
@@ -219,7 +220,7 @@ async def test_finalize_flushes_the_utterance_in_progress(
     async with connect(engine.url + STEREO, proxy=None) as ws:
         await send_audio(ws, sample.audio[: 3 * 16000])  # mid-way through the first turn
         await ws.send(json.dumps({"type": "Finalize"}))
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * S):
             while True:
                 message = json.loads(await ws.recv())
                 if message["type"] == "Results" and message["channel_index"][0] == 1:
@@ -236,23 +237,26 @@ async def test_finalize_flushes_the_utterance_in_progress(
 async def test_keepalive_holds_a_stream_and_silence_closes_it_with_net_0001(
     engine: OfflineEngine,
 ) -> None:
-    engine.idle_timeout_s = 0.5
+    # The KeepAlives' interval scales with the idle timeout they must beat, so a busy machine
+    # has more room between two of them.
+    idle = 0.5 * S
+    engine.idle_timeout_s = idle
     try:
         async with connect(engine.url + STEREO, proxy=None) as ws:
             await ws.send(b"\xff" * CHUNK)
-            for _ in range(4):  # 1.2 s, over twice the idle timeout
-                await asyncio.sleep(0.3)
+            for _ in range(4):  # over twice the idle timeout
+                await asyncio.sleep(idle * 0.6)
                 await ws.send(json.dumps({"type": "KeepAlive"}))
             assert ws.close_code is None
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(2 * S):
                 await ws.wait_closed()
         assert ws.close_code == 1011
         assert (ws.close_reason or "").startswith("NET-0001")
         # KeepAlive alone does not hold a stream that never received audio.
         async with connect(engine.url + STEREO, proxy=None) as ws:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(idle * 0.6)
             await ws.send(json.dumps({"type": "KeepAlive"}))  # would hold it, had audio come
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(2 * S):
                 await ws.wait_closed()
         assert ws.close_code == 1011 and (ws.close_reason or "").startswith("NET-0001")
     finally:
@@ -285,7 +289,7 @@ async def test_a_text_message_that_is_not_a_control_closes_with_1008(
     async with connect(engine.url + STEREO, proxy=None) as ws:
         await ws.send("hello")
         with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(2 * S):
                 await ws.recv()
     assert ws.close_code == 1008 and (ws.close_reason or "").startswith("DATA-0000")
 
@@ -300,7 +304,7 @@ async def test_a_call_through_the_proxy_reaches_its_watcher_transcribed(
             watcher = await Watcher.join(proxy, call.call_sid)
             await twilio.send_all(call.frames({"inbound": left, "outbound": right}))
             await twilio.stop()
-            messages = [json.loads(m) for m in await watcher.transcript(within=30)]
+            messages = [json.loads(m) for m in await watcher.transcript(within=30 * S)]
     for channel in (0, 1):  # the caller (inbound) is channel 0
         said = set(normalise(text(finals(messages, channel))))
         assert KEY_WORDS[channel] <= said, (channel, said)
@@ -323,7 +327,7 @@ async def test_the_engine_command_serves_until_sigterm() -> None:
     try:
         assert process.stderr is not None
         line = ""
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(30 * S):
             while "listening on" not in line:
                 line = (await process.stderr.readline()).decode()
                 assert line, "the engine exited before listening"
@@ -332,10 +336,10 @@ async def test_the_engine_command_serves_until_sigterm() -> None:
         async with connect(url + STEREO, proxy=None) as ws:
             await ws.send(b"\xff" * CHUNK)
             await ws.send(json.dumps({"type": "CloseStream"}))
-            messages = await receive_all(ws, within=10)
+            messages = await receive_all(ws, within=10 * S)
         assert messages[-1]["type"] == "Metadata" and ws.close_code == 1000
         process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * S):
             assert await process.wait() == 0
     finally:
         if process.returncode is None:

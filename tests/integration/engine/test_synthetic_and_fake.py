@@ -14,13 +14,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from twilio_dg_proxy.engine.synthetic import SyntheticTranscriber, audio_digest
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram, next_deadline
 
+from ...timing import MS, S
+
 STEREO = "?encoding=mulaw&sample_rate=8000&channels=2&multichannel=true"
 MONO = "?encoding=mulaw&sample_rate=8000&channels=1"
 SILENCE = b"\xff"
 # With the default result_ms=250: 2000 sample frames per window, 4000 bytes of stereo.
 WINDOW_FRAMES = 2000
 # Generous bound on any single wait, so a broken fake fails fast instead of hanging.
-RECV_TIMEOUT_S = 2.0
+RECV_TIMEOUT_S = 2 * S
 
 
 def speech(frames: int, seed: int = 0) -> bytes:
@@ -105,6 +107,8 @@ async def test_each_window_gives_one_final_per_channel_with_channel_index_and_ti
 
 async def test_results_carry_a_monotonic_send_time_for_latency_measurements() -> None:
     async with FakeDeepgram() as fake, connect(fake.url + MONO, proxy=None) as ws:
+        # An order of clock readings (no bound on how long it takes): the stamp is taken on
+        # this machine's monotonic clock, between sending the audio and reading the result.
         before = time.monotonic()
         await send_audio(ws, speech(WINDOW_FRAMES))
         result = await recv_json(ws)
@@ -191,10 +195,16 @@ async def test_a_stream_without_traffic_closes_with_1011_net0001() -> None:
 
 
 async def test_keepalive_is_recorded_and_holds_a_stream_that_received_audio() -> None:
-    async with FakeDeepgram(idle_timeout_s=0.3) as fake, connect(fake.url + MONO, proxy=None) as ws:
+    # A KeepAlive every third of the idle timeout, over twice that timeout: both scale, so a
+    # busy machine has more room between two KeepAlives before the fake's deadline.
+    idle = 0.3 * S
+    async with (
+        FakeDeepgram(idle_timeout_s=idle) as fake,
+        connect(fake.url + MONO, proxy=None) as ws,
+    ):
         await ws.send(speech(160))
-        for _ in range(6):  # 0.6 s, twice the idle timeout
-            await asyncio.sleep(0.1)
+        for _ in range(6):
+            await asyncio.sleep(idle / 3)
             await ws.send(json.dumps({"type": "KeepAlive"}))
         # A Finalize answer proves the fake has read everything sent before it.
         await ws.send(speech(160))
@@ -212,10 +222,10 @@ async def test_keepalive_alone_does_not_hold_a_stream_that_never_received_audio(
     async with FakeDeepgram(idle_timeout_s=0.3) as fake, connect(fake.url + MONO, proxy=None) as ws:
         stream = await fake.next_stream()
         with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(RECV_TIMEOUT_S):
                 while True:
                     await ws.send(json.dumps({"type": "KeepAlive"}))
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(50 * MS)
         await stream.closed.wait()
     assert "KeepAlive" in stream.controls
     assert stream.close_code == 1011 and stream.close_reason.startswith("NET-0001")
@@ -225,10 +235,10 @@ async def test_keepalive_alone_does_not_hold_a_stream_that_never_received_audio(
 async def test_drop_after_s_closes_a_busy_stream_with_1011_net0000() -> None:
     async with FakeDeepgram(drop_after_s=0.2) as fake, connect(fake.url + MONO, proxy=None) as ws:
         with pytest.raises(ConnectionClosed) as caught:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(RECV_TIMEOUT_S):
                 while True:
                     await ws.send(speech(160))
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(20 * MS)
         assert caught.value.rcvd is not None
         assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (1011, "NET-0000 fake drop")
         stream = await fake.next_stream()
