@@ -58,6 +58,7 @@ from ..deepgram_server_protocol import (
 )
 from ..listening import Listening, respond_refused, watch_deadline
 from ..logs import get_logger
+from . import DEFAULT_MAX_STREAMS
 from .audio import Samples, mulaw_to_float, split_channels
 from .model import MODEL_INFO, MODEL_UUID, Word, verify_weights
 from .model import weights_dir as installed_weights_dir
@@ -78,13 +79,6 @@ __all__ = [
 logger = get_logger("engine")
 
 _HANDLER_ERROR_REASON: Final = "NET-0000: offline engine internal error"
-
-
-DEFAULT_MAX_STREAMS: Final = 4
-"""Streams one engine takes at a time unless told otherwise: sized for a 2-core machine with
-the default two workers. Whisper has no streaming mode, so each final and each interim decodes
-the utterance again; beyond a few calls finals queue behind each other and arrive late, and a
-refused stream (429) is retried by the proxy until one ends."""
 
 
 def default_workers() -> int:
