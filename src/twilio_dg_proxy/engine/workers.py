@@ -166,8 +166,9 @@ class WorkerPool:
             async with asyncio.timeout(self.decode_timeout_s):
                 return await reply
         except TimeoutError:
+            # The driver holding it, if any, gives up on its worker at the same bound.
             raise WorkerLost(
-                f"no worker decoded the audio within {self.decode_timeout_s:g} s"
+                f"no words within {self.decode_timeout_s:g} s (a worker hung, or none was free)"
             ) from None
         finally:
             # Tells a driver that has not taken it yet to skip it (a no-op once answered).
