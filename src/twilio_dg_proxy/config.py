@@ -323,6 +323,14 @@ class Settings:
         "largest message accepted on /client (else 1009)",
         parse=number_in(int, 256, 16 << 20),
     )
+    # Its default is engine.DEFAULT_MAX_STREAMS (checked by a test): config may not
+    # import the engine, which needs the offline extra.
+    offline_max_streams: int = setting(
+        "OFFLINE_MAX_STREAMS",
+        4,
+        "concurrent streams of the in-process offline engine; more are refused (429, retried)",
+        parse=number_in(int, 1, 1000),
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

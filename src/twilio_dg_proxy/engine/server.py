@@ -13,6 +13,12 @@ order, in a shared pool of worker processes (decoding holds the GIL: in a thread
 stall the event loop, and with it every call of the proxy sharing this process). So a channel
 never has more than one decode in flight; interims that come due meanwhile are skipped;
 finals are never skipped and are sent in order.
+
+Failures: a worker process that dies or hangs is replaced (`workers.WorkerPool`) and the
+streams go on; the utterance it was decoding is lost: its final is sent with no words (so the
+finals still tile the timeline), counted in `EngineStats.lost_finals` and logged. The engine
+takes at most `max_streams` streams at a time and refuses more with Deepgram's 429, which the
+proxy retries.
 """
 
 from __future__ import annotations
@@ -20,12 +26,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -36,7 +39,7 @@ from typing import Any, Final, Self
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
 from ..deepgram_server_protocol import (
     DATA_REASON,
@@ -53,21 +56,28 @@ from ..deepgram_server_protocol import (
     speech_started_message,
     utterance_end_message,
 )
-from ..listening import Listening, watch_deadline
+from ..listening import Listening, respond_refused, watch_deadline
 from ..logs import get_logger
+from . import DEFAULT_MAX_STREAMS
 from .audio import Samples, mulaw_to_float, split_channels
-from .model import MODEL_INFO, MODEL_UUID, Word, decode, init_worker, verify_weights, warm_up
+from .model import MODEL_INFO, MODEL_UUID, Word, verify_weights
 from .model import weights_dir as installed_weights_dir
 from .options import OptionError, StreamOptions
 from .pacer import InterimPacer
 from .results import engine_results
 from .segmenter import SAMPLE_RATE, Event, Segment, Segmenter, SpeechStarted, UtteranceGap
+from .workers import WorkerLost, WorkerPool, WorkerStartError
 
-__all__ = ["EngineError", "EngineStats", "OfflineEngine", "default_workers"]
+__all__ = [
+    "DEFAULT_MAX_STREAMS",
+    "EngineError",
+    "EngineStats",
+    "OfflineEngine",
+    "default_workers",
+]
 
 logger = get_logger("engine")
 
-_FAILED_REASON: Final = "NET-0000: the offline engine's recogniser failed"
 _HANDLER_ERROR_REASON: Final = "NET-0000: offline engine internal error"
 
 
@@ -86,7 +96,10 @@ class EngineStats:
 
     `audio_s` counts seconds of audio received per channel (a stereo second counts two);
     `final_decode_s` and `interim_decode_s` the wall-clock seconds that decodes took, seen
-    from the event loop (queueing in the pool included).
+    from the event loop (queueing in the pool included). `lost_finals` counts utterances sent
+    with no words because their decode was lost (its worker died or hung, or none was free
+    within the decode timeout); `lost_interims` the interims skipped that way.
+    `refused_streams` counts upgrades refused with 429 at `max_streams`.
     """
 
     streams: int = 0
@@ -95,6 +108,9 @@ class EngineStats:
     final_decode_s: float = 0.0
     interim_decodes: int = 0
     interim_decode_s: float = 0.0
+    lost_finals: int = 0
+    lost_interims: int = 0
+    refused_streams: int = 0
 
 
 class OfflineEngine(Listening):
@@ -109,13 +125,18 @@ class OfflineEngine(Listening):
     control message arrived for that long; KeepAlive alone does not hold a stream that never
     received audio). `interim_interval_s` is the least time between two interim decodes of a
     channel. `final_beam_size` is Whisper's beam for finals (interims are greedy).
+    `max_streams` bounds the streams served at once; more are refused with HTTP 429 and
+    Deepgram's JSON body. `decode_timeout_s` bounds the wait for one decode, queueing
+    included: a worker that takes longer is replaced, and the utterance is lost.
     `weights` overrides the model directory (tests); it is checked against the recorded sums
     all the same.
 
     Raises, on entry: WeightsError (weights missing or altered), EngineError (the workers
     failed to start), OSError (cannot listen).
 
-    The workers are started with multiprocessing's spawn method, which imports the parent's
+    A worker process that dies (or hangs) is replaced while the streams go on (`worker_pids`
+    names the workers, `worker_restarts` counts replacements). The workers are started with
+    multiprocessing's spawn method, which imports the parent's
     main module in each worker: a script that starts an engine needs the usual
     ``if __name__ == "__main__":`` guard (``python -m twilio_dg_proxy`` and pytest have it).
     """
@@ -129,6 +150,8 @@ class OfflineEngine(Listening):
         idle_timeout_s: float = 10.0,
         interim_interval_s: float = 1.0,
         final_beam_size: int = 1,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        decode_timeout_s: float = 30.0,
         weights: Path | None = None,
     ) -> None:
         workers = default_workers() if workers is None else workers
@@ -140,14 +163,48 @@ class OfflineEngine(Listening):
             raise ValueError(f"interim_interval_s must not be negative, got {interim_interval_s}")
         if final_beam_size < 1:
             raise ValueError(f"final_beam_size must be at least 1, got {final_beam_size}")
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1, got {max_streams}")
+        if decode_timeout_s <= 0:
+            raise ValueError(f"decode_timeout_s must be positive, got {decode_timeout_s}")
         super().__init__(host, port)
         self.workers = workers
         self.idle_timeout_s = idle_timeout_s
         self.interim_interval_s = interim_interval_s
         self.final_beam_size = final_beam_size
+        self.max_streams = max_streams
+        self.decode_timeout_s = decode_timeout_s
         self.stats = EngineStats()
         self._weights = weights
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
+        # Connections admitted at the upgrade, from then until their handler ends: counted
+        # before the 101 is sent, so simultaneous upgrades cannot all slip under the bound.
+        self._admitted: set[ServerConnection] = set()
+
+    @property
+    def worker_pids(self) -> frozenset[int]:
+        """The process ids of the recogniser's workers running now (only while started)."""
+        return self._started_pool().pids
+
+    @property
+    def worker_restarts(self) -> int:
+        """Workers started in the place of one that died or hung."""
+        return 0 if self._pool is None else self._pool.restarts
+
+    @property
+    def decodes_in_flight(self) -> int:
+        """Decodes running in a worker or waiting for one."""
+        return 0 if self._pool is None else self._pool.in_flight
+
+    @property
+    def open_streams(self) -> int:
+        """Streams admitted and not yet ended (at most `max_streams`)."""
+        return len(self._admitted)
+
+    def _started_pool(self) -> WorkerPool:
+        if self._pool is None:
+            raise RuntimeError("OfflineEngine is not started")
+        return self._pool
 
     async def __aenter__(self) -> Self:
         """Check the weights, start and warm the workers, then listen; ready when it returns."""
@@ -157,26 +214,18 @@ class OfflineEngine(Listening):
         await asyncio.to_thread(verify_weights, directory)
         # Threads per worker: the cores shared out, so that the workers do not fight.
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            # spawn, not fork: a forked child of a process running an event loop and threads
-            # (the executor's own) inherits their locks in whatever state they were.
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(str(directory), threads),
+        pool = WorkerPool(
+            self.workers, str(directory), threads, decode_timeout_s=self.decode_timeout_s
         )
         try:
-            loop = asyncio.get_running_loop()
-            # One warm-up per worker: submitting them together makes the pool start them all.
-            await asyncio.gather(
-                *(loop.run_in_executor(self._pool, warm_up) for _ in range(self.workers))
-            )
-            await self._start_serving(self._handle)
-        except BrokenProcessPool as exc:
-            await self._stop_pool()
+            await pool.__aenter__()
+        except WorkerStartError as exc:
             raise EngineError(
                 "the recogniser's worker processes failed to start (see the error above)"
             ) from exc
+        self._pool = pool
+        try:
+            await self._start_serving(self._handle)
         except BaseException:
             await self._stop_pool()
             raise
@@ -193,13 +242,14 @@ class OfflineEngine(Listening):
         await self._stop_pool()
 
     async def decode(self, audio: Samples, *, final: bool) -> list[Word]:
-        """Transcribe mono 8 kHz `audio` in a worker process, for a final or an interim."""
-        if self._pool is None:
-            raise RuntimeError("OfflineEngine is not started")
-        loop = asyncio.get_running_loop()
+        """Transcribe mono 8 kHz `audio` in a worker process, for a final or an interim.
+
+        Raises WorkerLost when the decode got no answer within `decode_timeout_s` (its worker
+        died or hung, or none was free)."""
+        pool = self._started_pool()
         beam = self.final_beam_size if final else 1
         started = time.perf_counter()
-        words = await loop.run_in_executor(self._pool, decode, audio, beam)
+        words = await pool.decode(audio, beam)
         elapsed = time.perf_counter() - started
         if final:
             self.stats.final_decodes += 1
@@ -212,8 +262,7 @@ class OfflineEngine(Listening):
     async def _stop_pool(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            # Blocks until the workers exit (a decode in progress finishes first, < 1 s).
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+            await pool.__aexit__(None, None, None)
 
     # Handshake.
 
@@ -227,6 +276,28 @@ class OfflineEngine(Listening):
         if refusal is not None:
             logger.debug("refused %s: %s", request.path, refusal.message)
         return refusal
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = super()._process_request(connection, request)
+        if response is not None:
+            return response
+        if len(self._admitted) >= self.max_streams:
+            self.stats.refused_streams += 1
+            logger.warning(
+                "refused a stream with 429: %d streams open, the most this engine takes",
+                len(self._admitted),
+            )
+            return respond_refused(
+                connection,
+                Refusal(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    "Too Many Requests",
+                    f"Too Many Requests: the offline engine serves at most {self.max_streams} "
+                    "streams at a time",
+                ),
+            )
+        self._admitted.add(connection)
+        return None
 
     # Streams.
 
@@ -244,10 +315,8 @@ class OfflineEngine(Listening):
                 await watch_deadline(receiver, stream.deadline, stream.close_idle)
                 for task in tasks:
                     task.cancel()  # a no-op for those that ended after CloseStream
-        except* BrokenProcessPool:
-            logger.error("stream %s: a recogniser worker process died", stream.request_id)
-            await ws.close(CloseCode.INTERNAL_ERROR, _FAILED_REASON)
         finally:
+            self._admitted.discard(ws)
             # A no-op when already closed; after a bug it tells the client with 1011.
             await ws.close(CloseCode.INTERNAL_ERROR, _HANDLER_ERROR_REASON)
             logger.debug(
@@ -446,9 +515,22 @@ class _Channel:
                 self._last_word_end = None
 
     async def _final(self, segment: Segment) -> None:
-        words = (
-            await self.stream.engine.decode(segment.audio, final=True) if segment.has_speech else []
-        )
+        words: list[Word] = []
+        if segment.has_speech:
+            try:
+                words = await self.stream.engine.decode(segment.audio, final=True)
+            except WorkerLost as exc:
+                # Still sent, with no words: the finals keep tiling the channel's timeline and
+                # a speech_final still ends the utterance for the client.
+                self.stream.engine.stats.lost_finals += 1
+                logger.warning(
+                    "stream %s channel %d: the utterance at %.1f-%.1f s is lost (%s)",
+                    self.stream.request_id,
+                    self.index,
+                    segment.start / SAMPLE_RATE,
+                    segment.end / SAMPLE_RATE,
+                    exc,
+                )
         message = self._results(
             words,
             audio_start=segment.audio_start,
@@ -468,8 +550,15 @@ class _Channel:
         pending = self.segmenter.pending()
         if pending is None:
             return
-        words = await self.stream.engine.decode(pending.audio, final=False)
         loop = asyncio.get_running_loop()
+        try:
+            words = await self.stream.engine.decode(pending.audio, final=False)
+        except WorkerLost:
+            # An interim is only a preview; its final follows. Counted, and paced as if
+            # decoded, so that a failing pool is not asked again at once.
+            self.stream.engine.stats.lost_interims += 1
+            self.pacer.decoded(now=loop.time(), audio_s=len(pending.audio) / SAMPLE_RATE)
+            return
         self.pacer.decoded(now=loop.time(), audio_s=len(pending.audio) / SAMPLE_RATE)
         await self.stream.send(
             self._results(
