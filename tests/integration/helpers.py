@@ -182,6 +182,31 @@ def stuck_client(port: int, path: str) -> socket.socket:
     return stuck
 
 
+async def pausing_client(port: int, path: str) -> ClientConnection:
+    """A websockets client on `path` that reads only when the test reads: its receive window
+    is tiny and websockets buffers one message, so once the test stops reading, the server's
+    sends to it block. When the test reads again, it drains what the server sent, in order,
+    up to the close frame, whose code and reason it then has (`close_code`, `close_reason`)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connecting: the window
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    return await connect(f"ws://127.0.0.1:{port}{path}", sock=sock, proxy=None, max_queue=1)
+
+
+async def drained(ws: ClientConnection, within: float = 10.0) -> list[str | bytes]:
+    """Read `ws` until its closing handshake is over: every message it still had coming."""
+    messages: list[str | bytes] = []
+    async with asyncio.timeout(within):
+        try:
+            async for message in ws:
+                messages.append(message)
+        except ConnectionClosed:
+            pass
+    return messages
+
+
 def send_text(stuck: socket.socket, data: bytes) -> None:
     """Send `data` (under 126 bytes) as one masked text frame (an all-zero mask)."""
     stuck.sendall(bytes([0x81, 0x80 | len(data)]) + b"\x00" * 4 + data)

@@ -100,6 +100,32 @@ async def test_a_signed_stream_and_a_token_holder_get_the_call(
 
 
 @pytest.mark.parametrize(
+    "public_url",
+    [
+        "https://abcd-1234.ngrok-free.app",
+        "https://abcd-1234.ngrok-free.app/",
+        "wss://abcd-1234.ngrok-free.app",
+        "wss://abcd-1234.ngrok-free.app/",
+    ],
+)
+async def test_every_form_of_public_url_accepts_what_twilio_signs(
+    deepgram: FakeDeepgram, public_url: str
+) -> None:
+    # Twilio signs wss://<host>/twilio whichever way PUBLIC_URL was written.
+    async with running_proxy(
+        deepgram.url, TWILIO_AUTH_TOKEN=AUTH_TOKEN, PUBLIC_URL=public_url
+    ) as proxy:
+        call = SimulatedCall()
+        async with connect(proxy.twilio_url, proxy=None, additional_headers=signature()) as twilio:
+            await twilio.send(call.connected())
+            await twilio.send(call.start())
+            await until(lambda: call.call_sid in proxy.server.hub.active_calls())
+            await twilio.send(call.stop())
+        unsigned = signature("wss://abcd-1234.ngrok-free.app//twilio")
+        assert await refused_status(proxy.twilio_url, unsigned) == 403
+
+
+@pytest.mark.parametrize(
     "how", ["none", "wrong bearer", "wrong query", "basic scheme", "token of the wrong length"]
 )
 async def test_client_without_a_valid_token_is_refused_with_401(
@@ -191,7 +217,7 @@ async def test_clients_beyond_the_limits_are_refused(deepgram: FakeDeepgram) -> 
                 await choosing.recv()
                 assert await refused_status(proxy.client_url) == 503
             await twilio.stop()
-            assert await first.transcript() is not None
+            assert await first.transcript() == deepgram.streams[0].sent
 
 
 @pytest.mark.parametrize(

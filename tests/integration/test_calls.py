@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -35,22 +36,34 @@ async def test_two_calls_with_three_clients_each_get_every_transcript_in_order(
     proxy: RunningProxy, deepgram: FakeDeepgram
 ) -> None:
     calls = [SimulatedCall(), SimulatedCall()]
+    # Each call says something else, so the Deepgram stream that heard a call is known by
+    # its audio.
+    n = SECOND
+    audio = [
+        {"inbound": pattern("inbound", n, offset=k), "outbound": pattern("outbound", n, offset=k)}
+        for k in (0, 50)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        # Both calls are live before anyone chooses one.
+        peers = [await stack.enter_async_context(TwilioPeer.started(proxy, c)) for c in calls]
+        watchers = [[await Watcher.join(proxy, c.call_sid) for _ in range(3)] for c in calls]
+        listed = sorted(c.call_sid for c in calls)
+        assert all(sorted(w.listed) == listed for group in watchers for w in group)
 
-    async def run_call(call: SimulatedCall) -> list[list[str]]:
-        async with TwilioPeer.started(proxy, call) as twilio:
-            watchers = [await Watcher.join(proxy, call.call_sid) for _ in range(3)]
-            assert call.call_sid in watchers[0].listed
-            await twilio.send_all(call.frames(both_tracks(1.0)))  # type: ignore[arg-type]
+        async def run_call(twilio: TwilioPeer, tracks: dict[str, bytes]) -> None:
+            await twilio.send_all(twilio.call.frames(tracks))  # type: ignore[arg-type]
             await twilio.stop()
-            return list(await asyncio.gather(*(w.transcript() for w in watchers)))
 
-    seen = await asyncio.gather(*(run_call(call) for call in calls))
-    streams = {tuple(stream.sent) for stream in deepgram.streams}
+        await asyncio.gather(*(run_call(t, a) for t, a in zip(peers, audio, strict=True)))
+        seen = [await asyncio.gather(*(w.transcript() for w in group)) for group in watchers]
     assert len(deepgram.streams) == 2
-    for transcripts in seen:
-        # Each client got exactly what Deepgram sent for its call, in order, verbatim.
-        assert transcripts[0] == transcripts[1] == transcripts[2]
-        assert tuple(transcripts[0]) in streams
+    for tracks, transcripts in zip(audio, seen, strict=True):
+        # The stream that heard this call's audio, and what it sent for it.
+        (stream,) = [s for s in deepgram.streams if bytes(s.audio[0::2]) == tracks["inbound"]]
+        assert bytes(stream.audio[1::2]) == tracks["outbound"]
+        # Each client got exactly what Deepgram sent for its own call, in order, verbatim.
+        for transcript in transcripts:
+            assert transcript == stream.sent
         assert len(results(transcripts[0])) >= 20  # 10 windows x 2 channels
     assert seen[0][0] != seen[1][0]
     assert proxy.server.hub.active_calls() == []

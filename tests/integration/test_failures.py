@@ -18,11 +18,14 @@ from websockets.exceptions import InvalidStatus
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
+from ..timing import S
 from .helpers import (
     RunningProxy,
     TwilioPeer,
     Watcher,
     both_receive_modes,
+    drained,
+    pausing_client,
     results,
     running_proxy,
     send_text,
@@ -150,6 +153,30 @@ async def test_a_client_that_never_reads_is_cut_off_and_others_get_everything() 
                 stuck.close()
             assert transcript == deepgram.streams[0].sent
             assert len(transcript) > 12000
+
+
+async def test_a_client_that_stops_reading_receives_1013_when_it_reads_again() -> None:
+    async with FakeDeepgram(result_ms=20) as deepgram:
+        async with running_proxy(deepgram.url, CLIENT_QUEUE_SIZE="200") as proxy:
+            call = SimulatedCall()
+            async with TwilioPeer.started(proxy, call) as twilio:
+                slow = await pausing_client(proxy.port, "/client")
+                assert call.call_sid in json.loads(await slow.recv())
+                await slow.send(call.call_sid)
+                await until(lambda: proxy.server.hub.subscriber_count() == 1)
+                # It reads nothing more while a minute of audio goes by at 20x real time.
+                sending = asyncio.create_task(
+                    twilio.send_all(call.frames(audio(60)), speed=20)  # type: ignore[arg-type]
+                )
+                await until(lambda: proxy.server.hub.counters.evicted == 1, within=20 * S)
+                # Now it reads: what was on its way, then the close frame the proxy sent.
+                received = await drained(slow)
+                await sending
+                await twilio.stop()
+            assert slow.close_code == 1013, (slow.close_code, slow.close_reason)
+            assert "too slow" in (slow.close_reason or "")
+            assert "close" not in received  # not the end of the call
+            assert received == deepgram.streams[0].sent[: len(received)]
 
 
 async def test_deepgram_refusing_the_key_closes_subscribers_with_its_reason(

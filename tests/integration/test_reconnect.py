@@ -110,6 +110,35 @@ async def test_a_failed_stream_is_reopened_and_no_audio_or_time_is_lost(fault: s
     assert json.loads(transcript[-1])["type"] == "Metadata"
 
 
+async def test_a_chunk_whose_send_fails_is_sent_first_on_the_next_stream() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            call = SimulatedCall()
+            audio = both_tracks(1.0)
+            frames = call.frames(audio)  # type: ignore[arg-type]
+            produced = interleaved(audio)
+            half = len(produced) // 2  # 0.5 s: five whole chunks
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                first = await deepgram.next_stream()
+                await twilio.send_all(frames[: len(frames) // 2])
+                await until(lambda: first.audio_bytes == half)
+                # Deepgram closes the stream; the proxy answers, but its connection stays
+                # open, so the next chunk's send fails when it closes (the proxy's close
+                # timeout): the chunk was taken and not sent.
+                await deepgram.drop_and_hold(first)
+                await twilio.send_all(frames[len(frames) // 2 :])
+                second = await deepgram.next_stream(timeout=15 * S)
+                await deepgram.release(first)
+                await twilio.stop()
+                transcript = await watcher.transcript(within=20 * S)
+            assert proxy.server.hub.counters.deepgram_reconnects == 1
+    assert deepgram.streams == [first, second]
+    assert bytes(first.audio) == produced[:half]
+    assert bytes(second.audio) == produced[half:]  # the failed chunk first, then the rest
+    assert_one_timeline(transcript, deepgram.streams, len(produced))
+
+
 async def test_retryable_refusals_are_retried_with_backoff() -> None:
     async with FakeDeepgram(result_ms=100) as deepgram:
         async with running_proxy(deepgram.url) as proxy:

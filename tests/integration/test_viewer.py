@@ -18,10 +18,13 @@ from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from twilio_dg_proxy.viewer import load_assets
 
+from ..timing import S
 from .helpers import (
     RunningProxy,
     TwilioPeer,
     Watcher,
+    drained,
+    pausing_client,
     running_proxy,
     send_text,
     stuck_client,
@@ -351,7 +354,7 @@ async def test_viewers_count_towards_the_client_limits(deepgram: FakeDeepgram) -
                 await Viewer.connect(proxy)
             assert refused.value.response.status_code == 503
             await twilio.stop()
-            assert await watcher.transcript() is not None
+            assert await watcher.transcript() == deepgram.streams[0].sent
         health = proxy.server.health()
         assert (health["viewers"], health["subscribers"]) == (1, 0)
         await viewer.ws.close()
@@ -376,3 +379,28 @@ async def test_a_viewer_that_never_reads_is_cut_off_with_1013() -> None:
                 transcript = await steady_reads
                 stuck.close()
             assert transcript == deepgram.streams[0].sent
+
+
+async def test_a_viewer_that_stops_reading_receives_1013_when_it_reads_again() -> None:
+    async with FakeDeepgram(result_ms=20) as deepgram:
+        async with running_proxy(deepgram.url, CLIENT_QUEUE_SIZE="200") as proxy:
+            call = SimulatedCall()
+            async with TwilioPeer.started(proxy, call) as twilio:
+                slow = await pausing_client(proxy.port, "/viewer/ws")
+                assert json.loads(await slow.recv())["type"] == "calls"
+                await slow.send(json.dumps({"type": "subscribe", "callSid": call.call_sid}))
+                await until(lambda: proxy.server.hub.subscriber_count() == 1)
+                # It reads nothing more while a minute of audio goes by at 20x real time.
+                sending = asyncio.create_task(twilio.send_all(call.frames(audio(60)), speed=20))
+                await until(lambda: proxy.server.hub.counters.evicted == 1, within=20 * S)
+                # Now it reads: what was on its way, then the close frame the proxy sent.
+                received = [json.loads(m) for m in await drained(slow)]
+                await sending
+                await twilio.stop()
+            assert slow.close_code == 1013, (slow.close_code, slow.close_reason)
+            assert "too slow" in (slow.close_reason or "")
+            assert received[0]["type"] == "subscribed"
+            assert {m["type"] for m in received[1:]} <= {"deepgram"}
+            forwarded = [m["message"] for m in received[1:]]
+            sent = [json.loads(text) for text in deepgram.streams[0].sent]
+            assert forwarded == sent[: len(forwarded)]

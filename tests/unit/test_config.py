@@ -35,6 +35,23 @@ def test_values_are_parsed_from_text() -> None:
 
 
 @pytest.mark.parametrize(
+    ("public_url", "stream_url"),
+    [
+        ("https://abcd.ngrok-free.app", "wss://abcd.ngrok-free.app/twilio"),
+        ("https://abcd.ngrok-free.app/", "wss://abcd.ngrok-free.app/twilio"),
+        ("wss://abcd.ngrok-free.app", "wss://abcd.ngrok-free.app/twilio"),
+        ("wss://abcd.ngrok-free.app/", "wss://abcd.ngrok-free.app/twilio"),
+        ("https://example.com:8443/proxy/", "wss://example.com:8443/proxy/twilio"),
+        ("wss://example.com/proxy", "wss://example.com/proxy/twilio"),
+    ],
+)
+def test_every_form_of_public_url_gives_the_url_twilio_signs(
+    public_url: str, stream_url: str
+) -> None:
+    assert Settings.from_env({"PUBLIC_URL": public_url}).twilio_stream_url == stream_url
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
         ("PORT", "http", "expected an integer"),

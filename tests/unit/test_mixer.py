@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from random import Random
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -308,26 +306,35 @@ def test_parser_and_mixer_together_raise_only_protocol_errors_and_stay_bounded(
         assert mixer.pending_samples() < (300 + 100) * 8
 
 
-@given(call_audio(), st.integers(20, 400), st.sampled_from([20, 100]), st.randoms())
+@given(call_audio(), st.integers(20, 400), st.sampled_from([20, 100]), st.data())
 @settings(max_examples=300, deadline=None)
 def test_pop_chunks_hands_out_every_ready_chunk_however_rarely_it_is_called(
     case: tuple[list[tuple[Track, int, bytes]], dict[Track, bytes]],
     max_lag_ms: int,
     chunk_ms: int,
-    random: Random,
+    data: st.DataObject,
 ) -> None:
     """Whatever pushes came since the last call, `pop_chunks` leaves less than a chunk ready:
     audio is ready up to the slowest track's end, or the fastest's end less the lag bound."""
     arrivals, _ = case
+    # After which arrivals it is called (hypothesis draws it, from never to always), and
+    # once more after the last: every example checks at least once.
+    calls = data.draw(st.lists(st.booleans(), min_size=len(arrivals), max_size=len(arrivals)))
     mixer = StereoMixer(TRACKS, chunk_ms=chunk_ms, max_lag_ms=max_lag_ms)
     chunk, lag = chunk_ms * 8, max_lag_ms * 8
     ends = dict.fromkeys(TRACKS, 0)  # where each track's audio received so far ends
     handed_out = 0
-    for track, timestamp, payload in arrivals:
+
+    def pop_and_check() -> None:
+        nonlocal handed_out
+        handed_out += sum(len(c) for c in mixer.pop_chunks()) // 2
+        held = [max(end - handed_out, 0) for end in ends.values()]
+        assert handed_out % chunk == 0
+        assert max(min(held), max(held) - lag) < chunk
+
+    for (track, timestamp, payload), call_now in zip(arrivals, calls, strict=True):
         mixer.push(track, timestamp, payload)
         ends[track] = max(ends[track], timestamp * 8 + len(payload))
-        if random.random() < 0.3:
-            handed_out += sum(len(c) for c in mixer.pop_chunks()) // 2
-            held = [max(end - handed_out, 0) for end in ends.values()]
-            assert handed_out % chunk == 0
-            assert max(min(held), max(held) - lag) < chunk
+        if call_now:
+            pop_and_check()
+    pop_and_check()

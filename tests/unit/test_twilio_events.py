@@ -737,14 +737,25 @@ def test_any_mutated_valid_message_gives_an_event_or_a_protocol_error(raw: str) 
     assert_contract(raw)
 
 
+@settings(deadline=None)  # a list of messages, each parsed twice: slow on a busy machine
 @given(st.lists(mutated_messages() | st.sampled_from(VALID_MESSAGES).map(json.dumps)))
 def test_a_stream_of_any_messages_gives_events_or_protocol_errors(messages: list[str]) -> None:
     stream = TwilioStream()
     for raw in messages:
+        before = (stream.start, stream.stopped)
         try:
-            stream.receive(raw)
+            event = stream.receive(raw)
         except TwilioProtocolError:
-            pass
+            # Refused: the stream is as it was (a later `start` or `stop` still counts).
+            assert (stream.start, stream.stopped) == before
+            continue
+        # What it yields is the message's own event, and the order rules record it.
+        assert event == parse_event(raw)
+        if isinstance(event, Start):
+            assert before[0] is None and stream.start == event
+        else:
+            assert stream.start == before[0]
+        assert stream.stopped == isinstance(event, Stop)
 
 
 counters = st.integers(min_value=0, max_value=10**15 - 1)

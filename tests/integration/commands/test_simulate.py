@@ -453,8 +453,12 @@ async def test_without_a_file_the_command_streams_the_bundled_sample(
     ],
 )
 async def test_bad_input_is_one_clear_line_and_status_2(
-    tmp_path: Path, args: list[str], message: str
+    tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # These are the messages without ffmpeg: with it, a WAV that pydub cannot parse goes
+    # to ffmpeg, whose failure is reported instead (tests/unit/commands/test_simulate.py).
+    (tmp_path / "no-ffmpeg").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ffmpeg"))
     mono = write_wav(tmp_path / "mono.wav", [0] * 160)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVE" + b"\x00" * 40)
