@@ -90,6 +90,9 @@ def load_audio(path: Path) -> AudioSegment:
         raise AudioFileError(f"{path}: cannot read: {exc.strerror}") from None
     problem = "not a WAV file"
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        g711 = g711_wav(data)
+        if g711 is not None:
+            return g711
         try:
             # From bytes, not from the path: pydub would leave a file it opened unclosed.
             return AudioSegment(data=data)
@@ -107,6 +110,39 @@ def load_audio(path: Path) -> AudioSegment:
             return AudioSegment.from_file(path)
     except Exception as exc:  # pydub raises CouldntDecodeError, IndexError, OSError, ...
         raise AudioFileError(f"{path}: cannot decode audio: {_reason(exc)}") from None
+
+
+# WAVE format tags of G.711, the telephone codecs (Twilio's audio is mu-law).
+_G711_DECODERS: Final = {6: audioop.alaw2lin, 7: audioop.ulaw2lin}
+
+
+def g711_wav(data: bytes) -> AudioSegment | None:
+    """A mu-law or A-law WAV file's audio as 16-bit PCM; None for any other file.
+
+    pydub cannot read these, and through ffmpeg it asks for 8-bit linear PCM (its choice for
+    every 8-bit codec), which throws away most of a quiet voice's resolution; decoding
+    G.711 here keeps every sample as the phone network carried it.
+    """
+    chunks: dict[bytes, bytes] = {}
+    offset = 12
+    while offset + 8 <= len(data):
+        name, size = (
+            data[offset : offset + 4],
+            int.from_bytes(data[offset + 4 : offset + 8], "little"),
+        )
+        chunks.setdefault(name, data[offset + 8 : offset + 8 + size])
+        offset += 8 + size + (size & 1)  # chunks are padded to an even length
+    fmt = chunks.get(b"fmt ", b"")
+    if len(fmt) < 16 or b"data" not in chunks:
+        return None
+    decode = _G711_DECODERS.get(int.from_bytes(fmt[0:2], "little"))
+    channels = int.from_bytes(fmt[2:4], "little")
+    rate = int.from_bytes(fmt[4:8], "little")
+    if decode is None or fmt[14:16] != b"\x08\x00" or channels < 1 or rate < 1:
+        return None
+    samples = chunks[b"data"][: len(chunks[b"data"]) // channels * channels]
+    pcm = decode(samples, _PCM_WIDTH)
+    return AudioSegment(data=pcm, sample_width=_PCM_WIDTH, frame_rate=rate, channels=channels)
 
 
 def _reason(exc: Exception) -> str:

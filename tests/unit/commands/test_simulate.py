@@ -216,11 +216,6 @@ def test_a_flac_file_made_by_ffmpeg_is_decoded_sample_for_sample(tmp_path: Path)
 
 
 @needs_ffmpeg
-@pytest.mark.xfail(
-    strict=True,
-    reason="pydub has ffmpeg convert 8-bit codecs (mu-law, A-law) to 8-bit linear PCM "
-    "(pcm_u8), so a mu-law WAV loses most of its resolution before it is re-encoded",
-)
 def test_a_mulaw_wav_made_by_ffmpeg_keeps_its_samples(tmp_path: Path) -> None:
     source = write_wav(tmp_path / "source.wav", [sine(300, 8000, 1600)], 8000)
     ffmpeg("-i", str(source), "-c:a", "pcm_mulaw", str(tmp_path / "ulaw.wav"))
@@ -232,6 +227,35 @@ def test_a_mulaw_wav_made_by_ffmpeg_keeps_its_samples(tmp_path: Path) -> None:
     # Twilio's audio is this mu-law: it reaches the tracks as it is (0x7F and 0xFF are
     # both zero, hence the comparison of the decoded samples).
     assert mulaw_decode(tracks["inbound"]) == mulaw_decode(mulaw)
+
+
+def g711_wav(path: Path, fmt: int, frames: bytes, channels: int, rate: int = 8000) -> Path:
+    """A WAV file of G.711 samples (format 6: A-law, 7: mu-law), as telephone tools write."""
+    header = fmt.to_bytes(2, "little") + channels.to_bytes(2, "little")
+    header += rate.to_bytes(4, "little") + (rate * channels).to_bytes(4, "little")
+    header += channels.to_bytes(2, "little") + (8).to_bytes(2, "little") + b"\x00\x00"
+    fact = b"fact" + (4).to_bytes(4, "little") + (len(frames) // channels).to_bytes(4, "little")
+    body = b"fmt " + len(header).to_bytes(4, "little") + header + fact
+    body += b"data" + len(frames).to_bytes(4, "little") + frames + b"\x00" * (len(frames) & 1)
+    path.write_bytes(b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WAVE" + body)
+    return path
+
+
+@pytest.mark.usefixtures("no_ffmpeg")
+@pytest.mark.parametrize(("fmt", "encode"), [(7, audioop.lin2ulaw), (6, audioop.lin2alaw)])
+def test_a_g711_wav_is_read_sample_for_sample_without_ffmpeg(
+    tmp_path: Path, fmt: int, encode: object
+) -> None:
+    left, right = pcm16(sine(300, 8000, 801)), pcm16(sine(700, 8000, 801, 3_000))
+    g711 = [encode(x, 2) for x in (left, right)]  # type: ignore[operator]
+    frames = bytes(b for pair in zip(g711[0], g711[1], strict=True) for b in pair)
+    tracks = read_tracks(g711_wav(tmp_path / "call.wav", fmt, frames, channels=2))
+    decode = audioop.ulaw2lin if fmt == 7 else audioop.alaw2lin
+    # What the file holds, each channel on its track, as 16-bit PCM re-encoded as mu-law.
+    assert tracks == {
+        "inbound": mulaw_encode(decode(g711[0], 2)),
+        "outbound": mulaw_encode(decode(g711[1], 2)),
+    }
 
 
 @needs_ffmpeg
