@@ -12,6 +12,7 @@ import pytest
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import FRAME_BYTES, SILENCE, SimulatedCall, pattern
 
+from ..timing import S
 from .helpers import (
     RunningProxy,
     TwilioPeer,
@@ -79,7 +80,7 @@ async def test_deepgram_hears_both_tracks_interleaved_with_silence_for_lost_pack
         await twilio.send_all(call.frames(audio, drop=lost))  # type: ignore[arg-type]
         await twilio.stop()
     stream = deepgram.streams[0]
-    await asyncio.wait_for(stream.closed.wait(), 5)
+    await asyncio.wait_for(stream.closed.wait(), 5 * S)
     expected = {}
     for track, data in audio.items():
         frames = bytearray(data)
@@ -130,16 +131,16 @@ async def test_callee_answering_after_deepgrams_idle_timeout_keeps_the_stream() 
 
 
 async def test_keepalive_flows_while_twilio_sends_nothing() -> None:
-    async with FakeDeepgram(result_ms=100, idle_timeout_s=0.6) as deepgram:
+    async with FakeDeepgram(result_ms=100, idle_timeout_s=0.6 * S) as deepgram:
         async with running_proxy(deepgram.url, KEEPALIVE_INTERVAL="0.2") as proxy:
             call = SimulatedCall()
             async with TwilioPeer.started(proxy, call) as twilio:
                 await twilio.send_all(call.frames(both_tracks(0.2)))  # type: ignore[arg-type]
-                await asyncio.sleep(1.0)  # a stalled Twilio: longer than the idle timeout
+                await asyncio.sleep(1.0 * S)  # a stalled Twilio: longer than the idle timeout
                 await twilio.send_all(call.frames(both_tracks(0.2)))  # type: ignore[arg-type]
                 await twilio.stop()
         stream = deepgram.streams[0]
-        await asyncio.wait_for(stream.closed.wait(), 5)
+        await asyncio.wait_for(stream.closed.wait(), 5 * S)
         assert stream.controls.count("KeepAlive") >= 3
         assert stream.close_code == 1000
 

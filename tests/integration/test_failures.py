@@ -140,14 +140,14 @@ async def test_a_client_that_never_reads_is_cut_off_and_others_get_everything() 
             async with TwilioPeer.started(proxy, call) as twilio:
                 steady = await Watcher.join(proxy, call.call_sid)
                 stuck = stuck_client(proxy.port, "/client")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1 * S)  # its upgrade first (a raw socket has no handshake)
                 # The callSid; then this client never reads again.
                 send_text(stuck, call.call_sid.encode())
                 await until(lambda: proxy.server.hub.subscriber_count() == 2)
-                steady_reads = asyncio.create_task(steady.transcript(within=30))
+                steady_reads = asyncio.create_task(steady.transcript(within=30 * S))
                 # A minute of audio at 20x real time: 12,000 results of ~600 bytes.
                 await twilio.send_all(call.frames(audio(60)), speed=20)  # type: ignore[arg-type]
-                await until(lambda: proxy.server.hub.counters.evicted == 1, within=20)
+                await until(lambda: proxy.server.hub.counters.evicted == 1, within=20 * S)
                 await twilio.stop()
                 transcript = await steady_reads
                 stuck.close()

@@ -44,7 +44,7 @@ def get(
     port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
 ) -> http.client.HTTPResponse:
     """A plain HTTP request (the body is read and kept as `.data`)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5 * S)
     connection.request(method, path, headers=headers or {})
     response = connection.getresponse()
     response.data = response.read()  # type: ignore[attr-defined]
@@ -371,9 +371,9 @@ async def test_a_viewer_that_never_reads_is_cut_off_with_1013() -> None:
                 command = json.dumps({"type": "subscribe", "callSid": call.call_sid}).encode()
                 send_text(stuck, command)
                 await until(lambda: proxy.server.hub.subscriber_count() == 2)
-                steady_reads = asyncio.create_task(steady.transcript(within=30))
+                steady_reads = asyncio.create_task(steady.transcript(within=30 * S))
                 await twilio.send_all(call.frames(audio(60)), speed=20)
-                await until(lambda: proxy.server.hub.counters.evicted == 1, within=20)
+                await until(lambda: proxy.server.hub.counters.evicted == 1, within=20 * S)
                 await until(lambda: proxy.server.hub.viewer_count() == 0)
                 await twilio.stop()
                 transcript = await steady_reads
