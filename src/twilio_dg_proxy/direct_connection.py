@@ -11,7 +11,9 @@ closing handshake stay as they are. `DirectConnection` serves /twilio this way (
 paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 `receiving` gives a sink its messages either way: directly, or through websockets' public
 `recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
-internals this module leans on.
+internals this module leans on. Either way a server connection parses no frame before its
+handshake response is sent (`HandshakeFirstConnection`), so each path's limits apply from
+the first byte.
 
 This module subclasses websockets' connection classes and relies on their internals:
 tests/unit/test_websockets_contract.py names each one and fails, saying which and how, when
@@ -56,7 +58,83 @@ class MessageSink(Protocol):
         """The connection is closed: no message will follow."""
 
 
-class _Direct(Connection):
+class _HeadFirst(Connection):
+    """Hands websockets the handshake's HTTP head on its own, and what follows it to
+    `_frames_received`: on a client at once, on a server only once its response is sent.
+
+    A server learns the path, and so its limits, from the request, and process_request sets
+    them; frames that came with the request (or after it, before the response) would else be
+    parsed before that, against the server-wide limit, and in the CONNECTING state, where
+    websockets cannot answer them with a close frame. Held until the response instead (with
+    reading paused, so at most one read is held), they are parsed as any later frame."""
+
+    holds_early_frames: ClassVar[bool] = False  # a server's, until its response is sent
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Until the end of the HTTP head ("\r\n\r\n") is found: the last bytes of the reads
+        # so far, to find it even across reads.
+        self._head_tail: bytes | None = b""
+        self._early: bytearray | None = None  # a server's bytes after the head, until the 101
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_tail is None:
+            if self._early is not None:  # a TLS transport may hand over what it had decrypted
+                self._early += data
+            else:
+                self._frames_received(data)
+            return
+        joined = self._head_tail + data
+        end = joined.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = joined[-3:]
+            super().data_received(data)
+            return
+        cut = end + 4 - len(self._head_tail)  # where the head ends in `data`
+        self._head_tail = None
+        super().data_received(data[:cut])  # the request or response (and its events)
+        rest = data[cut:]
+        if self.protocol.handshake_exc is not None:  # refused: websockets discards the rest
+            if rest:
+                super().data_received(rest)
+            return
+        self._head_read()
+        if self.holds_early_frames and self.protocol.state is State.CONNECTING:
+            self._early = bytearray(rest)
+            self.transport.pause_reading()
+        elif rest:
+            self._frames_received(rest)
+
+    def _head_read(self) -> None:
+        """The handshake's head has been read (and accepted, on a client)."""
+
+    def _frames_received(self, data: bytes) -> None:
+        """Bytes of the WebSocket stream, in order, from the first after the head."""
+        super().data_received(data)
+
+    def _release_early(self) -> None:
+        """The server's response is sent: parse the frames held since the request, and read
+        on (unless refused: websockets then closes the connection)."""
+        early, self._early = self._early, None
+        if early is None or self.protocol.state is not State.OPEN:
+            return
+        self.transport.resume_reading()
+        if early:
+            self._frames_received(bytes(early))
+
+
+class HandshakeFirstConnection(_HeadFirst, ServerConnection):
+    """A `ServerConnection` that parses no frame before its handshake response is sent, so
+    that the limits process_request sets for the path apply from the first byte."""
+
+    holds_early_frames = True
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        await super().handshake(*args, **kwargs)
+        self._release_early()
+
+
+class _Direct(_HeadFirst):
     """What both sides share: the messages of a direct connection go to the sink given to
     `attach`, held until then. Subclasses set `direct` at the handshake and route data
     frames that websockets parsed to `_take`."""
@@ -72,9 +150,6 @@ class _Direct(Connection):
         self._text = False  # the message being received is text
         self._lost = False
         self._failed = False  # failed the connection itself: take nothing more
-        # Until the handshake has been read: the last bytes of the reads so far, to find the
-        # end of its HTTP head ("\r\n\r\n") even across reads.
-        self._head_tail: bytes | None = b""
         self._splitter: FrameSplitter | None = None  # set for direct connections
 
     def attach(self, sink: MessageSink) -> None:
@@ -96,21 +171,23 @@ class _Direct(Connection):
             return True
         return False
 
-    def data_received(self, data: bytes) -> None:
+    def _head_read(self) -> None:
+        if self.direct:  # from the first frame on, the splitter reads them
+            limit = self.protocol.max_message_size or _NO_LIMIT
+            self._splitter = FrameSplitter(limit, masked=self.masked)
+
+    def _frames_received(self, data: bytes) -> None:
         splitter = self._splitter
         if splitter is None:
-            if self._head_tail is None:
-                super().data_received(data)
-            else:
-                self._handshake_received(data)
+            super()._frames_received(data)
             return
         protocol = self.protocol
-        taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
+        taking = protocol.state is State.OPEN
         if not taking:
             # Closing: websockets parses the rest (it still reads frames until the peer's
             # close), starting with what the splitter held back of a frame.
             self._splitter = None
-            super().data_received(splitter.release() + data)
+            super()._frames_received(splitter.release() + data)
             return
         splitter.max_size = protocol.max_message_size or _NO_LIMIT  # set at the upgrade
         for piece in splitter.feed(data):
@@ -118,28 +195,8 @@ class _Direct(Connection):
                 if taking:  # else dropped, as websockets drops what follows a close
                     self._deliver(piece.data, piece.text)
             else:
-                super().data_received(piece.data)  # a control frame may start the closing
-                taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
-
-    def _handshake_received(self, data: bytes) -> None:
-        """Pass the handshake to websockets; from the end of its HTTP head on, a direct
-        connection splits the frames itself."""
-        assert self._head_tail is not None
-        super().data_received(data)  # parses the request or response (and decides `direct`)
-        if self.protocol.handshake_exc is not None:  # refused: no frames will follow
-            self._head_tail = None
-            return
-        joined = self._head_tail + data
-        end = joined.find(b"\r\n\r\n")
-        if end < 0:
-            self._head_tail = joined[-3:]
-            return
-        self._head_tail = None
-        # Frames that came in the same read as the handshake (a Twilio stream waits for the
-        # response) were parsed by websockets already: it keeps parsing them all then.
-        if self.direct and end + 4 == len(joined):
-            limit = self.protocol.max_message_size or _NO_LIMIT
-            self._splitter = FrameSplitter(limit, masked=self.masked)
+                super()._frames_received(piece.data)  # a control frame may start the closing
+                taking = protocol.state is State.OPEN
 
     def _take(self, frame: Frame) -> None:
         """Assemble a message from frames websockets parsed (it has checked their order and
@@ -187,7 +244,7 @@ class _Direct(Connection):
             self._sink.closed()
 
 
-class DirectConnection(_Direct, ServerConnection):
+class DirectConnection(_Direct, HandshakeFirstConnection):
     """A `ServerConnection` that is direct for requests to one of `direct_paths`."""
 
     direct_paths: ClassVar[frozenset[str]] = frozenset()

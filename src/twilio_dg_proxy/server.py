@@ -29,7 +29,7 @@ from .call import START_TIMEOUT_S, handle_twilio
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
-from .direct_connection import DirectConnection
+from .direct_connection import DirectConnection, HandshakeFirstConnection
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
@@ -57,7 +57,8 @@ _PAGE_POLICY = (
 IDLE_COLLECT_S = 1.0
 
 # Per path limits (TWILIO_MAX_MESSAGE_BYTES, CLIENT_MAX_MESSAGE_BYTES) are set on each
-# connection at the upgrade; this is the ceiling for the handshake itself.
+# connection at the upgrade, before any frame is parsed (`HandshakeFirstConnection`); this
+# is the ceiling for paths that set none.
 MAX_MESSAGE_BYTES = 16 << 20
 
 
@@ -252,8 +253,11 @@ class ProxyServer:
             self.settings.host,
             self.settings.port,
             process_request=self.process_request,
-            # DIRECT_RECEIVE off: websockets' own connections, recv() on every path.
-            create_connection=_Connection if self.settings.direct_receive else ServerConnection,
+            # DIRECT_RECEIVE off: recv() on every path (frames still wait for the 101, so
+            # that each path's limit applies to them).
+            create_connection=(
+                _Connection if self.settings.direct_receive else HandshakeFirstConnection
+            ),
             max_size=MAX_MESSAGE_BYTES,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
             server_header=None,

@@ -121,6 +121,13 @@ METHODS: list[tuple[type[Any], str, list[str], str]] = [
         ["self", "event"],
         "its first event is the handshake Response (DirectClientConnection likewise)",
     ),
+    (
+        ServerConnection,
+        "handshake",
+        ["self", "process_request", "process_response", "server_header"],
+        "returns once the response is sent: HandshakeFirstConnection then parses the frames "
+        "held since the request",
+    ),
     (Connection, "connection_lost", ["self", "exc"], "the end of the connection (sink.closed)"),
     (Connection, "send_data", ["self"], "writing what the protocol has to send, after fail()"),
     (Protocol, "fail", ["self", "code", "reason"], "failing the connection with a close frame"),
