@@ -24,8 +24,14 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from .auth import SECRET_PARAMETER, redacted, secret_matches
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, DeepgramSession, Pings
-from .direct_connection import receiving
-from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
+from .direct_connection import fail_connection, receiving
+from .exceptions import (
+    ProxyError,
+    TwilioProtocolError,
+    Unauthorized,
+    close_frame_for,
+    fails_connection,
+)
 from .hub import CALL_ENDED, Ending, Hub
 from .intake import Log, StreamIntake
 from .logs import CallLog, get_logger
@@ -111,13 +117,17 @@ def call_info(start: Start) -> CallInfo:
 
 
 async def _refuse(ws: ServerConnection, exc: Exception, log: Log) -> None:
-    """Close Twilio's connection with the code and reason that `exc` calls for."""
+    """Close Twilio's connection with the code and reason that `exc` calls for, or fail it
+    for the errors that fail a connection (`exceptions.fails_connection`)."""
     code, reason = close_frame_for(exc)
     if isinstance(exc, ProxyError):
         log.warning("closing Twilio stream (%d): %s", code, exc)
     else:
         log.error("closing Twilio stream (%d) on a bug", code, exc_info=exc)
-    await ws.close(code, reason)
+    if fails_connection(exc):
+        fail_connection(ws, code, reason)
+    else:
+        await ws.close(code, reason)
 
 
 class CallSession:

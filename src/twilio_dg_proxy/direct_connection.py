@@ -225,12 +225,11 @@ class _Direct(_HeadFirst):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
 
     def _fail(self, code: CloseCode, reason: str) -> None:
-        """Fail the connection as websockets' recv() would: close frame, end of stream, and
-        an abort if the peer has not closed within close_timeout."""
+        """Fail the connection as websockets' recv() would (`fail_connection`), and abort it
+        if the peer has not closed within close_timeout."""
         self._failed = True
         self._parts.clear()
-        self.protocol.fail(code, reason)
-        self.send_data()
+        fail_connection(self, code, reason)
         self.loop.call_later(self.close_timeout or 0.0, self._abort)
 
     def _abort(self) -> None:
@@ -270,6 +269,15 @@ class DirectClientConnection(_Direct, ClientConnection):
         elif self._takes(event):
             return
         super().process_event(event)
+
+
+def fail_connection(ws: Connection, code: CloseCode, reason: str) -> None:
+    """Fail `ws` (RFC 6455 7.1.7) as websockets' recv() does on invalid UTF-8: send the close
+    frame and end our side of TCP at once, without waiting for the peer's close (the
+    handler's end aborts the connection if the peer has not closed within close_timeout)."""
+    if ws.protocol.state is State.OPEN:
+        ws.protocol.fail(code, reason)
+        ws.send_data()
 
 
 @asynccontextmanager

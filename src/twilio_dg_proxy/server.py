@@ -52,6 +52,10 @@ _PAGE_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
+# How long a closing handshake may take before the connection is dropped (websockets'
+# default): what a peer that never answers our close frame can hold a connection for.
+CLOSE_TIMEOUT_S = 10.0
+
 # Once no call is left, how long to wait (for their watchers and Deepgram streams to close)
 # before collecting garbage.
 IDLE_COLLECT_S = 1.0
@@ -72,12 +76,15 @@ class ProxyServer:
         start_timeout_s: float = START_TIMEOUT_S,
         choice_timeout_s: float = CHOICE_TIMEOUT_S,
         deepgram_pings: Pings = DEFAULT_PINGS,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         """Raises ConfigError if a setting cannot be used (e.g. no twilio package). The
-        keyword arguments shorten waits for tests: `start_timeout_s` and `deepgram_pings` go
+        keyword arguments change waits for tests: `start_timeout_s` and `deepgram_pings` go
         to each call (`call.handle_twilio`), `choice_timeout_s` is how long a /client client
-        may take to choose a call."""
+        may take to choose a call, `close_timeout_s` how long a connection may take to
+        close."""
         self.settings = settings
+        self.close_timeout_s = close_timeout_s
         self.start_timeout_s = start_timeout_s
         self.choice_timeout_s = choice_timeout_s
         self.deepgram_pings = deepgram_pings
@@ -259,6 +266,7 @@ class ProxyServer:
                 _Connection if self.settings.direct_receive else HandshakeFirstConnection
             ),
             max_size=MAX_MESSAGE_BYTES,
+            close_timeout=self.close_timeout_s,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
             server_header=None,
             ssl=tls_context(self.settings),

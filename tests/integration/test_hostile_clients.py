@@ -7,13 +7,18 @@ bounded in count and time, and every target is 127.0.0.1."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
+from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.server import ProxyServer, bound_port
+from twilio_dg_proxy.twilio_simulator import SimulatedCall
 
-from .helpers import RunningProxy, both_receive_modes, running_proxy
-from .raw_peer import TEXT, RawPeer, frame_header, upgrade_request
+from ..timing import S
+from .helpers import PROXY_ENV, RunningProxy, both_receive_modes, running_proxy, until
+from .raw_peer import TEXT, RawPeer, frame, frame_header, upgrade_request
 
 pytestmark = both_receive_modes
 
@@ -73,3 +78,45 @@ async def test_an_oversized_first_message_gets_1009_however_early_it_comes(
     reference = answers["after the 101"]
     assert reference[:2] == (101, 1009), reference
     assert answers == dict.fromkeys(WHEN, reference)
+
+
+# --- 2. A connection that fails is failed -----------------------------------------------
+
+# How long the proxy would wait for a peer's close: long, so that a TCP close that waits
+# for it cannot pass for a prompt one.
+CLOSE_TIMEOUT = 60 * S
+PROMPT = 5 * S  # far below CLOSE_TIMEOUT
+
+
+@asynccontextmanager
+async def proxy_closing_slowly(deepgram_url: str, **env: str) -> AsyncIterator[RunningProxy]:
+    """A proxy whose connections wait CLOSE_TIMEOUT for a peer's close."""
+    settings = Settings.from_env(
+        {"DEEPGRAM_URL": deepgram_url, "HOST": "127.0.0.1", "PORT": "0"} | PROXY_ENV | env
+    )
+    server = ProxyServer(settings, close_timeout_s=CLOSE_TIMEOUT)
+    async with server.running() as listening:
+        yield RunningProxy(server, bound_port(listening))
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["before start", "after start"])
+async def test_invalid_utf8_fails_the_connection_without_waiting_for_the_peer(
+    started: bool,
+) -> None:
+    """RFC 6455 8.1: invalid UTF-8 fails the connection. The peer here never answers the
+    close frame: the proxy's end of TCP must come anyway, long before CLOSE_TIMEOUT."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(deepgram.url) as proxy:
+            counters = proxy.server.hub.counters
+            call = SimulatedCall(tracks=("inbound",))
+            async with RawPeer.connected(proxy.port) as peer:
+                peer.send(upgrade_request("/twilio"))
+                assert await peer.status() == 101
+                peer.send(frame(TEXT, call.connected().encode()))
+                if started:
+                    peer.send(frame(TEXT, call.start().encode()))
+                    await until(lambda: counters.calls == 1)
+                peer.send(frame(TEXT, b'{"event": "media\xff"}'))
+                code, _ = await peer.close_frame()
+                assert code == 1007
+                assert await peer.end_of_stream(within=PROMPT) == b""
