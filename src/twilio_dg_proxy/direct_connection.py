@@ -12,7 +12,8 @@ paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 `receiving` gives a sink its messages either way: directly, or through websockets' public
 `recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
 internals this module leans on. Either way a server connection parses no frame before its
-handshake response is sent (`HandshakeFirstConnection`), so each path's limits apply from
+handshake response is sent (`GuardedConnection`, which also bounds what one peer may
+cost the others), so each path's limits apply from
 the first byte.
 
 This module subclasses websockets' connection classes and relies on their internals:
@@ -23,9 +24,10 @@ a websockets release changes it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -36,9 +38,12 @@ from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event, State
 
+from .budget import TokenBucket
 from .frame_splitter import FrameSplitter, Message
 
 _NO_LIMIT = 1 << 62
+# The frames a connection's control budget counts: a close frame ends the connection anyway.
+_CONTROL_OPCODES = frozenset({Opcode.PING, Opcode.PONG})
 
 try:  # recent websockets' recv() refuses a message in more fragments than this
     from websockets.asyncio.messages import MAX_FRAGMENTS as MAX_FRAGMENTS
@@ -123,15 +128,93 @@ class _HeadFirst(Connection):
             self._frames_received(bytes(early))
 
 
-class HandshakeFirstConnection(_HeadFirst, ServerConnection):
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What one server connection may cost the others: `control_per_s` ping and pong frames
+    per second on average and `control_burst` at once (beyond: failed with 1008), and
+    `write_buffer_bytes` waiting to be sent (beyond: aborted). `breached(ws, limit)` is told
+    of each connection ended so, `limit` being "control_frames" or "write_buffer"."""
+
+    control_per_s: float
+    control_burst: int
+    write_buffer_bytes: int
+    breached: Callable[[ServerConnection, str], None]
+
+
+class GuardedConnection(_HeadFirst, ServerConnection):
     """A `ServerConnection` that parses no frame before its handshake response is sent, so
-    that the limits process_request sets for the path apply from the first byte."""
+    that the limits process_request sets for the path apply from the first byte, and that
+    keeps to its class's `guard`.
+
+    Without a guard, a peer could make websockets answer pings without end (tens of
+    thousands per second, each parsed and answered in the event loop), or ping without
+    reading, so that its pongs pile up in our write buffer: automatic answers are written
+    without flow control."""
 
     holds_early_frames = True
+    guard: ClassVar[Guard | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        guard = self.guard
+        self._control = TokenBucket(guard.control_per_s, guard.control_burst) if guard else None
+        self._breached = False
+
+    @classmethod
+    def configured(cls, **attributes: Any) -> type[Self]:
+        """A subclass with these class attributes (`guard`, ...): one server's settings."""
+        return cast("type[Self]", type(cls.__name__, (cls,), attributes))
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         await super().handshake(*args, **kwargs)
         self._release_early()
+
+    def process_event(self, event: Event) -> None:
+        control = self._control
+        if (
+            control is not None
+            and isinstance(event, Frame)
+            and event.opcode in _CONTROL_OPCODES
+            and not self._breached
+            and not control.take(self.loop.time())
+        ):
+            # websockets has answered this read's pings already; failing stops the parsing
+            # of whatever follows, so one read is the most a flood costs.
+            self._breach("control_frames")
+            fail_connection(self, CloseCode.POLICY_VIOLATION, "too many control frames")
+        super().process_event(event)
+
+    def send_data(self) -> None:
+        """Write what the protocol has to send, as websockets does, but abort the connection
+        rather than write to a buffer already holding more than the guard allows: so it
+        never exceeds that by more than one frame."""
+        guard = self.guard
+        if guard is None:
+            super().send_data()
+            return
+        transport = self.transport
+        for data in self.protocol.data_to_send():
+            if self._breached and transport.is_closing():
+                return
+            if not data:  # the end of our side of the stream
+                if transport.can_write_eof():
+                    try:  # as websockets: write_eof() documents no exceptions
+                        transport.write_eof()
+                    except Exception:  # noqa: BLE001 - the connection is ending anyway
+                        pass
+                else:  # TLS cannot half-close
+                    transport.close()
+            elif transport.get_write_buffer_size() > guard.write_buffer_bytes:
+                self._breach("write_buffer")
+                transport.abort()
+                return
+            else:
+                transport.write(data)
+
+    def _breach(self, limit: str) -> None:
+        self._breached = True
+        if self.guard is not None:
+            self.guard.breached(self, limit)
 
 
 class _Direct(_HeadFirst):
@@ -243,7 +326,7 @@ class _Direct(_HeadFirst):
             self._sink.closed()
 
 
-class DirectConnection(_Direct, HandshakeFirstConnection):
+class DirectConnection(_Direct, GuardedConnection):
     """A `ServerConnection` that is direct for requests to one of `direct_paths`."""
 
     direct_paths: ClassVar[frozenset[str]] = frozenset()

@@ -29,7 +29,7 @@ from .call import START_TIMEOUT_S, handle_twilio
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
-from .direct_connection import DirectConnection, HandshakeFirstConnection
+from .direct_connection import DirectConnection, Guard, GuardedConnection
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
@@ -61,7 +61,7 @@ CLOSE_TIMEOUT_S = 10.0
 IDLE_COLLECT_S = 1.0
 
 # Per path limits (TWILIO_MAX_MESSAGE_BYTES, CLIENT_MAX_MESSAGE_BYTES) are set on each
-# connection at the upgrade, before any frame is parsed (`HandshakeFirstConnection`); this
+# connection at the upgrade, before any frame is parsed (`GuardedConnection`); this
 # is the ceiling for paths that set none.
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -252,6 +252,37 @@ class ProxyServer:
             "totals": dataclasses.asdict(self.hub.counters),
         }
 
+    def _connection_class(self) -> type[ServerConnection]:
+        """Connections that keep to this server's guard. Twilio's messages are handled as
+        they arrive (`call.handle_twilio`), clients' wait for their handler to `recv()`
+        them; with DIRECT_RECEIVE off, every path uses `recv()`."""
+        settings = self.settings
+        guard = Guard(
+            control_per_s=settings.control_frames_per_s,
+            control_burst=settings.control_frames_burst,
+            write_buffer_bytes=settings.write_buffer_max_bytes,
+            breached=self._breached,
+        )
+        if settings.direct_receive:
+            return DirectConnection.configured(direct_paths=frozenset({TWILIO_PATH}), guard=guard)
+        return GuardedConnection.configured(guard=guard)
+
+    def _breached(self, ws: ServerConnection, limit: str) -> None:
+        """Count and log a connection ended for breaking its guard (`Guard`)."""
+        counters = self.hub.counters
+        path = _path(ws.request.path) if ws.request else "?"
+        if limit == "control_frames":
+            counters.control_floods += 1
+            logger.warning("closing %s from %s: too many control frames", path, _peer(ws))
+        else:
+            counters.write_buffer_overflows += 1
+            logger.warning(
+                "dropping %s from %s: over %d bytes waiting to be sent",
+                path,
+                _peer(ws),
+                self.settings.write_buffer_max_bytes,
+            )
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Server]:
         """Listen on the configured host and port until the block exits."""
@@ -260,11 +291,7 @@ class ProxyServer:
             self.settings.host,
             self.settings.port,
             process_request=self.process_request,
-            # DIRECT_RECEIVE off: recv() on every path (frames still wait for the 101, so
-            # that each path's limit applies to them).
-            create_connection=(
-                _Connection if self.settings.direct_receive else HandshakeFirstConnection
-            ),
+            create_connection=self._connection_class(),
             max_size=MAX_MESSAGE_BYTES,
             close_timeout=self.close_timeout_s,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
@@ -272,13 +299,6 @@ class ProxyServer:
             ssl=tls_context(self.settings),
         ) as server:
             yield server
-
-
-class _Connection(DirectConnection):
-    """Twilio's messages are handled as they arrive (`call.handle_twilio`); clients'
-    wait for their handler to `recv()` them."""
-
-    direct_paths = frozenset({TWILIO_PATH})
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

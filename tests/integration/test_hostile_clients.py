@@ -6,19 +6,29 @@ bounded in count and time, and every target is 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
+from websockets.asyncio.server import Server
 
 from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.server import ProxyServer, bound_port
-from twilio_dg_proxy.twilio_simulator import SimulatedCall
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
-from .helpers import PROXY_ENV, RunningProxy, both_receive_modes, running_proxy, until
-from .raw_peer import TEXT, RawPeer, frame, frame_header, upgrade_request
+from .helpers import (
+    PROXY_ENV,
+    RunningProxy,
+    TwilioPeer,
+    both_receive_modes,
+    running_proxy,
+    until,
+)
+from .raw_peer import PING, TEXT, RawPeer, frame, frame_header, upgrade_request
 
 pytestmark = both_receive_modes
 
@@ -88,15 +98,22 @@ CLOSE_TIMEOUT = 60 * S
 PROMPT = 5 * S  # far below CLOSE_TIMEOUT
 
 
+@dataclass
+class Listening(RunningProxy):
+    """A running proxy and its websockets `Server` (whose `connections` a test may watch)."""
+
+    listening: Server
+
+
 @asynccontextmanager
-async def proxy_closing_slowly(deepgram_url: str, **env: str) -> AsyncIterator[RunningProxy]:
+async def proxy_closing_slowly(deepgram_url: str, **env: str) -> AsyncIterator[Listening]:
     """A proxy whose connections wait CLOSE_TIMEOUT for a peer's close."""
     settings = Settings.from_env(
         {"DEEPGRAM_URL": deepgram_url, "HOST": "127.0.0.1", "PORT": "0"} | PROXY_ENV | env
     )
     server = ProxyServer(settings, close_timeout_s=CLOSE_TIMEOUT)
     async with server.running() as listening:
-        yield RunningProxy(server, bound_port(listening))
+        yield Listening(server, bound_port(listening), listening)
 
 
 @pytest.mark.parametrize("started", [False, True], ids=["before start", "after start"])
@@ -120,3 +137,85 @@ async def test_invalid_utf8_fails_the_connection_without_waiting_for_the_peer(
                 code, _ = await peer.close_frame()
                 assert code == 1007
                 assert await peer.end_of_stream(within=PROMPT) == b""
+
+
+# --- 3. Control frames cannot starve the server -----------------------------------------
+
+PINGS_PER_WRITE = 20_000  # empty pings: 120 KB a write
+FLOOD_WRITES = 5
+
+
+def interleaved(audio: dict[str, bytes]) -> bytes:
+    out = bytearray(2 * len(audio["inbound"]))
+    out[0::2], out[1::2] = audio["inbound"], audio["outbound"]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("path", ["/twilio", "/client"])
+async def test_a_ping_flood_is_closed_and_counted_while_a_call_goes_on(path: str) -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url, CHUNK_MS="20") as proxy:
+            counters = proxy.server.hub.counters
+            call = SimulatedCall()
+            audio = {"inbound": pattern("inbound", 8000), "outbound": pattern("outbound", 8000)}
+            async with TwilioPeer.started(proxy, call) as twilio:
+                sending = asyncio.create_task(twilio.send_all(call.frames(audio), speed=1))  # type: ignore[arg-type]
+                async with RawPeer.connected(proxy.port) as flooder:
+                    flooder.send(upgrade_request(path))
+                    assert await flooder.status() == 101
+                    for _ in range(FLOOD_WRITES):
+                        flooder.send(frame(PING, b"") * PINGS_PER_WRITE)
+                        await asyncio.sleep(0)
+                    assert await flooder.close_frame() == (1008, "too many control frames")
+                await sending
+                await twilio.stop()
+            [stream] = deepgram.streams  # one Deepgram stream: never dropped, never reopened
+            await asyncio.wait_for(stream.closed.wait(), 5 * S)
+    assert bytes(stream.audio) == interleaved(audio)
+    assert stream.controls[-1] == "CloseStream"
+    assert counters.control_floods == 1
+    assert counters.deepgram_reconnects == 0
+
+
+WRITE_CAP = 64 << 10
+PONG_FRAME = 2 + 125  # the largest pong: a 125-byte payload
+PING_BATCH = 500
+MAX_BATCHES = 400  # 200,000 pings, 26 MB: far more than the kernel's buffers can absorb
+
+
+async def test_a_client_that_pings_but_never_reads_is_dropped_at_the_write_cap() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(
+            deepgram.url,
+            WRITE_BUFFER_MAX_BYTES=str(WRITE_CAP),
+            CONTROL_FRAMES_PER_SECOND="1000000",  # only the write cap is tested here
+            CONTROL_FRAMES_BURST="1000000",
+        ) as proxy:
+            counters = proxy.server.hub.counters
+            async with RawPeer.connected(proxy.port, rcvbuf=2048) as peer:
+                peer.send(upgrade_request("/client"))
+                await until(lambda: len(proxy.listening.connections) == 1)
+                [ws] = proxy.listening.connections
+                transport = ws.transport
+                peak = 0
+                write = transport.write
+
+                def recording(data: bytes | bytearray | memoryview) -> None:
+                    nonlocal peak
+                    write(data)
+                    peak = max(peak, transport.get_write_buffer_size())
+
+                transport.write = recording  # type: ignore[method-assign]
+                ping = frame(PING, b"p" * 125)
+                for _ in range(MAX_BATCHES):
+                    if counters.write_buffer_overflows or transport.is_closing():
+                        break
+                    peer.send(ping * PING_BATCH)
+                    try:
+                        async with asyncio.timeout(5 * S):
+                            await peer.writer.drain()
+                    except ConnectionError:
+                        break
+                await until(lambda: not proxy.listening.connections)
+    assert counters.write_buffer_overflows == 1
+    assert WRITE_CAP < peak <= WRITE_CAP + PONG_FRAME
