@@ -344,6 +344,14 @@ class Settings:
         "bytes waiting to be sent to one connection before it is dropped",
         parse=number_in(int, 64 << 10, 1 << 30),
     )
+    # Twilio sends `start` right after the 101: a stream is pending for one round trip, so
+    # even a burst of calls keeps few pending at once.
+    max_pending_streams: int = setting(
+        "MAX_PENDING_STREAMS",
+        200,
+        "/twilio connections that have not sent start yet; more are refused (503)",
+        parse=number_in(int, 1, 1_000_000),
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

@@ -133,12 +133,14 @@ class Guard:
     """What one server connection may cost the others: `control_per_s` ping and pong frames
     per second on average and `control_burst` at once (beyond: failed with 1008), and
     `write_buffer_bytes` waiting to be sent (beyond: aborted). `breached(ws, limit)` is told
-    of each connection ended so, `limit` being "control_frames" or "write_buffer"."""
+    of each connection ended so, `limit` being "control_frames" or "write_buffer"; `lost(ws)`
+    of every connection's end, handshake or not."""
 
     control_per_s: float
     control_burst: int
     write_buffer_bytes: int
     breached: Callable[[ServerConnection, str], None]
+    lost: Callable[[ServerConnection], None]
 
 
 class GuardedConnection(_HeadFirst, ServerConnection):
@@ -215,6 +217,11 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         self._breached = True
         if self.guard is not None:
             self.guard.breached(self, limit)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.guard is not None:
+            self.guard.lost(self)
 
 
 class _Direct(_HeadFirst):

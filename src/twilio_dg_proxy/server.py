@@ -25,7 +25,7 @@ from .auth import (
     twilio_signature_check,
     unauthenticated_endpoints,
 )
-from .call import START_TIMEOUT_S, handle_twilio
+from .call import START_MAX_MESSAGE_BYTES, START_TIMEOUT_S, handle_twilio
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
@@ -98,6 +98,8 @@ class ProxyServer:
         self.signature_check = twilio_signature_check(settings)
         self._streams: set[ServerConnection] = set()  # open /twilio connections
         self._clients: set[ServerConnection] = set()  # open /client and /viewer/ws connections
+        # /twilio connections admitted whose `start` has not been accepted yet.
+        self._pending: set[ServerConnection] = set()
         self._no_streams = asyncio.Event()
         self._no_streams.set()
 
@@ -123,8 +125,10 @@ class ProxyServer:
                 self.settings,
                 start_timeout_s=self.start_timeout_s,
                 deepgram_pings=self.deepgram_pings,
+                started=lambda: self._pending.discard(ws),
             )
         finally:
+            self._pending.discard(ws)
             self._streams.discard(ws)
             if not self._streams:
                 self._no_streams.set()
@@ -199,11 +203,23 @@ class ProxyServer:
             return ws.respond(
                 HTTPStatus.FORBIDDEN, "Forbidden: bad or missing X-Twilio-Signature\n"
             )
+        if len(self._pending) >= self.settings.max_pending_streams:
+            counters.refused_pending += 1
+            logger.warning(
+                "refused a /twilio upgrade from %s: MAX_PENDING_STREAMS (%d) not started yet",
+                _peer(ws),
+                self.settings.max_pending_streams,
+            )
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many pending streams\n")
         if len(self._streams) >= self.settings.max_calls:
             counters.refused_over_limit += 1
             logger.warning("refused a call: MAX_CALLS (%d) reached", self.settings.max_calls)
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many calls\n")
-        ws.protocol.max_message_size = self.settings.twilio_max_message_bytes
+        # Until `start` is accepted (call.handle_twilio raises it to TWILIO_MAX_MESSAGE_BYTES).
+        ws.protocol.max_message_size = min(
+            START_MAX_MESSAGE_BYTES, self.settings.twilio_max_message_bytes
+        )
+        self._pending.add(ws)  # until its start is accepted, or it ends (`Guard.lost`)
         return None
 
     def _admit_client(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -249,6 +265,7 @@ class ProxyServer:
             "calls": len(self.hub.active_calls()),
             "subscribers": self.hub.subscriber_count(),
             "viewers": self.hub.viewer_count(),
+            "pending": len(self._pending),  # /twilio streams not started yet
             "totals": dataclasses.asdict(self.hub.counters),
         }
 
@@ -262,6 +279,7 @@ class ProxyServer:
             control_burst=settings.control_frames_burst,
             write_buffer_bytes=settings.write_buffer_max_bytes,
             breached=self._breached,
+            lost=self._pending.discard,
         )
         if settings.direct_receive:
             return DirectConnection.configured(direct_paths=frozenset({TWILIO_PATH}), guard=guard)

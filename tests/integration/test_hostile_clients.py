@@ -219,3 +219,74 @@ async def test_a_client_that_pings_but_never_reads_is_dropped_at_the_write_cap()
                 await until(lambda: not proxy.listening.connections)
     assert counters.write_buffer_overflows == 1
     assert WRITE_CAP < peak <= WRITE_CAP + PONG_FRAME
+
+
+# --- 4. Unauthenticated connections are cheap ------------------------------------------
+
+MAX_PENDING = 3
+
+
+async def test_pending_streams_are_bounded_and_the_next_is_refused_with_503() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(
+            deepgram.url, {"start_timeout_s": 60 * S}, MAX_PENDING_STREAMS=str(MAX_PENDING)
+        ) as proxy:
+            counters = proxy.server.hub.counters
+
+            def pending() -> object:
+                return proxy.server.health()["pending"]
+
+            async with (
+                RawPeer.connected(proxy.port) as first,
+                RawPeer.connected(proxy.port) as second,
+                RawPeer.connected(proxy.port) as third,
+            ):
+                for peer in (first, second, third):
+                    peer.send(upgrade_request("/twilio"))
+                    assert await peer.status() == 101
+                assert pending() == MAX_PENDING
+                assert await status_of_one_more(proxy.port) == 503
+                assert counters.refused_pending == 1
+                # One starts its call: its place is free again.
+                call = SimulatedCall(tracks=("inbound",))
+                first.send(frame(TEXT, call.connected().encode()))
+                first.send(frame(TEXT, call.start().encode()))
+                await until(lambda: counters.calls == 1)
+                assert pending() == MAX_PENDING - 1
+                async with RawPeer.connected(proxy.port) as fourth:
+                    fourth.send(upgrade_request("/twilio"))
+                    assert await fourth.status() == 101
+                    assert await status_of_one_more(proxy.port) == 503
+                    # One leaves: its place is free again.
+                    second.writer.transport.abort()
+                    await until(lambda: pending() == MAX_PENDING - 1, within=5 * S)
+                    assert await status_of_one_more(proxy.port) == 101
+            assert counters.refused_pending == 2
+
+
+async def status_of_one_more(port: int) -> int:
+    """The status of one more /twilio upgrade (that connection then aborted)."""
+    async with RawPeer.connected(port) as peer:
+        peer.send(upgrade_request("/twilio"))
+        return await peer.status()
+
+
+async def test_a_stream_may_send_only_small_messages_until_its_start() -> None:
+    """Before `start` a /twilio message over 16 KiB is refused (1009); after it, the same
+    message is taken (and, not being JSON, refused as such: 1008)."""
+    big = b"x" * (20 << 10)
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            codes = []
+            for started in (False, True):
+                call = SimulatedCall(tracks=("inbound",))
+                async with RawPeer.connected(proxy.port) as peer:
+                    peer.send(upgrade_request("/twilio"))
+                    assert await peer.status() == 101
+                    peer.send(frame(TEXT, call.connected().encode()))
+                    if started:
+                        peer.send(frame(TEXT, call.start().encode()))
+                        await until(lambda: proxy.server.hub.counters.calls == 1)
+                    peer.send(frame(TEXT, big))
+                    codes.append((await peer.close_frame())[0])
+    assert codes == [1009, 1008]
