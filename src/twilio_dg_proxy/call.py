@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
@@ -24,8 +25,14 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from .auth import SECRET_PARAMETER, redacted, secret_matches
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, DeepgramSession, Pings
-from .direct_connection import receiving
-from .exceptions import ProxyError, TwilioProtocolError, Unauthorized, close_frame_for
+from .direct_connection import fail_connection, receiving
+from .exceptions import (
+    ProxyError,
+    TwilioProtocolError,
+    Unauthorized,
+    close_frame_for,
+    fails_connection,
+)
 from .hub import CALL_ENDED, Ending, Hub
 from .intake import Log, StreamIntake
 from .logs import CallLog, get_logger
@@ -36,6 +43,15 @@ logger = get_logger("call")
 
 # Twilio sends `connected` and `start` as soon as it connects: the default start timeout.
 START_TIMEOUT_S = 10.0
+# Until its `start` is accepted, a stream may send messages of this size at most (1009
+# beyond; server.py sets it at the upgrade): `connected` is ~70 bytes and `start` ~1 KB plus
+# its parameters (each under 500 characters), so an unauthenticated connection can hold
+# little. Then TWILIO_MAX_MESSAGE_BYTES applies.
+START_MAX_MESSAGE_BYTES = 16 << 10
+
+
+def _no_op() -> None:
+    pass
 
 
 async def handle_twilio(
@@ -45,10 +61,12 @@ async def handle_twilio(
     *,
     start_timeout_s: float = START_TIMEOUT_S,
     deepgram_pings: Pings = DEFAULT_PINGS,
+    started: Callable[[], None] = _no_op,
 ) -> None:
     """Serve one Twilio Media Stream connection until the call ends: a `DirectConnection`
     directly, any other through `recv()`. A stream without `start` within
-    `start_timeout_s` is closed (1008)."""
+    `start_timeout_s` is closed (1008). `started()` is called once its `start` is accepted
+    (authenticated, and its call open); TWILIO_MAX_MESSAGE_BYTES applies from then on."""
     intake = StreamIntake(
         chunk_ms=settings.chunk_ms,
         max_lag_ms=settings.max_track_lag_ms,
@@ -57,7 +75,7 @@ async def handle_twilio(
     )
     try:
         async with receiving(ws, intake):
-            await _serve_stream(ws, intake, hub, settings, start_timeout_s, deepgram_pings)
+            await _serve_stream(ws, intake, hub, settings, start_timeout_s, deepgram_pings, started)
     finally:
         hub.counters.unknown_events += intake.unknown_count
 
@@ -69,6 +87,7 @@ async def _serve_stream(
     settings: Settings,
     start_timeout_s: float,
     deepgram_pings: Pings,
+    started: Callable[[], None],
 ) -> None:
     try:
         async with asyncio.timeout(start_timeout_s):
@@ -93,6 +112,8 @@ async def _serve_stream(
     except ProxyError as exc:
         await _refuse(ws, exc, log)
         return
+    ws.protocol.max_message_size = settings.twilio_max_message_bytes
+    started()
     session = CallSession(ws, intake, start, hub, settings, log, deepgram_pings=deepgram_pings)
     try:
         await session.run()
@@ -111,13 +132,17 @@ def call_info(start: Start) -> CallInfo:
 
 
 async def _refuse(ws: ServerConnection, exc: Exception, log: Log) -> None:
-    """Close Twilio's connection with the code and reason that `exc` calls for."""
+    """Close Twilio's connection with the code and reason that `exc` calls for, or fail it
+    for the errors that fail a connection (`exceptions.fails_connection`)."""
     code, reason = close_frame_for(exc)
     if isinstance(exc, ProxyError):
         log.warning("closing Twilio stream (%d): %s", code, exc)
     else:
         log.error("closing Twilio stream (%d) on a bug", code, exc_info=exc)
-    await ws.close(code, reason)
+    if fails_connection(exc):
+        fail_connection(ws, code, reason)
+    else:
+        await ws.close(code, reason)
 
 
 class CallSession:

@@ -331,6 +331,35 @@ class Settings:
         "concurrent streams of the in-process offline engine; more are refused (429, retried)",
         parse=number_in(int, 1, 1000),
     )
+    # Twilio and websockets clients ping every few seconds at most; browsers not at all.
+    control_frames_per_s: float = setting(
+        "CONTROL_FRAMES_PER_SECOND",
+        10.0,
+        "ping and pong frames a connection may send per second on average (else 1008)",
+        parse=number_in(float, 0.1, 1_000_000.0),
+    )
+    control_frames_burst: int = setting(
+        "CONTROL_FRAMES_BURST",
+        50,
+        "ping and pong frames a connection may send at once",
+        parse=number_in(int, 1, 1_000_000),
+    )
+    # Replies we send wait for drain at 32 KiB, so only a peer that stops reading while it
+    # makes us answer (pings) or falls far behind gets here.
+    write_buffer_max_bytes: int = setting(
+        "WRITE_BUFFER_MAX_BYTES",
+        1 << 20,
+        "bytes waiting to be sent to one connection before it is dropped",
+        parse=number_in(int, 64 << 10, 1 << 30),
+    )
+    # Twilio sends `start` right after the 101: a stream is pending for one round trip, so
+    # even a burst of calls keeps few pending at once.
+    max_pending_streams: int = setting(
+        "MAX_PENDING_STREAMS",
+        200,
+        "/twilio connections that have not sent start yet; more are refused (503)",
+        parse=number_in(int, 1, 1_000_000),
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

@@ -11,7 +11,10 @@ closing handshake stay as they are. `DirectConnection` serves /twilio this way (
 paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 `receiving` gives a sink its messages either way: directly, or through websockets' public
 `recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
-internals this module leans on.
+internals this module leans on. Either way a server connection parses no frame before its
+handshake response is sent (`GuardedConnection`, which also bounds what one peer may
+cost the others), so each path's limits apply from
+the first byte.
 
 This module subclasses websockets' connection classes and relies on their internals:
 tests/unit/test_websockets_contract.py names each one and fails, saying which and how, when
@@ -21,9 +24,10 @@ a websockets release changes it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -34,9 +38,12 @@ from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event, State
 
+from .budget import TokenBucket
 from .frame_splitter import FrameSplitter, Message
 
 _NO_LIMIT = 1 << 62
+# The frames a connection's control budget counts: a close frame ends the connection anyway.
+_CONTROL_OPCODES = frozenset({Opcode.PING, Opcode.PONG})
 
 try:  # recent websockets' recv() refuses a message in more fragments than this
     from websockets.asyncio.messages import MAX_FRAGMENTS as MAX_FRAGMENTS
@@ -56,7 +63,168 @@ class MessageSink(Protocol):
         """The connection is closed: no message will follow."""
 
 
-class _Direct(Connection):
+class _HeadFirst(Connection):
+    """Hands websockets the handshake's HTTP head on its own, and what follows it to
+    `_frames_received`: on a client at once, on a server only once its response is sent.
+
+    A server learns the path, and so its limits, from the request, and process_request sets
+    them; frames that came with the request (or after it, before the response) would else be
+    parsed before that, against the server-wide limit, and in the CONNECTING state, where
+    websockets cannot answer them with a close frame. Held until the response instead (with
+    reading paused, so at most one read is held), they are parsed as any later frame."""
+
+    holds_early_frames: ClassVar[bool] = False  # a server's, until its response is sent
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Until the end of the HTTP head ("\r\n\r\n") is found: the last bytes of the reads
+        # so far, to find it even across reads.
+        self._head_tail: bytes | None = b""
+        self._early: bytearray | None = None  # a server's bytes after the head, until the 101
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_tail is None:
+            if self._early is not None:  # a TLS transport may hand over what it had decrypted
+                self._early += data
+            else:
+                self._frames_received(data)
+            return
+        joined = self._head_tail + data
+        end = joined.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = joined[-3:]
+            super().data_received(data)
+            return
+        cut = end + 4 - len(self._head_tail)  # where the head ends in `data`
+        self._head_tail = None
+        super().data_received(data[:cut])  # the request or response (and its events)
+        rest = data[cut:]
+        if self.protocol.handshake_exc is not None:  # refused: websockets discards the rest
+            if rest:
+                super().data_received(rest)
+            return
+        self._head_read()
+        if self.holds_early_frames and self.protocol.state is State.CONNECTING:
+            self._early = bytearray(rest)
+            self.transport.pause_reading()
+        elif rest:
+            self._frames_received(rest)
+
+    def _head_read(self) -> None:
+        """The handshake's head has been read (and accepted, on a client)."""
+
+    def _frames_received(self, data: bytes) -> None:
+        """Bytes of the WebSocket stream, in order, from the first after the head."""
+        super().data_received(data)
+
+    def _release_early(self) -> None:
+        """The server's response is sent: parse the frames held since the request, and read
+        on (unless refused: websockets then closes the connection)."""
+        early, self._early = self._early, None
+        if early is None or self.protocol.state is not State.OPEN:
+            return
+        self.transport.resume_reading()
+        if early:
+            self._frames_received(bytes(early))
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What one server connection may cost the others: `control_per_s` ping and pong frames
+    per second on average and `control_burst` at once (beyond: failed with 1008), and
+    `write_buffer_bytes` waiting to be sent (beyond: aborted). `breached(ws, limit)` is told
+    of each connection ended so, `limit` being "control_frames" or "write_buffer"; `lost(ws)`
+    of every connection's end, handshake or not."""
+
+    control_per_s: float
+    control_burst: int
+    write_buffer_bytes: int
+    breached: Callable[[ServerConnection, str], None]
+    lost: Callable[[ServerConnection], None]
+
+
+class GuardedConnection(_HeadFirst, ServerConnection):
+    """A `ServerConnection` that parses no frame before its handshake response is sent, so
+    that the limits process_request sets for the path apply from the first byte, and that
+    keeps to its class's `guard`.
+
+    Without a guard, a peer could make websockets answer pings without end (tens of
+    thousands per second, each parsed and answered in the event loop), or ping without
+    reading, so that its pongs pile up in our write buffer: automatic answers are written
+    without flow control."""
+
+    holds_early_frames = True
+    guard: ClassVar[Guard | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        guard = self.guard
+        self._control = TokenBucket(guard.control_per_s, guard.control_burst) if guard else None
+        self._breached = False
+
+    @classmethod
+    def configured(cls, **attributes: Any) -> type[Self]:
+        """A subclass with these class attributes (`guard`, ...): one server's settings."""
+        return cast("type[Self]", type(cls.__name__, (cls,), attributes))
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        await super().handshake(*args, **kwargs)
+        self._release_early()
+
+    def process_event(self, event: Event) -> None:
+        control = self._control
+        if (
+            control is not None
+            and isinstance(event, Frame)
+            and event.opcode in _CONTROL_OPCODES
+            and not self._breached
+            and not control.take(self.loop.time())
+        ):
+            # websockets has answered this read's pings already; failing stops the parsing
+            # of whatever follows, so one read is the most a flood costs.
+            self._breach("control_frames")
+            fail_connection(self, CloseCode.POLICY_VIOLATION, "too many control frames")
+        super().process_event(event)
+
+    def send_data(self) -> None:
+        """Write what the protocol has to send, as websockets does, but abort the connection
+        rather than write to a buffer already holding more than the guard allows: so it
+        never exceeds that by more than one frame."""
+        guard = self.guard
+        if guard is None:
+            super().send_data()
+            return
+        transport = self.transport
+        for data in self.protocol.data_to_send():
+            if self._breached and transport.is_closing():
+                return
+            if not data:  # the end of our side of the stream
+                if transport.can_write_eof():
+                    try:  # as websockets: write_eof() documents no exceptions
+                        transport.write_eof()
+                    except Exception:  # noqa: BLE001 - the connection is ending anyway
+                        pass
+                else:  # TLS cannot half-close
+                    transport.close()
+            elif transport.get_write_buffer_size() > guard.write_buffer_bytes:
+                self._breach("write_buffer")
+                transport.abort()
+                return
+            else:
+                transport.write(data)
+
+    def _breach(self, limit: str) -> None:
+        self._breached = True
+        if self.guard is not None:
+            self.guard.breached(self, limit)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.guard is not None:
+            self.guard.lost(self)
+
+
+class _Direct(_HeadFirst):
     """What both sides share: the messages of a direct connection go to the sink given to
     `attach`, held until then. Subclasses set `direct` at the handshake and route data
     frames that websockets parsed to `_take`."""
@@ -72,9 +240,6 @@ class _Direct(Connection):
         self._text = False  # the message being received is text
         self._lost = False
         self._failed = False  # failed the connection itself: take nothing more
-        # Until the handshake has been read: the last bytes of the reads so far, to find the
-        # end of its HTTP head ("\r\n\r\n") even across reads.
-        self._head_tail: bytes | None = b""
         self._splitter: FrameSplitter | None = None  # set for direct connections
 
     def attach(self, sink: MessageSink) -> None:
@@ -96,21 +261,23 @@ class _Direct(Connection):
             return True
         return False
 
-    def data_received(self, data: bytes) -> None:
+    def _head_read(self) -> None:
+        if self.direct:  # from the first frame on, the splitter reads them
+            limit = self.protocol.max_message_size or _NO_LIMIT
+            self._splitter = FrameSplitter(limit, masked=self.masked)
+
+    def _frames_received(self, data: bytes) -> None:
         splitter = self._splitter
         if splitter is None:
-            if self._head_tail is None:
-                super().data_received(data)
-            else:
-                self._handshake_received(data)
+            super()._frames_received(data)
             return
         protocol = self.protocol
-        taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
+        taking = protocol.state is State.OPEN
         if not taking:
             # Closing: websockets parses the rest (it still reads frames until the peer's
             # close), starting with what the splitter held back of a frame.
             self._splitter = None
-            super().data_received(splitter.release() + data)
+            super()._frames_received(splitter.release() + data)
             return
         splitter.max_size = protocol.max_message_size or _NO_LIMIT  # set at the upgrade
         for piece in splitter.feed(data):
@@ -118,28 +285,8 @@ class _Direct(Connection):
                 if taking:  # else dropped, as websockets drops what follows a close
                     self._deliver(piece.data, piece.text)
             else:
-                super().data_received(piece.data)  # a control frame may start the closing
-                taking = protocol.state is State.OPEN or protocol.state is State.CONNECTING
-
-    def _handshake_received(self, data: bytes) -> None:
-        """Pass the handshake to websockets; from the end of its HTTP head on, a direct
-        connection splits the frames itself."""
-        assert self._head_tail is not None
-        super().data_received(data)  # parses the request or response (and decides `direct`)
-        if self.protocol.handshake_exc is not None:  # refused: no frames will follow
-            self._head_tail = None
-            return
-        joined = self._head_tail + data
-        end = joined.find(b"\r\n\r\n")
-        if end < 0:
-            self._head_tail = joined[-3:]
-            return
-        self._head_tail = None
-        # Frames that came in the same read as the handshake (a Twilio stream waits for the
-        # response) were parsed by websockets already: it keeps parsing them all then.
-        if self.direct and end + 4 == len(joined):
-            limit = self.protocol.max_message_size or _NO_LIMIT
-            self._splitter = FrameSplitter(limit, masked=self.masked)
+                super()._frames_received(piece.data)  # a control frame may start the closing
+                taking = protocol.state is State.OPEN
 
     def _take(self, frame: Frame) -> None:
         """Assemble a message from frames websockets parsed (it has checked their order and
@@ -168,12 +315,11 @@ class _Direct(Connection):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
 
     def _fail(self, code: CloseCode, reason: str) -> None:
-        """Fail the connection as websockets' recv() would: close frame, end of stream, and
-        an abort if the peer has not closed within close_timeout."""
+        """Fail the connection as websockets' recv() would (`fail_connection`), and abort it
+        if the peer has not closed within close_timeout."""
         self._failed = True
         self._parts.clear()
-        self.protocol.fail(code, reason)
-        self.send_data()
+        fail_connection(self, code, reason)
         self.loop.call_later(self.close_timeout or 0.0, self._abort)
 
     def _abort(self) -> None:
@@ -187,7 +333,7 @@ class _Direct(Connection):
             self._sink.closed()
 
 
-class DirectConnection(_Direct, ServerConnection):
+class DirectConnection(_Direct, GuardedConnection):
     """A `ServerConnection` that is direct for requests to one of `direct_paths`."""
 
     direct_paths: ClassVar[frozenset[str]] = frozenset()
@@ -213,6 +359,15 @@ class DirectClientConnection(_Direct, ClientConnection):
         elif self._takes(event):
             return
         super().process_event(event)
+
+
+def fail_connection(ws: Connection, code: CloseCode, reason: str) -> None:
+    """Fail `ws` (RFC 6455 7.1.7) as websockets' recv() does on invalid UTF-8: send the close
+    frame and end our side of TCP at once, without waiting for the peer's close (the
+    handler's end aborts the connection if the peer has not closed within close_timeout)."""
+    if ws.protocol.state is State.OPEN:
+        ws.protocol.fail(code, reason)
+        ws.send_data()
 
 
 @asynccontextmanager

@@ -110,6 +110,17 @@ CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
 )
 
 
+# Errors after which RFC 6455 says to *fail* the connection (7.1.7: a close frame, then the
+# TCP connection dropped without waiting for the peer's close), not to close it: invalid
+# UTF-8 in a text message (8.1). websockets' own parser fails it for the other cases.
+FAILING: tuple[type[BaseException], ...] = (InvalidText,)
+
+
+def fails_connection(exc: BaseException) -> bool:
+    """Whether `exc` fails the connection rather than starting a closing handshake."""
+    return isinstance(exc, FAILING)
+
+
 def truncate_reason(reason: str) -> str:
     """Shorten `reason` so that it fits in a close frame."""
     encoded = reason.encode()

@@ -171,6 +171,9 @@ class HubCounters:
     discontinuities: int = 0
     unknown_events: int = 0
     audio_dropped_bytes: int = 0
+    control_floods: int = 0  # connections closed for too many pings or pongs (1008)
+    write_buffer_overflows: int = 0  # connections dropped for not reading what we sent
+    refused_pending: int = 0  # /twilio upgrades refused: MAX_PENDING_STREAMS not started yet
 
 
 # Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.

@@ -25,11 +25,11 @@ from .auth import (
     twilio_signature_check,
     unauthenticated_endpoints,
 )
-from .call import START_TIMEOUT_S, handle_twilio
+from .call import START_MAX_MESSAGE_BYTES, START_TIMEOUT_S, handle_twilio
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
-from .direct_connection import DirectConnection
+from .direct_connection import DirectConnection, Guard, GuardedConnection
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
@@ -52,12 +52,17 @@ _PAGE_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
+# How long a closing handshake may take before the connection is dropped (websockets'
+# default): what a peer that never answers our close frame can hold a connection for.
+CLOSE_TIMEOUT_S = 10.0
+
 # Once no call is left, how long to wait (for their watchers and Deepgram streams to close)
 # before collecting garbage.
 IDLE_COLLECT_S = 1.0
 
 # Per path limits (TWILIO_MAX_MESSAGE_BYTES, CLIENT_MAX_MESSAGE_BYTES) are set on each
-# connection at the upgrade; this is the ceiling for the handshake itself.
+# connection at the upgrade, before any frame is parsed (`GuardedConnection`); this
+# is the ceiling for paths that set none.
 MAX_MESSAGE_BYTES = 16 << 20
 
 
@@ -71,12 +76,15 @@ class ProxyServer:
         start_timeout_s: float = START_TIMEOUT_S,
         choice_timeout_s: float = CHOICE_TIMEOUT_S,
         deepgram_pings: Pings = DEFAULT_PINGS,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         """Raises ConfigError if a setting cannot be used (e.g. no twilio package). The
-        keyword arguments shorten waits for tests: `start_timeout_s` and `deepgram_pings` go
+        keyword arguments change waits for tests: `start_timeout_s` and `deepgram_pings` go
         to each call (`call.handle_twilio`), `choice_timeout_s` is how long a /client client
-        may take to choose a call."""
+        may take to choose a call, `close_timeout_s` how long a connection may take to
+        close."""
         self.settings = settings
+        self.close_timeout_s = close_timeout_s
         self.start_timeout_s = start_timeout_s
         self.choice_timeout_s = choice_timeout_s
         self.deepgram_pings = deepgram_pings
@@ -90,6 +98,8 @@ class ProxyServer:
         self.signature_check = twilio_signature_check(settings)
         self._streams: set[ServerConnection] = set()  # open /twilio connections
         self._clients: set[ServerConnection] = set()  # open /client and /viewer/ws connections
+        # /twilio connections admitted whose `start` has not been accepted yet.
+        self._pending: set[ServerConnection] = set()
         self._no_streams = asyncio.Event()
         self._no_streams.set()
 
@@ -115,8 +125,10 @@ class ProxyServer:
                 self.settings,
                 start_timeout_s=self.start_timeout_s,
                 deepgram_pings=self.deepgram_pings,
+                started=lambda: self._pending.discard(ws),
             )
         finally:
+            self._pending.discard(ws)
             self._streams.discard(ws)
             if not self._streams:
                 self._no_streams.set()
@@ -191,11 +203,23 @@ class ProxyServer:
             return ws.respond(
                 HTTPStatus.FORBIDDEN, "Forbidden: bad or missing X-Twilio-Signature\n"
             )
+        if len(self._pending) >= self.settings.max_pending_streams:
+            counters.refused_pending += 1
+            logger.warning(
+                "refused a /twilio upgrade from %s: MAX_PENDING_STREAMS (%d) not started yet",
+                _peer(ws),
+                self.settings.max_pending_streams,
+            )
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many pending streams\n")
         if len(self._streams) >= self.settings.max_calls:
             counters.refused_over_limit += 1
             logger.warning("refused a call: MAX_CALLS (%d) reached", self.settings.max_calls)
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many calls\n")
-        ws.protocol.max_message_size = self.settings.twilio_max_message_bytes
+        # Until `start` is accepted (call.handle_twilio raises it to TWILIO_MAX_MESSAGE_BYTES).
+        ws.protocol.max_message_size = min(
+            START_MAX_MESSAGE_BYTES, self.settings.twilio_max_message_bytes
+        )
+        self._pending.add(ws)  # until its start is accepted, or it ends (`Guard.lost`)
         return None
 
     def _admit_client(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -241,8 +265,41 @@ class ProxyServer:
             "calls": len(self.hub.active_calls()),
             "subscribers": self.hub.subscriber_count(),
             "viewers": self.hub.viewer_count(),
+            "pending": len(self._pending),  # /twilio streams not started yet
             "totals": dataclasses.asdict(self.hub.counters),
         }
+
+    def _connection_class(self) -> type[ServerConnection]:
+        """Connections that keep to this server's guard. Twilio's messages are handled as
+        they arrive (`call.handle_twilio`), clients' wait for their handler to `recv()`
+        them; with DIRECT_RECEIVE off, every path uses `recv()`."""
+        settings = self.settings
+        guard = Guard(
+            control_per_s=settings.control_frames_per_s,
+            control_burst=settings.control_frames_burst,
+            write_buffer_bytes=settings.write_buffer_max_bytes,
+            breached=self._breached,
+            lost=self._pending.discard,
+        )
+        if settings.direct_receive:
+            return DirectConnection.configured(direct_paths=frozenset({TWILIO_PATH}), guard=guard)
+        return GuardedConnection.configured(guard=guard)
+
+    def _breached(self, ws: ServerConnection, limit: str) -> None:
+        """Count and log a connection ended for breaking its guard (`Guard`)."""
+        counters = self.hub.counters
+        path = _path(ws.request.path) if ws.request else "?"
+        if limit == "control_frames":
+            counters.control_floods += 1
+            logger.warning("closing %s from %s: too many control frames", path, _peer(ws))
+        else:
+            counters.write_buffer_overflows += 1
+            logger.warning(
+                "dropping %s from %s: over %d bytes waiting to be sent",
+                path,
+                _peer(ws),
+                self.settings.write_buffer_max_bytes,
+            )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Server]:
@@ -252,21 +309,14 @@ class ProxyServer:
             self.settings.host,
             self.settings.port,
             process_request=self.process_request,
-            # DIRECT_RECEIVE off: websockets' own connections, recv() on every path.
-            create_connection=_Connection if self.settings.direct_receive else ServerConnection,
+            create_connection=self._connection_class(),
             max_size=MAX_MESSAGE_BYTES,
+            close_timeout=self.close_timeout_s,
             compression=None,  # mu-law and short JSON gain little; deflate costs CPU per message
             server_header=None,
             ssl=tls_context(self.settings),
         ) as server:
             yield server
-
-
-class _Connection(DirectConnection):
-    """Twilio's messages are handled as they arrive (`call.handle_twilio`); clients'
-    wait for their handler to `recv()` them."""
-
-    direct_paths = frozenset({TWILIO_PATH})
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -121,8 +121,21 @@ METHODS: list[tuple[type[Any], str, list[str], str]] = [
         ["self", "event"],
         "its first event is the handshake Response (DirectClientConnection likewise)",
     ),
+    (
+        ServerConnection,
+        "handshake",
+        ["self", "process_request", "process_response", "server_header"],
+        "returns once the response is sent: GuardedConnection then parses the frames "
+        "held since the request",
+    ),
     (Connection, "connection_lost", ["self", "exc"], "the end of the connection (sink.closed)"),
-    (Connection, "send_data", ["self"], "writing what the protocol has to send, after fail()"),
+    (
+        Connection,
+        "send_data",
+        ["self"],
+        "every write of what the protocol has to send (after fail(), pongs...); "
+        "GuardedConnection writes it itself to bound its write buffer",
+    ),
     (Protocol, "fail", ["self", "code", "reason"], "failing the connection with a close frame"),
 ]
 
@@ -366,3 +379,19 @@ def test_response_and_request_fields() -> None:
     response = Response(101, "Switching Protocols", websockets.Headers())
     require(request.path == "/twilio?x=1", "Request.path", "the request target")
     require(response.status_code == 101, "Response.status_code", "the status code")
+
+
+def test_pings_are_events_and_answered_in_data_to_send() -> None:
+    """GuardedConnection counts control frames among the events of process_event, and
+    writes data_to_send() itself: one pong per ping, b"" for the end of the stream."""
+    protocol = open_protocol()
+    ping = Frame(Opcode.PING, b"x").serialize(mask=True, extensions=[])
+    protocol.receive_data(ping * 3)
+    kinds = [e.opcode for e in protocol.events_received() if isinstance(e, Frame)]
+    require(kinds == [Opcode.PING] * 3, "Protocol.events_received", "every ping an event", kinds)
+    pong = Frame(Opcode.PONG, b"x").serialize(mask=False, extensions=[])
+    sent = protocol.data_to_send()
+    require(sent == [pong] * 3, "Protocol.data_to_send", "one pong frame per ping", sent)
+    protocol.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
+    sent = protocol.data_to_send()
+    require(sent[-1:] == [b""], "Protocol.data_to_send", 'b"" last: a server ends its side', sent)

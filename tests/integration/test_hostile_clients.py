@@ -1,0 +1,292 @@
+"""Hostile clients (issue 11): each costs only its own connection, within limits that
+apply from its first byte.
+
+Raw peers (`raw_peer.RawPeer`) send what no well-behaved client does; every loop here is
+bounded in count and time, and every target is 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+from websockets.asyncio.server import Server
+
+from twilio_dg_proxy.config import Settings
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.server import ProxyServer, bound_port
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
+
+from ..timing import S
+from .helpers import (
+    PROXY_ENV,
+    RunningProxy,
+    TwilioPeer,
+    both_receive_modes,
+    running_proxy,
+    until,
+)
+from .raw_peer import PING, TEXT, RawPeer, frame, frame_header, upgrade_request
+
+pytestmark = both_receive_modes
+
+TWILIO_LIMIT = 64 << 10
+CLIENT_LIMIT = 4096
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[RunningProxy]:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(
+            deepgram.url,
+            TWILIO_MAX_MESSAGE_BYTES=str(TWILIO_LIMIT),
+            CLIENT_MAX_MESSAGE_BYTES=str(CLIENT_LIMIT),
+        ) as running:
+            yield running
+
+
+# --- 1. Limits apply from the first byte ------------------------------------------------
+
+OVERSIZED = [
+    ("/twilio", TWILIO_LIMIT + 1),
+    ("/twilio", 8_000_000),
+    ("/client", CLIENT_LIMIT + 1),
+    ("/viewer/ws", CLIENT_LIMIT + 1),
+]
+# When the oversized message goes: in the same write as the upgrade request (so in its
+# read), in a write of its own before the 101 is read, or after the 101 (the reference).
+WHEN = ("with the request", "before the 101", "after the 101")
+
+
+async def refusal(port: int, path: str, size: int, when: str) -> tuple[int, int, str]:
+    """(status, close code, reason) for a text message of `size` bytes on `path`, of which
+    only the header and 1 KB are sent: the limit must be applied from the header alone,
+    without waiting for (or holding) the rest."""
+    message = frame_header(TEXT, size) + b"x" * 1024
+    async with RawPeer.connected(port) as peer:
+        if when == "with the request":
+            peer.send(upgrade_request(path) + message)
+        else:
+            peer.send(upgrade_request(path))
+            await peer.writer.drain()
+            if when == "before the 101":
+                peer.send(message)
+        status = await peer.status()
+        if when == "after the 101":
+            peer.send(message)
+        code, reason = await peer.close_frame()
+    return status, code, reason
+
+
+@pytest.mark.parametrize(("path", "size"), OVERSIZED, ids=[f"{p} {s}" for p, s in OVERSIZED])
+async def test_an_oversized_first_message_gets_1009_however_early_it_comes(
+    proxy: RunningProxy, path: str, size: int
+) -> None:
+    answers = {when: await refusal(proxy.port, path, size, when) for when in WHEN}
+    reference = answers["after the 101"]
+    assert reference[:2] == (101, 1009), reference
+    assert answers == dict.fromkeys(WHEN, reference)
+
+
+# --- 2. A connection that fails is failed -----------------------------------------------
+
+# How long the proxy would wait for a peer's close: long, so that a TCP close that waits
+# for it cannot pass for a prompt one.
+CLOSE_TIMEOUT = 60 * S
+PROMPT = 5 * S  # far below CLOSE_TIMEOUT
+
+
+@dataclass
+class Listening(RunningProxy):
+    """A running proxy and its websockets `Server` (whose `connections` a test may watch)."""
+
+    listening: Server
+
+
+@asynccontextmanager
+async def proxy_closing_slowly(deepgram_url: str, **env: str) -> AsyncIterator[Listening]:
+    """A proxy whose connections wait CLOSE_TIMEOUT for a peer's close."""
+    settings = Settings.from_env(
+        {"DEEPGRAM_URL": deepgram_url, "HOST": "127.0.0.1", "PORT": "0"} | PROXY_ENV | env
+    )
+    server = ProxyServer(settings, close_timeout_s=CLOSE_TIMEOUT)
+    async with server.running() as listening:
+        yield Listening(server, bound_port(listening), listening)
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["before start", "after start"])
+async def test_invalid_utf8_fails_the_connection_without_waiting_for_the_peer(
+    started: bool,
+) -> None:
+    """RFC 6455 8.1: invalid UTF-8 fails the connection. The peer here never answers the
+    close frame: the proxy's end of TCP must come anyway, long before CLOSE_TIMEOUT."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(deepgram.url) as proxy:
+            counters = proxy.server.hub.counters
+            call = SimulatedCall(tracks=("inbound",))
+            async with RawPeer.connected(proxy.port) as peer:
+                peer.send(upgrade_request("/twilio"))
+                assert await peer.status() == 101
+                peer.send(frame(TEXT, call.connected().encode()))
+                if started:
+                    peer.send(frame(TEXT, call.start().encode()))
+                    await until(lambda: counters.calls == 1)
+                peer.send(frame(TEXT, b'{"event": "media\xff"}'))
+                code, _ = await peer.close_frame()
+                assert code == 1007
+                assert await peer.end_of_stream(within=PROMPT) == b""
+
+
+# --- 3. Control frames cannot starve the server -----------------------------------------
+
+PINGS_PER_WRITE = 20_000  # empty pings: 120 KB a write
+FLOOD_WRITES = 5
+
+
+def interleaved(audio: dict[str, bytes]) -> bytes:
+    out = bytearray(2 * len(audio["inbound"]))
+    out[0::2], out[1::2] = audio["inbound"], audio["outbound"]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("path", ["/twilio", "/client"])
+async def test_a_ping_flood_is_closed_and_counted_while_a_call_goes_on(path: str) -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url, CHUNK_MS="20") as proxy:
+            counters = proxy.server.hub.counters
+            call = SimulatedCall()
+            audio = {"inbound": pattern("inbound", 8000), "outbound": pattern("outbound", 8000)}
+            async with TwilioPeer.started(proxy, call) as twilio:
+                sending = asyncio.create_task(twilio.send_all(call.frames(audio), speed=1))  # type: ignore[arg-type]
+                async with RawPeer.connected(proxy.port) as flooder:
+                    flooder.send(upgrade_request(path))
+                    assert await flooder.status() == 101
+                    for _ in range(FLOOD_WRITES):
+                        flooder.send(frame(PING, b"") * PINGS_PER_WRITE)
+                        await asyncio.sleep(0)
+                    assert await flooder.close_frame() == (1008, "too many control frames")
+                await sending
+                await twilio.stop()
+            [stream] = deepgram.streams  # one Deepgram stream: never dropped, never reopened
+            await asyncio.wait_for(stream.closed.wait(), 5 * S)
+    assert bytes(stream.audio) == interleaved(audio)
+    assert stream.controls[-1] == "CloseStream"
+    assert counters.control_floods == 1
+    assert counters.deepgram_reconnects == 0
+
+
+WRITE_CAP = 64 << 10
+PONG_FRAME = 2 + 125  # the largest pong: a 125-byte payload
+PING_BATCH = 500
+MAX_BATCHES = 400  # 200,000 pings, 26 MB: far more than the kernel's buffers can absorb
+
+
+async def test_a_client_that_pings_but_never_reads_is_dropped_at_the_write_cap() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(
+            deepgram.url,
+            WRITE_BUFFER_MAX_BYTES=str(WRITE_CAP),
+            CONTROL_FRAMES_PER_SECOND="1000000",  # only the write cap is tested here
+            CONTROL_FRAMES_BURST="1000000",
+        ) as proxy:
+            counters = proxy.server.hub.counters
+            async with RawPeer.connected(proxy.port, rcvbuf=2048) as peer:
+                peer.send(upgrade_request("/client"))
+                await until(lambda: len(proxy.listening.connections) == 1)
+                [ws] = proxy.listening.connections
+                transport = ws.transport
+                peak = 0
+                write = transport.write
+
+                def recording(data: bytes | bytearray | memoryview) -> None:
+                    nonlocal peak
+                    write(data)
+                    peak = max(peak, transport.get_write_buffer_size())
+
+                transport.write = recording  # type: ignore[method-assign]
+                ping = frame(PING, b"p" * 125)
+                for _ in range(MAX_BATCHES):
+                    if counters.write_buffer_overflows or transport.is_closing():
+                        break
+                    peer.send(ping * PING_BATCH)
+                    try:
+                        async with asyncio.timeout(5 * S):
+                            await peer.writer.drain()
+                    except ConnectionError:
+                        break
+                await until(lambda: not proxy.listening.connections)
+    assert counters.write_buffer_overflows == 1
+    assert WRITE_CAP < peak <= WRITE_CAP + PONG_FRAME
+
+
+# --- 4. Unauthenticated connections are cheap ------------------------------------------
+
+MAX_PENDING = 3
+
+
+async def test_pending_streams_are_bounded_and_the_next_is_refused_with_503() -> None:
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(
+            deepgram.url, {"start_timeout_s": 60 * S}, MAX_PENDING_STREAMS=str(MAX_PENDING)
+        ) as proxy:
+            counters = proxy.server.hub.counters
+
+            def pending() -> object:
+                return proxy.server.health()["pending"]
+
+            async with (
+                RawPeer.connected(proxy.port) as first,
+                RawPeer.connected(proxy.port) as second,
+                RawPeer.connected(proxy.port) as third,
+            ):
+                for peer in (first, second, third):
+                    peer.send(upgrade_request("/twilio"))
+                    assert await peer.status() == 101
+                assert pending() == MAX_PENDING
+                assert await status_of_one_more(proxy.port) == 503
+                assert counters.refused_pending == 1
+                # One starts its call: its place is free again.
+                call = SimulatedCall(tracks=("inbound",))
+                first.send(frame(TEXT, call.connected().encode()))
+                first.send(frame(TEXT, call.start().encode()))
+                await until(lambda: counters.calls == 1)
+                assert pending() == MAX_PENDING - 1
+                async with RawPeer.connected(proxy.port) as fourth:
+                    fourth.send(upgrade_request("/twilio"))
+                    assert await fourth.status() == 101
+                    assert await status_of_one_more(proxy.port) == 503
+                    # One leaves: its place is free again.
+                    second.writer.transport.abort()
+                    await until(lambda: pending() == MAX_PENDING - 1, within=5 * S)
+                    assert await status_of_one_more(proxy.port) == 101
+            assert counters.refused_pending == 2
+
+
+async def status_of_one_more(port: int) -> int:
+    """The status of one more /twilio upgrade (that connection then aborted)."""
+    async with RawPeer.connected(port) as peer:
+        peer.send(upgrade_request("/twilio"))
+        return await peer.status()
+
+
+async def test_a_stream_may_send_only_small_messages_until_its_start() -> None:
+    """Before `start` a /twilio message over 16 KiB is refused (1009); after it, the same
+    message is taken (and, not being JSON, refused as such: 1008)."""
+    big = b"x" * (20 << 10)
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            codes = []
+            for started in (False, True):
+                call = SimulatedCall(tracks=("inbound",))
+                async with RawPeer.connected(proxy.port) as peer:
+                    peer.send(upgrade_request("/twilio"))
+                    assert await peer.status() == 101
+                    peer.send(frame(TEXT, call.connected().encode()))
+                    if started:
+                        peer.send(frame(TEXT, call.start().encode()))
+                        await until(lambda: proxy.server.hub.counters.calls == 1)
+                    peer.send(frame(TEXT, big))
+                    codes.append((await peer.close_frame())[0])
+    assert codes == [1009, 1008]
