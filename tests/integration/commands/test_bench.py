@@ -26,6 +26,7 @@ from twilio_dg_proxy.commands.bench.measure import (
     window_range,
 )
 from twilio_dg_proxy.commands.bench.procfs import busy_seconds, cpu_seconds, rss_bytes
+from twilio_dg_proxy.commands.bench.report import format_report
 from twilio_dg_proxy.commands.bench.wire import text_frame
 from twilio_dg_proxy.deepgram_server_protocol import results_message
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
@@ -207,3 +208,21 @@ def test_the_command_runs_end_to_end_on_its_own_event_loop() -> None:
     # else the machine is doing, and is the benchmark's figure, not this test's.
     assert isinstance(report["held"], bool) and report["verdict"]
     assert report["complete"] and report["calls_exact"] == 2
+
+
+async def test_ping_floods_are_closed_while_the_calls_stay_complete() -> None:
+    """Issue 11's flooders over the window: they ran and the proxy closed them (1008) while
+    both calls kept their Deepgram stream and arrived whole. How late the audio was is the
+    benchmark's figure, not this test's."""
+    report = await run_bench(
+        BenchOptions(calls=2, subscribers=2, duration_s=2.0, warmup_s=0.5, ping_floods=2)
+    )
+    floods = report.floods
+    assert floods is not None and floods.flooders == 2
+    assert floods.pings_sent > 0 and floods.connections >= 2
+    assert floods.closes.get(1008, 0) > 0 and floods.closed_by_proxy > 0
+    assert floods.proxy_control_floods is not None and floods.proxy_control_floods > 0
+    assert report.complete, report
+    assert report.calls_exact == 2 and report.calls_failed == 0
+    assert report.deepgram_reconnects == 0 and report.deepgram_streams == 2
+    assert "floods" in format_report(report)

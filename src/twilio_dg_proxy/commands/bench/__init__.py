@@ -15,8 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ... import event_loop
-from ..arguments import count, name_value
+from ... import config, event_loop
+from ..arguments import argument, count, name_value
 from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
 from .procfs import wait_until_quiet
 
@@ -39,6 +39,10 @@ Figures, over the measured window:
   load             the generator's and the fake Deepgram's CPU, and the ticker's lateness;
                    above {GENERATOR_SATURATED:.0%} of a core the figures may be the load's
   other activity   CPU the run's CPUs spent on anything else (/proc/stat): the noise
+  Deepgram         streams the fake saw, and the proxy's Deepgram reconnects (/healthz)
+  floods           with --ping-floods N: N connections flooding /client with pings over
+                   the window, reconnecting when closed (issue 11's attacker); pings sent
+                   and answered, connections, how the proxy closed them
 
 A run HOLDS REAL TIME when its p99 added latency is at most CHUNK_MS + {REAL_TIME_MARGIN_MS} ms and
 nothing was lost. --sweep raises N (doubling, then bisecting) to the largest N that holds.
@@ -103,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="before each run, wait up to SECONDS for the machine to be under 10%% busy "
         "(for shared machines; default: do not wait)",
     )
+    parser.add_argument(
+        "--ping-floods",
+        type=argument(config.number_in(int, 0, 64), "count"),
+        default=0,
+        metavar="N",
+        help="over the measured window, N connections flood /client with pings, reconnecting "
+        "when closed (issue 11's attacker; its own process, on the load's CPUs; default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     parser.add_argument(
         "--profile",
@@ -153,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         nice=args.nice,
         proxy_env=dict(args.proxy_env),
         profile=args.profile,
+        ping_floods=args.ping_floods,
     )
     try:
         if not args.sweep:

@@ -29,6 +29,7 @@ from ...twilio_events import Track
 from ...twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall, pattern
 from . import procfs
 from .fake_server import FakeProcess, StreamRecord
+from .flood import FloodProcess, FloodResult
 from .measure import (
     PATTERN_PERIOD,
     CallCheck,
@@ -40,7 +41,7 @@ from .measure import (
     window_range,
 )
 from .processes import BenchError, Placement, ProxyProcess, plan_placement, profiled
-from .report import BenchReport
+from .report import BenchReport, FloodReport
 from .wire import WireClient, text_frame
 
 __all__ = ["BenchError", "BenchOptions", "run_bench"]
@@ -56,6 +57,8 @@ _TICK_SLICE: Final = 50
 # Twilio-side and /client handshakes in flight at once (the listen backlog is 100).
 _CONNECT_CONCURRENCY: Final = 32
 _START_TIMEOUT_S: Final = 20.0
+# How long the proxy's /healthz may take to answer at the end of a run.
+_HEALTH_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class BenchOptions:
     nice: int | None = None  # scheduling niceness of the three processes (None: unchanged)
     proxy_env: Mapping[str, str] = field(default_factory=dict)
     profile: Path | None = None  # py-spy's raw profile of the proxy over the window
+    ping_floods: int = 0  # connections flooding /client with pings over the window
 
 
 def _payloads(track: Track) -> tuple[str, ...]:
@@ -209,6 +213,7 @@ class _Window:
 
     proxy_pid: int
     fake_pid: int
+    flood_pid: int | None = None
     first_tick: int = 0  # the ticker's ticks measured: [first_tick, last_tick)
     last_tick: int = 0
     start: float = 0.0  # when the first measured tick ran, and when the window was sampled last
@@ -216,15 +221,18 @@ class _Window:
     proxy: list[procfs.ProcSample] = field(default_factory=list)
     fake: list[procfs.ProcSample] = field(default_factory=list)
     generator: list[procfs.ProcSample] = field(default_factory=list)
+    flood: list[procfs.ProcSample] = field(default_factory=list)
     machine: list[dict[int, float]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     work: list[float] = field(default_factory=list)
 
     def sample(self) -> None:
-        """Sample the three processes' CPU and memory, and each CPU's busy time."""
+        """Sample the processes' CPU and memory, and each CPU's busy time."""
         self.proxy.append(procfs.sample(self.proxy_pid))
         self.fake.append(procfs.sample(self.fake_pid))
         self.generator.append(procfs.sample(os.getpid()))
+        if self.flood_pid is not None:
+            self.flood.append(procfs.sample(self.flood_pid))
         self.machine.append(procfs.cpu_busy())
 
     @property
@@ -237,7 +245,7 @@ class _Window:
         return (samples[-1].cpu_s - samples[0].cpu_s) / self.seconds
 
     def others(self, placement: Placement) -> tuple[float, float]:
-        """Busy time on the proxy's and on the load's CPUs that none of the three processes
+        """Busy time on the proxy's and on the load's CPUs that none of the run's processes
         used (other processes, interrupts), as shares of a core: this run's noise.
         Unpinned, every CPU is shared and both figures are the same."""
         start, end = self.machine[0], self.machine[-1]
@@ -247,6 +255,8 @@ class _Window:
 
         proxy = self.cpu_share(self.proxy)
         load = self.cpu_share(self.fake) + self.cpu_share(self.generator)
+        if self.flood:
+            load += self.cpu_share(self.flood)
         if placement.proxy is None or placement.load is None:
             both = max(0.0, busy(end) - proxy - load)
             return both, both
@@ -445,15 +455,31 @@ async def run_bench(options: BenchOptions) -> BenchReport:
                 idle = procfs.sample(proxy.pid)
                 load = Load(options, proxy, fake)
                 window = _Window(proxy.pid, fake.pid)
+                floods: FloodResult | None = None
                 try:
                     await load.open()
                     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    async with profiled(options.profile, proxy.pid, options.duration_s, started):
+                    async with contextlib.AsyncExitStack() as stack:
+                        flood: FloodProcess | None = None
+                        if options.ping_floods:
+                            flood = await stack.enter_async_context(
+                                FloodProcess.started(
+                                    proxy.port, options.ping_floods, options.duration_s
+                                )
+                            )
+                            window.flood_pid = flood.pid
+                            started.add_done_callback(flood.go)
+                        await stack.enter_async_context(
+                            profiled(options.profile, proxy.pid, options.duration_s, started)
+                        )
                         await load.stream(window, started)
+                        if flood is not None:
+                            floods = await _flood_result(flood)
                     # A proxy that kept up ends its calls in well under a second.
                     streams = await load.finish(within=30 + options.duration_s)
                 finally:
                     load.abort()
+                totals = await _final_totals(proxy)
                 # Let the proxy free what the calls held (it collects once idle).
                 await asyncio.sleep(IDLE_COLLECT_S + 1)
                 after = procfs.sample(proxy.pid)
@@ -464,7 +490,26 @@ async def run_bench(options: BenchOptions) -> BenchReport:
         if options.nice is not None:
             with contextlib.suppress(PermissionError):  # raising it back needs root too
                 os.setpriority(os.PRIO_PROCESS, 0, saved_nice)
-    return _report(options, placement, load, window, streams, idle, after, problems)
+    return _report(options, placement, load, window, streams, idle, after, problems, floods, totals)
+
+
+async def _flood_result(flood: FloodProcess) -> FloodResult:
+    try:
+        return await flood.result()
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise BenchError(f"the ping floods gave no result: {exc!r}") from None
+
+
+async def _final_totals(proxy: ProxyProcess) -> dict[str, Any]:
+    """The proxy's counters since it started (/healthz's "totals"), or {} if it cannot say
+    in time (a proxy too starved to answer)."""
+    try:
+        async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+            health = await proxy.health()
+    except (OSError, TimeoutError, ValueError):
+        return {}
+    totals = health.get("totals")
+    return totals if isinstance(totals, dict) else {}
 
 
 def _report(
@@ -476,6 +521,8 @@ def _report(
     idle: procfs.ProcSample,
     after: procfs.ProcSample,
     problems: int,
+    floods: FloodResult | None,
+    totals: Mapping[str, Any],
 ) -> BenchReport:
     watchers: dict[str, list[Subscriber]] = {d.request_id: [] for d in load.calls}
     for subscriber in load.subscribers:
@@ -538,4 +585,28 @@ def _report(
         others_on_load_cpu=others_on_load,
         held=held,
         verdict=verdict,
+        deepgram_streams=len(streams),
+        deepgram_reconnects=_count(totals, "deepgram_reconnects"),
+        floods=None if floods is None else _flood_report(floods, window, totals),
+    )
+
+
+def _count(totals: Mapping[str, Any], name: str) -> int | None:
+    value = totals.get(name)
+    return value if isinstance(value, int) else None
+
+
+def _flood_report(floods: FloodResult, window: _Window, totals: Mapping[str, Any]) -> FloodReport:
+    return FloodReport(
+        flooders=floods.flooders,
+        seconds=floods.seconds,
+        pings_sent=floods.pings_sent,
+        pongs_received=floods.pongs_received,
+        connections=floods.connections,
+        refused=floods.refused,
+        connect_errors=floods.connect_errors,
+        closes=dict(floods.closes),
+        drops=floods.drops,
+        cpu_share=window.cpu_share(window.flood) if len(window.flood) > 1 else 0.0,
+        proxy_control_floods=_count(totals, "control_floods"),
     )

@@ -14,6 +14,7 @@ from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, Summary
 __all__ = [
     "NOISE_THRESHOLD",
     "BenchReport",
+    "FloodReport",
     "criterion",
     "format_report",
     "format_sweep",
@@ -24,6 +25,29 @@ __all__ = [
 
 #: Above this share of a core used by others on the run's CPUs, the run is flagged as noisy.
 NOISE_THRESHOLD = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class FloodReport:
+    """What `bench --ping-floods` did over the window (`flood.FloodResult`), its CPU, and
+    the proxy's own count of connections it closed for flooding (None: it keeps none)."""
+
+    flooders: int  # connections flooding at any one time
+    seconds: float
+    pings_sent: int  # written to the sockets; the proxy reads only part of them
+    pongs_received: int  # pings the proxy answered
+    connections: int  # upgrades accepted, reconnections included
+    refused: int  # upgrades refused
+    connect_errors: int
+    closes: dict[int, int]  # close frames from the proxy, by code
+    drops: int  # connections the proxy ended without a close frame
+    cpu_share: float  # the flood process's CPU, as a share of one core
+    proxy_control_floods: int | None  # /healthz's control_floods at the end
+
+    @property
+    def closed_by_proxy(self) -> int:
+        """Flooding connections the proxy ended, with a close frame or without."""
+        return sum(self.closes.values()) + self.drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +92,11 @@ class BenchReport:
     others_on_load_cpu: float
     held: bool
     verdict: str
+    # Deepgram streams the fake saw (one per call unless the proxy reopened some), and the
+    # proxy's count of reopened streams from /healthz at the end (None: it did not answer).
+    deepgram_streams: int
+    deepgram_reconnects: int | None
+    floods: FloodReport | None  # with --ping-floods
 
     @property
     def rss_per_call(self) -> float:
@@ -153,8 +182,21 @@ def format_report(r: BenchReport) -> str:
             f"{r.others_on_proxy_cpu:.0%} of a core on the proxy's CPU, "
             f"{r.others_on_load_cpu:.0%} on the load's (other processes, interrupts)",
         ),
-        ("verdict", ("HELD real time: " if r.held else "did NOT hold real time: ") + r.verdict),
+        (
+            "Deepgram",
+            f"{r.deepgram_streams} streams for {r.calls} calls, "
+            + (
+                "reconnects unknown (/healthz did not answer)"
+                if r.deepgram_reconnects is None
+                else f"{r.deepgram_reconnects} reconnects"
+            ),
+        ),
     ]
+    if r.floods is not None:
+        rows.append(("floods", _floods(r.floods)))
+    rows.append(
+        ("verdict", ("HELD real time: " if r.held else "did NOT hold real time: ") + r.verdict)
+    )
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if r.proxy_log_problems:
@@ -172,6 +214,19 @@ def format_report(r: BenchReport) -> str:
             "latencies may be the load's, not the proxy's"
         )
     return "\n".join(lines)
+
+
+def _floods(f: FloodReport) -> str:
+    codes = ", ".join(f"{code} x{n:,}" for code, n in sorted(f.closes.items())) or "no close frame"
+    counted = (
+        "" if f.proxy_control_floods is None else f"; the proxy counted {f.proxy_control_floods:,}"
+    )
+    return (
+        f"{f.flooders} at a time, {f.connections:,} connections: {f.pings_sent:,} pings sent "
+        f"({f.pings_sent / f.seconds if f.seconds else 0:,.0f}/s), {f.pongs_received:,} answered; "
+        f"closed by the proxy {f.closed_by_proxy:,} times ({codes}; {f.drops} without), "
+        f"{f.refused} refused{counted}; flood process {f.cpu_share:.0%} of a core"
+    )
 
 
 def criterion(chunk_ms: int) -> str:
