@@ -118,13 +118,14 @@ class _HeadFirst(Connection):
         super().data_received(data)
 
     def _release_early(self) -> None:
-        """The server's response is sent: parse the frames held since the request, and read
-        on (unless refused: websockets then closes the connection)."""
+        """The server's response is sent: read on, and parse the frames held since the
+        request. A refused connection reads on too (websockets discards what it reads then):
+        else the peer's end would go unseen and the connection linger until close_timeout."""
         early, self._early = self._early, None
-        if early is None or self.protocol.state is not State.OPEN:
+        if early is None:
             return
         self.transport.resume_reading()
-        if early:
+        if early and self.protocol.state is State.OPEN:
             self._frames_received(bytes(early))
 
 
@@ -168,8 +169,10 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         return cast("type[Self]", type(cls.__name__, (cls,), attributes))
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
-        await super().handshake(*args, **kwargs)
-        self._release_early()
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:  # a refused handshake raises, and must read on all the same
+            self._release_early()
 
     def process_event(self, event: Event) -> None:
         control = self._control
@@ -189,16 +192,16 @@ class GuardedConnection(_HeadFirst, ServerConnection):
     def send_data(self) -> None:
         """Write what the protocol has to send, as websockets does, but abort the connection
         rather than write to a buffer already holding more than the guard allows: so it
-        never exceeds that by more than one frame."""
+        never exceeds that by more than one frame. When our side ends before the handshake
+        completed (a refused upgrade, an HTTP response), read on: websockets then waits for
+        the peer's end, which a paused transport would never see."""
         guard = self.guard
-        if guard is None:
-            super().send_data()
-            return
         transport = self.transport
         for data in self.protocol.data_to_send():
             if self._breached and transport.is_closing():
                 return
             if not data:  # the end of our side of the stream
+                self._release_early()
                 if transport.can_write_eof():
                     try:  # as websockets: write_eof() documents no exceptions
                         transport.write_eof()
@@ -206,7 +209,7 @@ class GuardedConnection(_HeadFirst, ServerConnection):
                         pass
                 else:  # TLS cannot half-close
                     transport.close()
-            elif transport.get_write_buffer_size() > guard.write_buffer_bytes:
+            elif guard is not None and transport.get_write_buffer_size() > guard.write_buffer_bytes:
                 self._breach("write_buffer")
                 transport.abort()
                 return

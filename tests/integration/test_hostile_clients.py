@@ -139,6 +139,20 @@ async def test_invalid_utf8_fails_the_connection_without_waiting_for_the_peer(
                 assert await peer.end_of_stream(within=PROMPT) == b""
 
 
+@pytest.mark.parametrize(("path", "status"), [("/nowhere", 404), ("/viewer/missing.js", 404)])
+async def test_a_refused_upgrade_lets_its_connection_go_when_the_peer_leaves(
+    path: str, status: int
+) -> None:
+    """After an HTTP answer other than 101 websockets waits for the peer's end: the proxy,
+    which holds reading until its response, must read on then, or each refused connection
+    lingers until CLOSE_TIMEOUT (and the server's shutdown waits for it)."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with asyncio.timeout(PROMPT), proxy_closing_slowly(deepgram.url) as proxy:
+            async with RawPeer.connected(proxy.port) as peer:
+                peer.send(upgrade_request(path))
+                assert await peer.status() == status
+
+
 # --- 3. Control frames cannot starve the server -----------------------------------------
 
 PINGS_PER_WRITE = 20_000  # empty pings: 120 KB a write
