@@ -123,6 +123,24 @@ def level_name(raw: str) -> str:
     return level
 
 
+def redis_url(raw: str) -> str:
+    """A redis://, rediss:// or unix:// URL (credentials may be in it)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")  # never echo it
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("expected redis://host[:port][/db]")
+    return raw
+
+
+def key_prefix(raw: str) -> str:
+    """Letters, digits, `-`, `_` and `.`, without braces (they would change Redis Cluster's
+    hash slots)."""
+    if not all(c.isalnum() or c in "-_." for c in raw):
+        raise ValueError(f"use letters, digits, '-', '_' and '.', got {raw!r}")
+    return raw
+
+
 # --- Declarations ----------------------------------------------------------------------------
 
 
@@ -361,6 +379,52 @@ class Settings:
         parse=number_in(int, 1, 1_000_000),
     )
 
+    # Scale-out (docs/scaling-out.md): without REDIS_URL, one process and the in-memory hub.
+    redis_url: str = setting(
+        "REDIS_URL",
+        "",
+        "redis://, rediss:// (TLS) or unix:// URL of the Redis or Valkey that instances share"
+        " (empty: one process, no Redis)",
+        parse=redis_url,
+        secret=True,  # it may hold a password
+    )
+    redis_key_prefix: str = setting(
+        "REDIS_KEY_PREFIX",
+        "tdp",
+        "prefix of every Redis key, so deployments can share one Redis",
+        parse=key_prefix,
+    )
+    redis_heartbeat_timeout_s: float = setting(
+        "REDIS_HEARTBEAT_TIMEOUT_S",
+        5.0,
+        "an instance silent this long is gone: its calls end for watchers elsewhere",
+        parse=number_in(float, 1.0, 300.0),
+    )
+    redis_publish_buffer: int = setting(
+        "REDIS_PUBLISH_BUFFER",
+        10_000,
+        "messages kept for Redis while it is unreachable; beyond, they are dropped and counted",
+        parse=number_in(int, 100, 10_000_000),
+    )
+    redis_stream_max_messages: int = setting(
+        "REDIS_STREAM_MAX_MESSAGES",
+        2000,
+        "Deepgram messages of a call kept in Redis (about), the history a late watcher gets",
+        parse=number_in(int, 100, 1_000_000),
+    )
+    redis_stream_keep_s: int = setting(
+        "REDIS_STREAM_KEEP_S",
+        60,
+        "how long a call's messages stay in Redis after it ends",
+        parse=number_in(int, 1, 86_400),
+    )
+    workers: int = setting(
+        "WORKERS",
+        1,
+        "processes serving one port (SO_REUSEPORT); more than 1 needs REDIS_URL",
+        parse=number_in(int, 1, 256),
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from `env`; unset or empty variables keep their defaults."""
@@ -382,6 +446,12 @@ class Settings:
         if self.twilio_auth_token and not self.public_url:
             raise ConfigError(
                 "PUBLIC_URL", "required with TWILIO_AUTH_TOKEN: Twilio signs the URL it calls"
+            )
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                "WORKERS",
+                "more than 1 needs REDIS_URL: workers share calls and watchers through Redis"
+                " (set REDIS_URL=redis://127.0.0.1:6379/0, or WORKERS=1)",
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS_KEY" if self.tls_cert else "TLS_CERT", "set both or neither")
