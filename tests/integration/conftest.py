@@ -3,12 +3,14 @@ the receive mode of every proxy a test starts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 
+from ..redis_server import RedisServer
 from .helpers import PROXY_ENV, RunningProxy, running_proxy
 
 
@@ -31,3 +33,14 @@ async def deepgram() -> AsyncIterator[FakeDeepgram]:
 async def proxy(deepgram: FakeDeepgram) -> AsyncIterator[RunningProxy]:
     async with running_proxy(deepgram.url) as running:
         yield running
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real, empty redis-server on 127.0.0.1 (skips without one, fails under CI)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
