@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import client_protocol, viewer_protocol
 from .exceptions import (
+    BrokerUnavailable,
     ClientProtocolError,
     ProxyError,
     TooManySubscribers,
@@ -56,9 +58,21 @@ _EVICTION_GRACE_S = 2.0
 # get to hold a connection forever.
 CHOICE_TIMEOUT_S = 300.0
 
+# Called with a callSid before a client joins it (`RedisBroker.prepare`: load a call streamed
+# by another instance); may raise ProxyError.
+Prepare = Callable[[str], Awaitable[None]]
+
+
+async def _nothing_to_prepare(call_sid: str) -> None:
+    return None
+
 
 async def handle_client(
-    ws: ServerConnection, hub: Hub, *, choice_timeout_s: float = CHOICE_TIMEOUT_S
+    ws: ServerConnection,
+    hub: Hub,
+    *,
+    choice_timeout_s: float = CHOICE_TIMEOUT_S,
+    prepare: Prepare = _nothing_to_prepare,
 ) -> None:
     """Serve one /client connection: the call list, its choice (within `choice_timeout_s`),
     then that call's results (after its history if it asked for it)."""
@@ -73,7 +87,9 @@ async def handle_client(
             raise ClientProtocolError(
                 f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
-        sub = hub.subscribe(client_protocol.parse_choice(choice), history=options.history)
+        call_sid = client_protocol.parse_choice(choice)
+        await prepare(call_sid)
+        sub = hub.subscribe(call_sid, history=options.history)
     except ConnectionClosed:
         return
     except ProxyError as exc:
@@ -156,14 +172,16 @@ async def _close_when_evicted(ws: ServerConnection, outbox: Outbox, watching: st
         ws.transport.abort()
 
 
-async def handle_viewer(ws: ServerConnection, hub: Hub) -> None:
+async def handle_viewer(
+    ws: ServerConnection, hub: Hub, *, prepare: Prepare = _nothing_to_prepare
+) -> None:
     """Serve one /viewer/ws connection: the call list, then the calls it subscribes to."""
     peer = _peer(ws)
     viewer = hub.add_viewer(now_ms=int(time.time() * 1000))
     logger.info("viewer %s connected", peer)
     try:
         async with asyncio.TaskGroup() as tasks:
-            reader = tasks.create_task(_read_commands(ws, hub, viewer))
+            reader = tasks.create_task(_read_commands(ws, hub, viewer, prepare))
             watchdog = tasks.create_task(_close_when_evicted(ws, viewer, "the call list"))
             try:
                 await _forward(ws, viewer)
@@ -175,7 +193,9 @@ async def handle_viewer(ws: ServerConnection, hub: Hub) -> None:
         logger.info("viewer %s left (%s)", peer, _close_code(ws))
 
 
-async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> None:
+async def _read_commands(
+    ws: ServerConnection, hub: Hub, viewer: ViewerFeed, prepare: Prepare
+) -> None:
     """Apply the viewer's commands until it leaves; a malformed one closes it (1008)."""
     peer = _peer(ws)
     try:
@@ -185,8 +205,9 @@ async def _read_commands(ws: ServerConnection, hub: Hub, viewer: ViewerFeed) -> 
                 hub.unfollow(viewer, command.call_sid)
                 continue
             try:
+                await prepare(command.call_sid)
                 hub.follow(viewer, command.call_sid)
-            except (UnknownCall, TooManySubscribers) as exc:
+            except (UnknownCall, TooManySubscribers, BrokerUnavailable) as exc:
                 code, reason = close_frame_for(exc)
                 hub.tell(viewer, viewer_protocol.error(command.call_sid, code, reason))
             else:

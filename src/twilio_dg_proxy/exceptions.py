@@ -96,6 +96,11 @@ class DeepgramNotConfigured(DeepgramError):
     """The proxy is not set up to use Deepgram (no API key for Deepgram's cloud)."""
 
 
+class BrokerUnavailable(ProxyError):
+    """Redis (REDIS_URL) could not be reached: at start, or to load a call streamed by
+    another instance."""
+
+
 # Most specific first: the first matching row wins.
 CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (UnsupportedFrame, CloseCode.UNSUPPORTED_DATA),
@@ -107,6 +112,7 @@ CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (Unauthorized, CloseCode.POLICY_VIOLATION),
     (TooManySubscribers, CloseCode.TRY_AGAIN_LATER),
     (DeepgramError, CloseCode.BAD_GATEWAY),
+    (BrokerUnavailable, CloseCode.TRY_AGAIN_LATER),
 )
 
 

@@ -18,6 +18,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from websockets.frames import CloseCode
 
@@ -144,10 +145,20 @@ class History:
             self.truncated = True
 
 
+class CallSink(Protocol):
+    """Where the hub also sends the calls streamed by this process (the Redis broker, so
+    that other instances can watch them). Its methods must not await."""
+
+    def call_opened(self, info: CallInfo) -> None: ...
+    def message(self, call_sid: str, text: str) -> None: ...
+    def call_ended(self, call_sid: str, ending: Ending) -> None: ...
+
+
 @dataclass(slots=True)
 class _Call:
     info: CallInfo
     history: History
+    remote: bool  # streamed by another instance: mirrored here for the watchers of this one
     subscribers: set[Subscription] = field(default_factory=set)
     viewers: set[ViewerFeed] = field(default_factory=set)
 
@@ -174,6 +185,9 @@ class HubCounters:
     control_floods: int = 0  # connections closed for too many pings or pongs (1008)
     write_buffer_overflows: int = 0  # connections dropped for not reading what we sent
     refused_pending: int = 0  # /twilio upgrades refused: MAX_PENDING_STREAMS not started yet
+    redis_dropped: int = 0  # messages never published to Redis (its buffer was full)
+    redis_errors: int = 0  # failed round trips to Redis (each retried)
+    remote_calls_lost: int = 0  # calls ended here because their instance vanished
 
 
 # Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.
@@ -221,17 +235,24 @@ class Hub:
         self._calls: dict[str, _Call] = {}
         self._viewers: set[ViewerFeed] = set()
         self.counters = HubCounters()
+        self.sink: CallSink | None = None
 
     # Calls.
 
-    def open_call(self, call_sid: str, info: CallInfo | None = None) -> None:
-        """Register a call so that clients can subscribe to it; tell the viewers."""
+    def open_call(
+        self, call_sid: str, info: CallInfo | None = None, *, remote: bool = False
+    ) -> None:
+        """Register a call so that clients can subscribe to it; tell the viewers (and the
+        sink, unless the call is `remote`: streamed by another instance)."""
         if call_sid in self._calls:
             raise DuplicateCall(f"call {call_sid} is already streaming")
         history = History(self._history_limit, self._history_bytes)
-        call = _Call(info or CallInfo(call_sid), history)
+        call = _Call(info or CallInfo(call_sid), history, remote)
         self._calls[call_sid] = call
-        self.counters.calls += 1
+        if not remote:
+            self.counters.calls += 1
+            if self.sink is not None:
+                self.sink.call_opened(call.info)
         if self._viewers:
             self._tell_viewers(viewer_protocol.call_started(call.info))
 
@@ -241,6 +262,8 @@ class Hub:
         call = self._calls.pop(call_sid, None)
         if call is None:
             return 0
+        if self.sink is not None and not call.remote:
+            self.sink.call_ended(call_sid, ending)
         for sub in call.subscribers:
             sub.end(ending)
         for viewer in call.viewers:
@@ -256,6 +279,8 @@ class Hub:
         if call is None:
             return
         self.counters.published += 1
+        if self.sink is not None and not call.remote:
+            self.sink.message(call_sid, text)
         if self._history_limit and self._history_bytes and is_history(text):
             call.history.add(text)
         if call.subscribers:
@@ -271,6 +296,34 @@ class Hub:
     def active_calls(self) -> list[str]:
         """callSids of the calls streaming now, oldest first."""
         return list(self._calls)
+
+    def local_calls(self) -> list[str]:
+        """callSids of the calls this process streams (not mirrored from elsewhere)."""
+        return [sid for sid, call in self._calls.items() if not call.remote]
+
+    def is_remote(self, call_sid: str) -> bool:
+        """Whether the call is active and streamed by another instance."""
+        call = self._calls.get(call_sid)
+        return call is not None and call.remote
+
+    def watcher_count(self, call_sid: str) -> int:
+        """Subscribers and viewers following the call here (0 if it is not active)."""
+        call = self._calls.get(call_sid)
+        return call.watchers if call is not None else 0
+
+    def replace_history(self, call_sid: str, messages: Iterable[str], truncated: bool) -> None:
+        """Set a call's history from `messages` (a replay of everything it sent, filtered
+        and bounded as `publish` would have): a mirrored call's, read from Redis."""
+        call = self._calls.get(call_sid)
+        if call is None:
+            return
+        history = History(self._history_limit, self._history_bytes)
+        if self._history_limit and self._history_bytes:
+            for text in messages:
+                if is_history(text):
+                    history.add(text)
+        history.truncated = history.truncated or truncated
+        call.history = history
 
     def subscriber_count(self) -> int:
         """Subscribers and viewers following calls, across all active calls."""

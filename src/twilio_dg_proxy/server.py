@@ -10,8 +10,9 @@ import json
 import signal
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -30,10 +31,14 @@ from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
 from .direct_connection import DirectConnection, Guard, GuardedConnection
+from .exceptions import ConfigError
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
 from .viewer import INDEX, Asset, load_assets
+
+if TYPE_CHECKING:
+    from .redis_broker import RedisBroker
 
 logger = get_logger("server")
 
@@ -102,6 +107,7 @@ class ProxyServer:
         self._pending: set[ServerConnection] = set()
         self._no_streams = asyncio.Event()
         self._no_streams.set()
+        self.broker: RedisBroker | None = None  # with REDIS_URL, while running
 
     async def route(self, ws: ServerConnection) -> None:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far)."""
@@ -110,9 +116,14 @@ class ProxyServer:
             self._clients.add(ws)
             try:
                 if path == VIEWER_PATH:
-                    await handle_viewer(ws, self.hub)
+                    await handle_viewer(ws, self.hub, prepare=self._prepare)
                 else:
-                    await handle_client(ws, self.hub, choice_timeout_s=self.choice_timeout_s)
+                    await handle_client(
+                        ws,
+                        self.hub,
+                        choice_timeout_s=self.choice_timeout_s,
+                        prepare=self._prepare,
+                    )
             finally:
                 self._clients.discard(ws)
             return
@@ -133,6 +144,11 @@ class ProxyServer:
             if not self._streams:
                 self._no_streams.set()
                 asyncio.get_running_loop().call_later(IDLE_COLLECT_S, self._collect_if_idle)
+
+    async def _prepare(self, call_sid: str) -> None:
+        """Before a client joins a call: load it if another instance streams it."""
+        if self.broker is not None:
+            await self.broker.prepare(call_sid)
 
     def _collect_if_idle(self) -> None:
         """Free what the last calls left in reference cycles: under load the collector runs
@@ -259,15 +275,20 @@ class ProxyServer:
         return response
 
     def health(self) -> dict[str, object]:
-        """The status served on /healthz."""
-        return {
+        """The status served on /healthz: `calls` counts every instance's (with Redis),
+        `local_calls` this process's."""
+        health: dict[str, object] = {
             "status": "ok",
             "calls": len(self.hub.active_calls()),
+            "local_calls": len(self._streams),
             "subscribers": self.hub.subscriber_count(),
             "viewers": self.hub.viewer_count(),
             "pending": len(self._pending),  # /twilio streams not started yet
             "totals": dataclasses.asdict(self.hub.counters),
         }
+        if self.broker is not None:
+            health["redis"] = self.broker.health()
+        return health
 
     def _connection_class(self) -> type[ServerConnection]:
         """Connections that keep to this server's guard. Twilio's messages are handled as
@@ -303,7 +324,26 @@ class ProxyServer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Server]:
-        """Listen on the configured host and port until the block exits."""
+        """Listen on the configured host and port until the block exits (with REDIS_URL,
+        joined to the other instances first: raises BrokerUnavailable if Redis is away)."""
+        async with AsyncExitStack() as stack:
+            if self.settings.redis_url:
+                self.broker = await stack.enter_async_context(self._broker())
+            async with self._listening() as server:
+                yield server
+        self.broker = None
+
+    def _broker(self) -> AbstractAsyncContextManager[RedisBroker]:
+        try:
+            from .redis_broker import RedisBroker
+        except ImportError:
+            raise ConfigError(
+                "REDIS_URL", "needs redis-py: pip install 'twilio-dg-proxy[redis]'"
+            ) from None
+        return RedisBroker.running(self.hub, self.settings)
+
+    @asynccontextmanager
+    async def _listening(self) -> AsyncIterator[Server]:
         async with serve(
             self.route,
             self.settings.host,
@@ -360,7 +400,7 @@ async def serve_until_signalled(settings: Settings) -> None:
         )
         warn_if_exposed(settings)
         await stop.wait()
-        logger.info("shutting down: %d active call(s)", len(proxy.hub.active_calls()))
+        logger.info("shutting down: %d active call(s)", len(proxy.hub.local_calls()))
         await proxy.drain(server)
 
 

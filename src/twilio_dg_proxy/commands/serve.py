@@ -14,7 +14,7 @@ from dotenv import dotenv_values
 
 from ..config import Settings, settings_table
 from ..event_loop import event_loop_factory
-from ..exceptions import ConfigError
+from ..exceptions import BrokerUnavailable, ConfigError
 from ..logs import get_logger, setup_logging
 from . import hints
 
@@ -22,6 +22,7 @@ EXIT_CONFIG = 2
 EXIT_LISTEN = 1
 EXIT_INTERRUPTED = 130
 EXIT_ENGINE = 1
+EXIT_REDIS = 1
 
 DESCRIPTION = (
     "Stream Twilio calls to Deepgram live transcription and fan the transcripts out to every "
@@ -127,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a setting the server could not use (e.g. no twilio package)
         print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokerUnavailable as exc:  # REDIS_URL is set but Redis cannot be reached
+        logger.error("%s: check REDIS_URL, or unset it to run on its own", exc)
+        return EXIT_REDIS
     except engine_errors as exc:  # the offline engine could not start (it says why)
         logger.error("the offline engine cannot start: %s", exc)
         return EXIT_ENGINE

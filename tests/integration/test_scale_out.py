@@ -1,0 +1,263 @@
+"""Scale-out through a real Redis: two proxies (instances A and B) share one redis-server on
+127.0.0.1; a call streams through A, watchers join on A and on B, and each must get exactly
+what Deepgram said, in order, then `close` (docs/scaling-out.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.twilio_events import Track
+from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
+
+from ..redis_server import RedisServer
+from ..timing import S
+from .helpers import RunningProxy, ServerProcess, TwilioPeer, Watcher, running_proxy, until
+from .test_websocat import websocat
+
+SECOND = 8000  # mu-law bytes per second per track
+
+
+def tracks(seconds: float, offset: int = 0) -> dict[Track, bytes]:
+    n = int(seconds * SECOND)
+    return {
+        "inbound": pattern("inbound", n, offset=offset),
+        "outbound": pattern("outbound", n, offset=offset),
+    }
+
+
+@contextlib.asynccontextmanager
+async def instances(
+    deepgram: FakeDeepgram, redis: RedisServer, count: int = 2, **env: str
+) -> AsyncIterator[list[RunningProxy]]:
+    """`count` proxies sharing `redis` (heartbeat timeout 1 s, so that tests of a vanished
+    instance end quickly)."""
+    env = {"REDIS_URL": redis.url, "REDIS_HEARTBEAT_TIMEOUT_S": "1"} | env
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(running_proxy(deepgram.url, **env))
+            for _ in range(count)
+        ]
+
+
+async def visible(proxy: RunningProxy, call_sid: str) -> None:
+    """Wait until `proxy` lists the call (its instance learnt of it through Redis)."""
+    await until(lambda: call_sid in proxy.server.hub.active_calls())
+
+
+async def test_watchers_on_another_instance_get_the_same_messages_in_order(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    async with instances(deepgram, redis_server) as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            await visible(b, call.call_sid)
+            local = await Watcher.join(a, call.call_sid)
+            remote = [await Watcher.join(b, call.call_sid) for _ in range(2)]
+            assert all(w.listed == [call.call_sid] for w in [local, *remote])
+            await twilio.send_all(call.frames(tracks(1.0)))
+            await twilio.stop()
+            seen = await asyncio.gather(*(w.transcript() for w in [local, *remote]))
+        (stream,) = deepgram.streams
+        assert seen[0] == stream.sent
+        assert seen[1] == seen[0] and seen[2] == seen[0]
+        await until(lambda: not b.server.hub.active_calls())
+        health = b.server.health()
+        assert health["calls"] == 0 and health["local_calls"] == 0
+
+
+async def test_a_late_viewer_on_another_instance_gets_history_then_live_without_seam(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    frames = call.frames(tracks(2.0))
+    half = len(frames) // 2
+    async with instances(deepgram, redis_server) as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            local = await Watcher.join(a, call.call_sid)
+            await twilio.send_all(frames[:half])
+            # Finals of the first half have reached Redis before the viewer on B joins.
+            await until(lambda: len(a.server.hub._calls[call.call_sid].history.messages) >= 2)
+            async with connect(f"ws://127.0.0.1:{b.port}/viewer/ws", proxy=None) as viewer:
+                listed = json.loads(await viewer.recv())
+                assert [c["callSid"] for c in listed["calls"]] == [call.call_sid]
+                await viewer.send(json.dumps({"type": "subscribe", "callSid": call.call_sid}))
+                subscribed = json.loads(await viewer.recv())
+                assert subscribed["type"] == "subscribed"
+                await twilio.send_all(frames[half:])
+                await twilio.stop()
+                live = []
+                async for text in viewer:
+                    message = json.loads(text)
+                    if message["type"] == "call_ended":
+                        break
+                    live.append(message["message"])
+            sent = await local.transcript()
+    finals = [m for m in map(json.loads, sent) if _is_final(m)]
+    replayed = subscribed["history"]
+    assert replayed and replayed == finals[: len(replayed)]
+    # Then every final after the last one replayed: none missing, none twice.
+    live_finals = [m for m in live if _is_final(m)]
+    assert replayed + live_finals == finals
+
+
+def _is_final(message: dict[str, Any]) -> bool:
+    return bool(
+        message.get("type") == "Results"
+        and message.get("is_final")
+        and (message["channel"]["alternatives"][0]["transcript"] or message.get("speech_final"))
+    )
+
+
+async def test_without_redis_at_start_the_proxy_refuses_to_start_clearly(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    from twilio_dg_proxy.exceptions import BrokerUnavailable
+
+    url = redis_server.url
+    redis_server.stop()
+    with pytest.raises(BrokerUnavailable, match=r"cannot reach Redis at redis://127\.0\.0\.1"):
+        async with running_proxy(deepgram.url, REDIS_URL=url):
+            pass
+
+
+async def test_websocat_on_another_instance_prints_what_deepgram_sent_then_close(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    async with instances(deepgram, redis_server) as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            await visible(b, call.call_sid)
+            process = await asyncio.create_subprocess_exec(
+                websocat(),
+                "-n",
+                b.client_url,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert process.stdin is not None
+            process.stdin.write(f"{call.call_sid}\n".encode())
+            await process.stdin.drain()
+            process.stdin.close()
+            await until(lambda: b.server.hub.subscriber_count() == 1)
+            await twilio.send_all(call.frames(tracks(1.0)))
+            await twilio.stop()
+            async with asyncio.timeout(10 * S):
+                out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert json.loads(lines[0]) == [call.call_sid]
+    assert lines[1:-1] == deepgram.streams[0].sent
+    assert lines[-1] == "close"
+
+
+async def test_a_redis_restart_mid_call_loses_nothing_for_watchers_anywhere(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    frames = call.frames(tracks(3.0))
+    third = len(frames) // 3
+    async with instances(deepgram, redis_server) as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            await visible(b, call.call_sid)
+            local, remote = (
+                await Watcher.join(a, call.call_sid),
+                await Watcher.join(b, call.call_sid),
+            )
+            await twilio.send_all(frames[:third])
+            redis_server.stop()
+            # Redis is away: the call goes on, and so do its watchers on A.
+            await twilio.send_all(frames[third : 2 * third])
+            await until(lambda: a.server.hub.counters.redis_errors > 0)
+            redis_server.start()  # empty, on the same port
+            await twilio.send_all(frames[2 * third :])
+            await twilio.stop()
+            seen = await asyncio.gather(local.transcript(), remote.transcript(within=20 * S))
+    (stream,) = deepgram.streams
+    assert seen[0] == stream.sent
+    assert seen[1] == stream.sent
+    assert a.server.hub.counters.redis_dropped == 0
+
+
+async def test_beyond_its_buffer_what_redis_missed_is_dropped_and_counted_not_held(
+    deepgram: FakeDeepgram, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = SimulatedCall()
+    async with instances(deepgram, redis_server, count=1, REDIS_PUBLISH_BUFFER="100") as (a,):
+        async with TwilioPeer.started(a, call) as twilio:
+            local = await Watcher.join(a, call.call_sid)
+            redis_server.stop()
+            await twilio.send_all(call.frames(tracks(8.0)))
+            await twilio.stop()
+            seen = await local.transcript()
+        (stream,) = deepgram.streams
+        assert seen == stream.sent  # watchers on the call's own instance miss nothing
+        counters = a.server.hub.counters
+        # At most 100 messages wait (the call's `end` waits beyond them); the rest were
+        # dropped and counted, none lost without a count.
+        assert a.server.broker is not None
+        waiting = len(a.server.broker.queue)
+        assert waiting <= 100 + 1
+        assert counters.redis_dropped >= len(stream.sent) - 100 > 0
+    assert "Redis write queue full (100)" in caplog.text
+
+
+async def test_when_the_instance_streaming_a_call_is_killed_its_watchers_elsewhere_are_told(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    env = {
+        "DEEPGRAM_URL": deepgram.url,
+        "REDIS_URL": redis_server.url,
+        "REDIS_HEARTBEAT_TIMEOUT_S": "1",
+    }
+    async with instances(deepgram, redis_server, count=1) as (b,):
+        async with ServerProcess.started("serve", "--port", "0", **env) as a:
+            async with connect(f"ws://127.0.0.1:{a.port}/twilio", proxy=None) as twilio:
+                await twilio.send(call.connected())
+                await twilio.send(call.start())
+                await visible(b, call.call_sid)
+                watchers = [await Watcher.join(b, call.call_sid) for _ in range(2)]
+                for _, text in call.frames(tracks(0.5)):
+                    await twilio.send(text)
+                a.process.kill()  # SIGKILL: no goodbye, its heartbeat just stops
+                for watcher in watchers:
+                    code, reason, _ = await watcher.closed(within=10 * S)
+                    assert (code, reason) == (1011, "the instance streaming this call stopped")
+        await until(lambda: not b.server.hub.active_calls())
+        assert b.server.hub.counters.remote_calls_lost == 1
+    assert redis_server.cli("HLEN", "tdp:{registry}:calls") == "0"
+
+
+async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    async with instances(deepgram, redis_server) as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            await visible(b, call.call_sid)
+            await twilio.send_all(call.frames(tracks(0.5)))
+            await until(lambda: redis_server.cli("XLEN", f"tdp:call:{{{call.call_sid}}}") != "0")
+            keys = redis_server.cli("DBSIZE")
+            broker = b.server.broker
+            assert broker is not None
+            for _ in range(1000):
+                async with connect(b.client_url, proxy=None) as ws:
+                    await ws.recv()
+                    await ws.send(call.call_sid)
+                    await until(lambda: b.server.hub.watcher_count(call.call_sid) == 1)
+            await until(lambda: b.server.hub.watcher_count(call.call_sid) == 0)
+            assert redis_server.cli("DBSIZE") == keys
+            # Nobody watches it on B any more: B stops reading it (after SETTLE_S).
+            await until(lambda: not broker._followed, within=5 * S)
+            assert not broker._loading and not broker._idle_since
+            assert b.server.hub.counters.subscriptions == 1000
+            await twilio.stop()
