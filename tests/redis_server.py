@@ -78,6 +78,8 @@ class RedisServer:
             if _READY in line:
                 self.process = process
                 return True
+        process.stdout.close()
+        process.wait()
         return False  # exited: the port was taken (or another start error)
 
     def stop(self) -> None:
