@@ -72,12 +72,14 @@ class RedisBroker:
         self.queue = wire.PublishQueue(settings.redis_publish_buffer)
         self.stream_max = settings.redis_stream_max_messages
         self.keep_s = settings.redis_stream_keep_s
-        # Heartbeats every fifth of the timeout, each valid for half of it; an instance
-        # whose key is missing for half of it is gone (`wire.Liveness`): a SIGKILLed one
-        # is noticed within about the timeout.
-        self.heartbeat_s = settings.redis_heartbeat_timeout_s / 5
-        self.heartbeat_ttl_ms = int(settings.redis_heartbeat_timeout_s * 500)
-        self.liveness = wire.Liveness(settings.redis_heartbeat_timeout_s / 2)
+        # A heartbeat every fifth of the timeout T, each valid for 2/5 of it; an instance
+        # whose key is found missing, and still missing more than T/5 later, is gone
+        # (`wire.Liveness`). Killed just after a beat: its key lapses at 0.4 T, is found
+        # missing by 0.6 T and judged by T. Alive, it must be late by about 0.4 T to be.
+        timeout_s = settings.redis_heartbeat_timeout_s
+        self.heartbeat_s = timeout_s / 5
+        self.heartbeat_ttl_ms = int(timeout_s * 400)
+        self.liveness = wire.Liveness(grace_s=timeout_s / 5)
         self.block_ms = block_ms
         options: dict[str, Any] = {
             "decode_responses": True,
