@@ -7,9 +7,11 @@ import dataclasses
 import gc
 import ipaddress
 import json
+import os
 import signal
+import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -262,6 +264,7 @@ class ProxyServer:
         """The status served on /healthz."""
         return {
             "status": "ok",
+            "pid": os.getpid(),  # which process answered, when WORKERS share the port
             "calls": len(self.hub.active_calls()),
             "subscribers": self.hub.subscriber_count(),
             "viewers": self.hub.viewer_count(),
@@ -302,12 +305,17 @@ class ProxyServer:
             )
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Server]:
-        """Listen on the configured host and port until the block exits."""
+    async def running(
+        self, *, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> AsyncIterator[Server]:
+        """Listen until the block exits: on the configured host and port (with SO_REUSEPORT
+        if `reuse_port`, so that workers share it), or on the listening socket `sock`."""
+        address = (None, None) if sock is not None else (self.settings.host, self.settings.port)
         async with serve(
             self.route,
-            self.settings.host,
-            self.settings.port,
+            *address,
+            sock=sock,
+            reuse_port=reuse_port,
             process_request=self.process_request,
             create_connection=self._connection_class(),
             max_size=MAX_MESSAGE_BYTES,
@@ -328,10 +336,19 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve_until_signalled(settings: Settings) -> None:
+async def serve_until_signalled(
+    settings: Settings,
+    *,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
     """Run the proxy until SIGINT or SIGTERM, then drain it (`ProxyServer.drain`).
 
-    A second signal cancels the drain: this coroutine then raises CancelledError."""
+    `sock` and `reuse_port` go to `ProxyServer.running`. Once listening, `on_listening()` is
+    called if given (a worker: its supervisor says where it listens, once for all), else the
+    address is logged. A second signal cancels the drain: this coroutine then raises
+    CancelledError."""
     proxy = ProxyServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -346,22 +363,30 @@ async def serve_until_signalled(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    async with proxy.running() as server:
-        logger.info(
-            "listening on %s://%s:%d (Twilio: %s, clients: %s, viewer: %s://%s:%d/)",
-            "wss" if settings.tls_cert else "ws",
-            settings.host,
-            bound_port(server),
-            TWILIO_PATH,
-            CLIENT_PATH,
-            "https" if settings.tls_cert else "http",
-            settings.host,
-            bound_port(server),
-        )
-        warn_if_exposed(settings)
+    async with proxy.running(sock=sock, reuse_port=reuse_port) as server:
+        if on_listening is None:
+            log_listening(settings, bound_port(server))
+            warn_if_exposed(settings)
+        else:
+            on_listening()
         await stop.wait()
         logger.info("shutting down: %d active call(s)", len(proxy.hub.active_calls()))
         await proxy.drain(server)
+
+
+def log_listening(settings: Settings, port: int) -> None:
+    """Say where the proxy listens (tests and people look for "listening on")."""
+    logger.info(
+        "listening on %s://%s:%d (Twilio: %s, clients: %s, viewer: %s://%s:%d/)",
+        "wss" if settings.tls_cert else "ws",
+        settings.host,
+        port,
+        TWILIO_PATH,
+        CLIENT_PATH,
+        "https" if settings.tls_cert else "http",
+        settings.host,
+        port,
+    )
 
 
 def warn_if_exposed(settings: Settings) -> None:
