@@ -79,8 +79,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
-    """Settings from `.env`, then the environment, then the command line (last wins)."""
+def load_settings(args: argparse.Namespace, *, workers: str | None = None) -> Settings:
+    """Settings from `.env`, then the environment, then the command line (last wins):
+    `add_settings_arguments`' options, and `serve`'s `workers` (other commands' --workers
+    mean something else)."""
     env: dict[str, str] = {}
     if args.env_file.is_file():
         env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
@@ -91,19 +93,19 @@ def load_settings(args: argparse.Namespace) -> Settings:
         env["HOST"] = args.host
     if args.port is not None:
         env["PORT"] = args.port
-    if getattr(args, "workers", None) is not None:  # only `serve` has --workers
-        env["WORKERS"] = args.workers
+    if workers is not None:
+        env["WORKERS"] = workers
     return Settings.from_env(env)
 
 
 def settings_or_exit(args: argparse.Namespace) -> Settings | int:
     """The settings, with logging set up; or EXIT_CONFIG after saying what is wrong."""
     try:
-        settings = load_settings(args)
+        settings = load_settings(args, workers=args.workers)
     except ConfigError as exc:
         print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    worker: WorkerSpec | None = getattr(args, "worker", None)
+    worker: WorkerSpec | None = args.worker
     setup_logging(settings.log_level, worker=worker.index if worker else None)
     return settings
 

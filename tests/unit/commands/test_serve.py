@@ -62,9 +62,21 @@ def test_workers_option_overrides_the_workers_setting(
     parser, _ = build_parser("serve")
     env_file = str(tmp_path / "empty.env")
     (tmp_path / "empty.env").write_text("")
-    assert load_settings(parser.parse_args(["--env-file", env_file])).workers == 4
+    args = parser.parse_args(["--env-file", env_file])
+    assert load_settings(args, workers=args.workers).workers == 4
     args = parser.parse_args(["--env-file", env_file, "--workers", "3"])
-    assert load_settings(args).workers == 3
+    assert load_settings(args, workers=args.workers).workers == 3
+
+
+def test_the_demos_workers_option_is_not_the_workers_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WORKERS", raising=False)
+    parser, _ = build_parser("demo")  # its --workers are the offline engine's processes
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    args = parser.parse_args(["--env-file", str(env_file), "--workers", "3"])
+    assert load_settings(args).workers == 1
 
 
 def test_the_internal_worker_option_parses_into_a_spec() -> None:
