@@ -14,11 +14,13 @@ from typing import Any
 LOGGER_NAME = "twilio_dg_proxy"
 
 
-def setup_logging(level: str) -> None:
-    """Send the project's logs to stderr with timestamps, at `level`."""
+def setup_logging(level: str, *, worker: int | None = None) -> None:
+    """Send the project's logs to stderr with timestamps, at `level`; each line of worker
+    `worker` (`WORKERS`) says `worker N`, as its lines mix with the others' on stderr."""
+    who = "" if worker is None else f"worker {worker} "
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {who}%(name)s: %(message)s",
     )
     logging.getLogger(LOGGER_NAME).setLevel(level)
     # websockets logs failed handshakes at INFO with tracebacks, and at DEBUG every request

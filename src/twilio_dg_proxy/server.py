@@ -7,9 +7,11 @@ import dataclasses
 import gc
 import ipaddress
 import json
+import os
 import signal
+import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -279,6 +281,7 @@ class ProxyServer:
         `local_calls` this process's."""
         health: dict[str, object] = {
             "status": "ok",
+            "pid": os.getpid(),  # which process answered, when WORKERS share the port
             "calls": len(self.hub.active_calls()),
             "local_calls": len(self._streams),
             "subscribers": self.hub.subscriber_count(),
@@ -323,13 +326,17 @@ class ProxyServer:
             )
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Server]:
-        """Listen on the configured host and port until the block exits (with REDIS_URL,
-        joined to the other instances first: raises BrokerUnavailable if Redis is away)."""
+    async def running(
+        self, *, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> AsyncIterator[Server]:
+        """Listen until the block exits: on the configured host and port (with SO_REUSEPORT
+        if `reuse_port`, so that workers share it), or on the listening socket `sock`. With
+        REDIS_URL, join the other instances first (raises BrokerUnavailable if Redis is
+        away)."""
         async with AsyncExitStack() as stack:
             if self.settings.redis_url:
                 self.broker = await stack.enter_async_context(self._broker())
-            async with self._listening() as server:
+            async with self._listening(sock, reuse_port) as server:
                 yield server
         self.broker = None
 
@@ -343,11 +350,15 @@ class ProxyServer:
         return RedisBroker.running(self.hub, self.settings)
 
     @asynccontextmanager
-    async def _listening(self) -> AsyncIterator[Server]:
+    async def _listening(
+        self, sock: socket.socket | None, reuse_port: bool
+    ) -> AsyncIterator[Server]:
+        address = (None, None) if sock is not None else (self.settings.host, self.settings.port)
         async with serve(
             self.route,
-            self.settings.host,
-            self.settings.port,
+            *address,
+            sock=sock,
+            reuse_port=reuse_port,
             process_request=self.process_request,
             create_connection=self._connection_class(),
             max_size=MAX_MESSAGE_BYTES,
@@ -368,10 +379,19 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve_until_signalled(settings: Settings) -> None:
+async def serve_until_signalled(
+    settings: Settings,
+    *,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
     """Run the proxy until SIGINT or SIGTERM, then drain it (`ProxyServer.drain`).
 
-    A second signal cancels the drain: this coroutine then raises CancelledError."""
+    `sock` and `reuse_port` go to `ProxyServer.running`. Once listening, `on_listening()` is
+    called if given (a worker: its supervisor says where it listens, once for all), else the
+    address is logged. A second signal cancels the drain: this coroutine then raises
+    CancelledError."""
     proxy = ProxyServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -386,22 +406,30 @@ async def serve_until_signalled(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    async with proxy.running() as server:
-        logger.info(
-            "listening on %s://%s:%d (Twilio: %s, clients: %s, viewer: %s://%s:%d/)",
-            "wss" if settings.tls_cert else "ws",
-            settings.host,
-            bound_port(server),
-            TWILIO_PATH,
-            CLIENT_PATH,
-            "https" if settings.tls_cert else "http",
-            settings.host,
-            bound_port(server),
-        )
-        warn_if_exposed(settings)
+    async with proxy.running(sock=sock, reuse_port=reuse_port) as server:
+        if on_listening is None:
+            log_listening(settings, bound_port(server))
+            warn_if_exposed(settings)
+        else:
+            on_listening()
         await stop.wait()
         logger.info("shutting down: %d active call(s)", len(proxy.hub.local_calls()))
         await proxy.drain(server)
+
+
+def log_listening(settings: Settings, port: int) -> None:
+    """Say where the proxy listens (tests and people look for "listening on")."""
+    logger.info(
+        "listening on %s://%s:%d (Twilio: %s, clients: %s, viewer: %s://%s:%d/)",
+        "wss" if settings.tls_cert else "ws",
+        settings.host,
+        port,
+        TWILIO_PATH,
+        CLIENT_PATH,
+        "https" if settings.tls_cert else "http",
+        settings.host,
+        port,
+    )
 
 
 def warn_if_exposed(settings: Settings) -> None:

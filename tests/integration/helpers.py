@@ -249,3 +249,15 @@ class ServerProcess:
     async def stderr(self) -> str:
         assert self.process.stderr is not None
         return (await self.process.stderr.read()).decode()
+
+    async def log_until(self, text: str, within: float = 10 * S) -> str:
+        """Read its log (after `startup`) up to the first line containing `text`; return
+        what was read. Fails if it exits first."""
+        assert self.process.stderr is not None
+        read = line = ""
+        async with asyncio.timeout(within):
+            while text not in line:
+                line = (await self.process.stderr.readline()).decode()
+                assert line, f"the server exited before logging {text!r}:\n{read}"
+                read += line
+        return read

@@ -16,6 +16,14 @@ from ..config import Settings, settings_table
 from ..event_loop import event_loop_factory
 from ..exceptions import BrokerUnavailable, ConfigError
 from ..logs import get_logger, setup_logging
+from ..workers import (
+    Supervisor,
+    WorkerLink,
+    WorkerSpec,
+    WorkerStartError,
+    hold_port,
+    reuse_port_balances,
+)
 from . import hints
 
 EXIT_CONFIG = 2
@@ -43,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..__main__ import command_list
 
     add_settings_arguments(parser)
+    parser.add_argument(
+        "--workers",
+        help="processes serving the port, supervised (overrides WORKERS; more than 1 needs "
+        "REDIS_URL)",
+    )
+    # Internal: how the supervisor tells a worker process which it is (`workers.WorkerSpec`).
+    parser.add_argument("--worker", type=worker_spec, help=argparse.SUPPRESS)
     settings_help = "\n".join(
         f"  {name:<26} {doc} (default: {default or 'unset'})"
         for name, default, doc in settings_table()
@@ -65,8 +80,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
-    """Settings from `.env`, then the environment, then the command line (last wins)."""
+def load_settings(args: argparse.Namespace, *, workers: str | None = None) -> Settings:
+    """Settings from `.env`, then the environment, then the command line (last wins):
+    `add_settings_arguments`' options, and `serve`'s `workers` (other commands' --workers
+    mean something else)."""
     env: dict[str, str] = {}
     if args.env_file.is_file():
         env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
@@ -77,17 +94,20 @@ def load_settings(args: argparse.Namespace) -> Settings:
         env["HOST"] = args.host
     if args.port is not None:
         env["PORT"] = args.port
+    if workers is not None:
+        env["WORKERS"] = workers
     return Settings.from_env(env)
 
 
 def settings_or_exit(args: argparse.Namespace) -> Settings | int:
     """The settings, with logging set up; or EXIT_CONFIG after saying what is wrong."""
     try:
-        settings = load_settings(args)
+        settings = load_settings(args, workers=args.workers)
     except ConfigError as exc:
         print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level)
+    worker: WorkerSpec | None = args.worker
+    setup_logging(settings.log_level, worker=worker.index if worker else None)
     return settings
 
 
@@ -96,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
     if isinstance(settings, int):
         return settings
+    if settings.workers > 1:
+        return supervise(settings, args.env_file)
     offline = False
     if settings.needs_api_key and not settings.deepgram_api_key:
         from ..engine import INSTALL_HINT, missing_requirements
@@ -119,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     logger.info("event loop: %s", loop_name)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(settings, offline=offline))
+            runner.run(serve(settings, offline=offline, worker=args.worker))
     except OSError as exc:  # the address is taken or not ours to bind
         logger.error("%s", hints.cannot_listen(settings.host, settings.port, exc, setting="PORT"))
         return EXIT_LISTEN
@@ -137,14 +159,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(settings: Settings, *, offline: bool) -> None:
+async def serve(settings: Settings, *, offline: bool, worker: WorkerSpec | None = None) -> None:
     """Serve until SIGTERM/SIGINT (`serve_until_signalled`); with `offline`, first start the
-    offline engine in this process and event loop, and send every call to it."""
-    from ..server import serve_until_signalled
-
+    offline engine in this process and event loop, and send every call to it. A `worker`
+    serves as its supervisor said (`serve_as_worker`)."""
     if not offline:
         tune_gc()
-        await serve_until_signalled(settings)
+        await serve_as_worker(settings, worker)
         return
     from ..engine.server import OfflineEngine
 
@@ -160,7 +181,71 @@ async def serve(settings: Settings, *, offline: bool) -> None:
             engine.url,
         )
         tune_gc()
-        await serve_until_signalled(dataclasses.replace(settings, deepgram_url=engine.url))
+        await serve_as_worker(dataclasses.replace(settings, deepgram_url=engine.url), worker)
+
+
+async def serve_as_worker(settings: Settings, worker: WorkerSpec | None) -> None:
+    """`serve_until_signalled`; for a `worker`, on the socket it inherited or its own with
+    SO_REUSEPORT, telling its supervisor once it listens, and draining if the supervisor
+    dies."""
+    from ..server import serve_until_signalled
+
+    if worker is None:
+        await serve_until_signalled(settings)
+        return
+    link = WorkerLink(worker)
+    link.stop_when_orphaned()
+    await serve_until_signalled(
+        settings,
+        sock=link.listening_socket,
+        reuse_port=link.listening_socket is None,
+        on_listening=link.ready,
+    )
+
+
+def supervise(settings: Settings, env_file: Path) -> int:
+    """Run WORKERS copies of `serve` on one port (`workers.Supervisor`) until SIGTERM/SIGINT;
+    the exit status says how it ended, as `run`'s does."""
+    from ..server import log_listening, warn_if_exposed
+
+    reuse_port = reuse_port_balances()
+    try:
+        held = hold_port(settings.host, settings.port, listen=not reuse_port)
+    except OSError as exc:
+        logger.error("%s", hints.cannot_listen(settings.host, settings.port, exc, setting="PORT"))
+        return EXIT_LISTEN
+    with held:
+        port = int(held.getsockname()[1])
+
+        def command(spec: WorkerSpec) -> list[str]:
+            # The worker reads the same environment and .env; the port is the one held.
+            return [
+                *(sys.executable, "-m", "twilio_dg_proxy", "serve"),
+                *("--env-file", str(env_file), "--host", settings.host, "--port", str(port)),
+                *("--workers", "1", "--worker", spec.option()),
+            ]
+
+        def serving() -> None:
+            log_listening(settings, port)
+            warn_if_exposed(settings)
+
+        logger.info(
+            "starting %d workers on port %d (%s)",
+            settings.workers,
+            port,
+            "SO_REUSEPORT" if reuse_port else "one shared socket",
+        )
+        supervisor = Supervisor(settings.workers, command, shared=None if reuse_port else held)
+        try:
+            outcome = asyncio.run(supervisor.run_until_signalled(serving))
+        except WorkerStartError as exc:
+            return exc.status
+    return EXIT_INTERRUPTED if outcome == "interrupted" else 0
+
+
+def worker_spec(raw: str) -> WorkerSpec:
+    """`--worker`'s type (argparse reports its ValueError)."""
+    return WorkerSpec.parse(raw)
 
 
 def tune_gc() -> None:
