@@ -232,3 +232,51 @@ async def test_a_taken_port_is_reported_plainly_by_the_supervisor(
         code, _, err = await run("--port", port, "--workers", "2", env=redis_env)
     assert code == 1
     assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
+
+
+async def test_watchers_on_both_workers_get_a_call_streamed_by_one_of_them(
+    redis_server: RedisServer, deepgram: FakeDeepgram
+) -> None:
+    env = {"REDIS_URL": redis_server.url, "DEEPGRAM_URL": deepgram.url, "LOG_LEVEL": "INFO"}
+    call = SimulatedCall()
+    audio = {"inbound": pattern("inbound", 8000), "outbound": pattern("outbound", 8000)}
+    async with ServerProcess.started("--port", "0", "--workers", "2", **env) as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with connect(f"{url}/twilio", proxy=None) as twilio:
+            await twilio.send(call.connected())
+            await twilio.send(call.start())
+            # Watchers until both workers have some: each connection lands on either.
+            watchers = []
+            for _ in range(ATTEMPTS):
+                ws = await connect(f"{url}/client", proxy=None)
+                watchers.append(ws)
+                # Both workers list the call, whichever streams it.
+                while json.loads(await ws.recv()) != [call.call_sid]:
+                    await ws.close()
+                    ws = watchers[-1] = await connect(f"{url}/client", proxy=None)
+                await ws.send(call.call_sid)
+                if len(watchers) >= 2 and await _subscribers_on_both(server.port):
+                    break
+            for _, text in call.frames(audio):
+                await twilio.send(text)
+            await twilio.send(call.stop())
+            seen = [[m async for m in ws] for ws in watchers]
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.process.wait() == 0
+    (stream,) = deepgram.streams
+    assert stream.sent
+    for messages in seen:
+        assert messages == [*stream.sent, "close"]
+
+
+async def _subscribers_on_both(port: int) -> bool:
+    """Whether each of the two workers has a subscriber, asking /healthz until both answer."""
+    counts: dict[int, int] = {}
+    for _ in range(ATTEMPTS):
+        body = await asyncio.to_thread(health, port)
+        pid, subscribers = body["pid"], body["subscribers"]
+        assert isinstance(pid, int) and isinstance(subscribers, int)
+        counts[pid] = subscribers
+        if len(counts) == 2:
+            return all(counts.values())
+    raise AssertionError(f"{ATTEMPTS} connections reached only {counts}")
