@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
+from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from twilio_dg_proxy.workers import Supervisor, WorkerSpec, hold_port
 
@@ -239,7 +240,10 @@ async def test_watchers_on_both_workers_get_a_call_streamed_by_one_of_them(
 ) -> None:
     env = {"REDIS_URL": redis_server.url, "DEEPGRAM_URL": deepgram.url, "LOG_LEVEL": "INFO"}
     call = SimulatedCall()
-    audio = {"inbound": pattern("inbound", 8000), "outbound": pattern("outbound", 8000)}
+    audio: dict[Track, bytes] = {
+        "inbound": pattern("inbound", 8000),
+        "outbound": pattern("outbound", 8000),
+    }
     async with ServerProcess.started("--port", "0", "--workers", "2", **env) as server:
         url = f"ws://127.0.0.1:{server.port}"
         async with connect(f"{url}/twilio", proxy=None) as twilio:
