@@ -133,6 +133,43 @@ def redis_url(raw: str) -> str:
     return raw
 
 
+def postgres_url(raw: str) -> str:
+    """A postgresql:// (or postgres://) URL."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("expected a postgresql:// URL")  # never echo it: it may hold a password
+    return raw
+
+
+def http_urls(raw: str) -> tuple[str, ...]:
+    """Comma-separated http:// or https:// URLs."""
+    found = tuple(url.strip() for url in raw.split(",") if url.strip())
+    for url in found:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+    return found
+
+
+WEBHOOK_EVENT_NAMES = ("call.started", "call.ended", "transcript.final")
+
+
+def webhook_events(raw: str) -> tuple[str, ...]:
+    """Comma-separated event names among WEBHOOK_EVENT_NAMES."""
+    found = tuple(name.strip() for name in raw.split(",") if name.strip())
+    unknown = sorted(set(found) - set(WEBHOOK_EVENT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown event(s) {', '.join(unknown)}: use {WEBHOOK_EVENT_NAMES}")
+    return found
+
+
+def webhook_secret(raw: str) -> str:
+    """A signing key of 16 characters or more."""
+    if len(raw) < 16:
+        raise ValueError("use at least 16 characters")
+    return raw
+
+
 def key_prefix(raw: str) -> str:
     """Letters, digits, `-`, `_` and `.`, without braces (they would change Redis Cluster's
     hash slots)."""
@@ -425,6 +462,82 @@ class Settings:
         parse=number_in(int, 1, 256),
     )
 
+    # After the call (docs/transcripts.md): stored transcripts, the /calls API, webhooks.
+    store_transcripts: bool = setting(
+        "STORE_TRANSCRIPTS",
+        True,
+        "store each call's transcript when it ends (false: keep nothing after a call)",
+        parse=boolean,
+    )
+    transcripts_file: str = setting(
+        "TRANSCRIPTS_FILE",
+        "transcripts.sqlite3",
+        "the SQLite file transcripts are stored in (without DATABASE_URL)",
+        parse=text,
+    )
+    database_url: str = setting(
+        "DATABASE_URL",
+        "",
+        "postgresql:// URL to store transcripts in PostgreSQL instead (for several instances)",
+        parse=postgres_url,
+        secret=True,  # it may hold a password
+    )
+    retention_days: float = setting(
+        "RETENTION_DAYS",
+        30.0,
+        "days a stored call is kept; older ones are purged",
+        parse=number_in(float, 0.01, 36_500.0),
+    )
+    transcript_max_bytes: int = setting(
+        "TRANSCRIPT_MAX_BYTES",
+        8 << 20,
+        "final results kept per call for its stored transcript; beyond, it is truncated",
+        parse=number_in(int, 64 << 10, 1 << 30),
+    )
+    store_queue_calls: int = setting(
+        "STORE_QUEUE_CALLS",
+        1000,
+        "ended calls kept waiting while the store is down; beyond, they are lost and counted",
+        parse=number_in(int, 1, 1_000_000),
+    )
+    webhook_urls: tuple[str, ...] = setting(
+        "WEBHOOK_URL",
+        (),
+        "comma-separated http(s):// URLs that receive signed call events",
+        parse=http_urls,
+    )
+    webhook_secret: str = setting(
+        "WEBHOOK_SECRET",
+        "",
+        "the key webhooks are signed with (HMAC-SHA256), 16+ characters",
+        parse=webhook_secret,
+        secret=True,
+    )
+    webhook_events: tuple[str, ...] = setting(
+        "WEBHOOK_EVENTS",
+        ("call.started", "call.ended"),
+        "events to send: call.started, call.ended, transcript.final",
+        parse=webhook_events,
+    )
+    webhook_timeout_s: float = setting(
+        "WEBHOOK_TIMEOUT_S",
+        5.0,
+        "seconds a webhook endpoint has to answer",
+        parse=number_in(float, 0.1, 120.0),
+    )
+    webhook_queue_size: int = setting(
+        "WEBHOOK_QUEUE_SIZE",
+        1000,
+        "events waiting per endpoint; beyond, new ones are dropped and counted",
+        parse=number_in(int, 1, 1_000_000),
+    )
+    webhook_retry_attempts: int = setting(
+        "WEBHOOK_RETRY_ATTEMPTS",
+        8,
+        "deliveries tried per event (network errors, 5xx, 429) before it is dropped",
+        parse=number_in(int, 1, 100),
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from `env`; unset or empty variables keep their defaults."""
@@ -453,6 +566,8 @@ class Settings:
                 "more than 1 needs REDIS_URL: workers share calls and watchers through Redis"
                 " (set REDIS_URL=redis://127.0.0.1:6379/0, or WORKERS=1)",
             )
+        if self.webhook_urls and not self.webhook_secret:
+            raise ConfigError("WEBHOOK_SECRET", "required with WEBHOOK_URL: every event is signed")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS_KEY" if self.tls_cert else "TLS_CERT", "set both or neither")
 

@@ -146,8 +146,8 @@ class History:
 
 
 class CallSink(Protocol):
-    """Where the hub also sends the calls streamed by this process (the Redis broker, so
-    that other instances can watch them). Its methods must not await."""
+    """Where the hub also sends the calls streamed by this process: the Redis broker (so
+    that other instances can watch them), the transcript recorder. Must not await."""
 
     def call_opened(self, info: CallInfo) -> None: ...
     def message(self, call_sid: str, text: str) -> None: ...
@@ -235,7 +235,8 @@ class Hub:
         self._calls: dict[str, _Call] = {}
         self._viewers: set[ViewerFeed] = set()
         self.counters = HubCounters()
-        self.sink: CallSink | None = None
+        # Where the calls streamed here also go (the Redis broker, the transcript recorder).
+        self.sinks: list[CallSink] = []
 
     # Calls.
 
@@ -251,8 +252,8 @@ class Hub:
         self._calls[call_sid] = call
         if not remote:
             self.counters.calls += 1
-            if self.sink is not None:
-                self.sink.call_opened(call.info)
+            for sink in self.sinks:
+                sink.call_opened(call.info)
         if self._viewers:
             self._tell_viewers(viewer_protocol.call_started(call.info))
 
@@ -262,8 +263,9 @@ class Hub:
         call = self._calls.pop(call_sid, None)
         if call is None:
             return 0
-        if self.sink is not None and not call.remote:
-            self.sink.call_ended(call_sid, ending)
+        if not call.remote:
+            for sink in self.sinks:
+                sink.call_ended(call_sid, ending)
         for sub in call.subscribers:
             sub.end(ending)
         for viewer in call.viewers:
@@ -279,8 +281,9 @@ class Hub:
         if call is None:
             return
         self.counters.published += 1
-        if self.sink is not None and not call.remote:
-            self.sink.message(call_sid, text)
+        if self.sinks and not call.remote:
+            for sink in self.sinks:
+                sink.message(call_sid, text)
         if self._history_limit and self._history_bytes and is_history(text):
             call.history.add(text)
         if call.subscribers:

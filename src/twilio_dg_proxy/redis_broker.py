@@ -118,7 +118,7 @@ class RedisBroker:
         broker = cls(hub, settings)
         try:
             await broker._join()
-            hub.sink = broker
+            hub.sinks.append(broker)
             async with asyncio.TaskGroup() as tasks:
                 jobs = [
                     tasks.create_task(broker._publish_forever()),
@@ -133,7 +133,8 @@ class RedisBroker:
                         job.cancel()
             await broker._leave()
         finally:
-            hub.sink = None
+            if broker in hub.sinks:
+                hub.sinks.remove(broker)
             await broker.reader.aclose()
             await broker.redis.aclose()
 

@@ -31,7 +31,8 @@ def final(text: str) -> str:
 
 def test_local_calls_go_to_the_sink_in_order_and_remote_ones_do_not() -> None:
     hub = Hub(queue_limit=10)
-    sink = hub.sink = RecordingSink()
+    sink = RecordingSink()
+    hub.sinks.append(sink)
     hub.open_call("CA1")
     hub.open_call("CA2", remote=True)
     hub.publish("CA1", "a")

@@ -1,0 +1,251 @@
+"""A call's transcript after the call (pure): what is kept of each call streamed here, and
+how it reads.
+
+`Recorder` is one of the hub's sinks (`hub.CallSink`): it keeps every final result of each
+call streamed by this instance for the whole call (within `max_bytes`), and the Deepgram
+request ids; when the call ends it hands a `FinishedCall` to its listeners (the store, the
+webhooks). `segments` turns the finals into speaker-labelled lines in time order across
+both channels, the base of every format (`transcript_json`, `transcript_text`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import json_loads
+from .hub import Ending
+from .viewer_protocol import CallInfo
+
+#: Channel names: Deepgram's channel 0 is Twilio's inbound track (the caller).
+DEFAULT_SPEAKERS = ("Caller", "Callee")
+#: Custom parameters that name the speakers instead (as the viewer does).
+SPEAKER_PARAMETERS = ("CallerName", "CalleeName")
+DEFAULT_MAX_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedCall:
+    """A call as stored: its info, how and when it ended, the Deepgram request ids of its
+    streams, and its final results (Deepgram's JSON, verbatim, in the order received;
+    `truncated` if some were not kept)."""
+
+    info: CallInfo
+    ended_at_ms: int
+    end_code: int
+    end_reason: str
+    request_ids: tuple[str, ...] = ()
+    finals: tuple[str, ...] = ()
+    truncated: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """The call without its transcript, as the API and webhooks show it."""
+        info = self.info.to_json()
+        return info | {
+            "endedAt": self.ended_at_ms,
+            "durationMs": max(0, self.ended_at_ms - self.info.started_at_ms),
+            "endCode": self.end_code,
+            "endReason": self.end_reason,
+            "requestIds": list(self.request_ids),
+            "transcriptTruncated": self.truncated,
+        }
+
+
+class TranscriptListener(Protocol):
+    """What consumes the recorder's output; methods must not await (queue the work)."""
+
+    def call_started(self, info: CallInfo) -> None: ...
+    def final(self, call_sid: str, text: str) -> None: ...
+    def call_finished(self, call: FinishedCall) -> None: ...
+
+
+@dataclass(slots=True)
+class _Recording:
+    info: CallInfo
+    finals: list[str] = field(default_factory=list)
+    request_ids: dict[str, None] = field(default_factory=dict)  # ordered set
+    size: int = 0
+    truncated: bool = False
+
+
+class Recorder:
+    """The hub's sink that records each call streamed here (see the module's docstring)."""
+
+    def __init__(
+        self,
+        clock_ms: Callable[[], int],
+        listeners: Iterable[TranscriptListener] = (),
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.clock_ms = clock_ms
+        self.listeners = list(listeners)
+        self.max_bytes = max_bytes
+        self.truncated_calls = 0  # calls whose finals went beyond max_bytes
+        self._calls: dict[str, _Recording] = {}
+
+    def call_opened(self, info: CallInfo) -> None:
+        self._calls[info.call_sid] = _Recording(info)
+        for listener in self.listeners:
+            listener.call_started(info)
+
+    def message(self, call_sid: str, text: str) -> None:
+        recording = self._calls.get(call_sid)
+        if recording is None or not _may_matter(text):
+            return
+        message = _object(text)
+        if message is None:
+            return
+        request_id = _request_id(message)
+        if request_id:
+            recording.request_ids[request_id] = None
+        if not is_final_with_text(message):
+            return
+        if recording.size + len(text) > self.max_bytes:
+            if not recording.truncated:
+                recording.truncated = True
+                self.truncated_calls += 1
+            return
+        recording.finals.append(text)
+        recording.size += len(text)
+        for listener in self.listeners:
+            listener.final(call_sid, text)
+
+    def call_ended(self, call_sid: str, ending: Ending) -> None:
+        recording = self._calls.pop(call_sid, None)
+        if recording is None:
+            return
+        finished = FinishedCall(
+            recording.info,
+            self.clock_ms(),
+            int(ending.code),
+            ending.reason,
+            tuple(recording.request_ids),
+            tuple(recording.finals),
+            recording.truncated,
+        )
+        for listener in self.listeners:
+            listener.call_finished(finished)
+
+
+def _may_matter(text: str) -> bool:
+    """Cheap filter before parsing: finals and the closing Metadata (request ids)."""
+    return '"is_final"' in text or '"Metadata"' in text
+
+
+def _object(text: str) -> dict[str, Any] | None:
+    try:
+        message = json_loads.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _request_id(message: Mapping[str, Any]) -> str:
+    """The request id of a `Metadata` message, or in a `Results`' metadata."""
+    if message.get("type") == "Metadata":
+        found = message.get("request_id")
+    else:
+        metadata = message.get("metadata")
+        found = metadata.get("request_id") if isinstance(metadata, dict) else None
+    return found if isinstance(found, str) else ""
+
+
+def is_final_with_text(message: Mapping[str, Any]) -> bool:
+    """A final `Results` whose transcript is not empty: what a transcript is made of."""
+    if message.get("type") != "Results" or message.get("is_final") is not True:
+        return False
+    return bool(_transcript(message))
+
+
+def _transcript(message: Mapping[str, Any]) -> str:
+    try:
+        text = message["channel"]["alternatives"][0]["transcript"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return text.strip() if isinstance(text, str) else ""
+
+
+# How a transcript reads.
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One final result as a line: who said what, from `start` to `end` seconds into the
+    call (on the call's timeline: the proxy shifts Deepgram's times across reconnects)."""
+
+    start: float
+    end: float
+    channel: int
+    speaker: str
+    text: str
+
+
+def speakers(parameters: Mapping[str, str]) -> tuple[str, ...]:
+    """The channels' names: `CallerName` / `CalleeName` custom parameters, else
+    Caller / Callee."""
+    return tuple(
+        (parameters.get(param) or "").strip() or default
+        for param, default in zip(SPEAKER_PARAMETERS, DEFAULT_SPEAKERS, strict=True)
+    )
+
+
+def speaker_name(names: Sequence[str], channel: int) -> str:
+    return names[channel] if 0 <= channel < len(names) else f"Channel {channel}"
+
+
+def segments(call: FinishedCall) -> list[Segment]:
+    """The call's finals as segments, in time order across channels (ties: channel 0
+    first, then the order received)."""
+    names = speakers(call.info.custom_parameters)
+    found: list[Segment] = []
+    for text in call.finals:
+        message = _object(text)
+        if message is None or not is_final_with_text(message):
+            continue
+        channel = _channel_of(message)
+        start = _number(message.get("start"))
+        end = start + _number(message.get("duration"))
+        found.append(
+            Segment(start, end, channel, speaker_name(names, channel), _transcript(message))
+        )
+    return sorted(found, key=lambda s: (s.start, s.channel))
+
+
+def _channel_of(message: Mapping[str, Any]) -> int:
+    index = message.get("channel_index")
+    if isinstance(index, list) and index and isinstance(index[0], int):
+        return index[0]
+    return 0
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def transcript_json(call: FinishedCall) -> dict[str, Any]:
+    """`format=json` (and the webhooks' `call.ended`): the call's summary, its segments, and
+    the finals as Deepgram sent them."""
+    return {
+        "call": call.summary(),
+        "segments": [
+            {
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "channel": s.channel,
+                "speaker": s.speaker,
+                "text": s.text,
+            }
+            for s in segments(call)
+        ],
+        "results": [json.loads(text) for text in call.finals],
+    }
+
+
+def transcript_text(call: FinishedCall) -> str:
+    """`format=txt`: one `[mm:ss] Speaker: text` line per segment."""
+    return "".join(
+        f"[{int(s.start) // 60:02d}:{int(s.start) % 60:02d}] {s.speaker}: {s.text}\n"
+        for s in segments(call)
+    )
