@@ -272,8 +272,7 @@ class RedisBroker:
                     raise
             except _UNREACHABLE as exc:
                 attempt += 1
-                self._lost(exc)
-                await asyncio.sleep(_RETRY.delay(attempt, random.random()))
+                await self._pause(attempt, exc)
                 continue
             attempt = 0
             self.queue.done(writes)
@@ -342,6 +341,11 @@ class RedisBroker:
                 len(self.queue),
             )
 
+    async def _pause(self, attempt: int, exc: BaseException) -> None:
+        """After failed attempt `attempt` (1-based): note that Redis is away, then wait."""
+        self._lost(exc)
+        await asyncio.sleep(_RETRY.delay(attempt, random.random()))
+
     def _found(self) -> None:
         if not self.reachable:
             self.reachable = True
@@ -393,8 +397,7 @@ class RedisBroker:
                     await self._catch_up(sid, ending)
             except _UNREACHABLE as exc:
                 attempt += 1
-                self._lost(exc)
-                await asyncio.sleep(_RETRY.delay(attempt, random.random()))
+                await self._pause(attempt, exc)
                 continue
             attempt = 0
 

@@ -22,7 +22,7 @@ from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from ..redis_server import RedisServer
 from ..timing import S
 from .helpers import RunningProxy, ServerProcess, TwilioPeer, Watcher, running_proxy, until
-from .test_websocat import websocat
+from .test_websocat import printed, websocat_choosing
 
 SECOND = 8000  # mu-law bytes per second per track
 
@@ -152,25 +152,11 @@ async def test_websocat_on_another_instance_prints_what_deepgram_sent_then_close
     async with instances(deepgram, redis_server) as (a, b):
         async with TwilioPeer.started(a, call) as twilio:
             await visible(b, call.call_sid)
-            process = await asyncio.create_subprocess_exec(
-                websocat(),
-                "-n",
-                b.client_url,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert process.stdin is not None
-            process.stdin.write(f"{call.call_sid}\n".encode())
-            await process.stdin.drain()
-            process.stdin.close()
+            process = await websocat_choosing(b.client_url, call.call_sid)
             await until(lambda: b.server.hub.subscriber_count() == 1)
             await twilio.send_all(call.frames(tracks(1.0)))
             await twilio.stop()
-            async with asyncio.timeout(10 * S):
-                out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+            lines = await printed(process)
     assert json.loads(lines[0]) == [call.call_sid]
     assert lines[1:-1] == deepgram.streams[0].sent
     assert lines[-1] == "close"
