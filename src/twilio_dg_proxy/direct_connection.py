@@ -39,11 +39,9 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Event, State
 
 from .budget import TokenBucket
-from .frame_splitter import FrameSplitter, Message
+from .frame_splitter import ControlGate, FrameSplitter, Message
 
 _NO_LIMIT = 1 << 62
-# The frames a connection's control budget counts: a close frame ends the connection anyway.
-_CONTROL_OPCODES = frozenset({Opcode.PING, Opcode.PONG})
 
 try:  # recent websockets' recv() refuses a message in more fragments than this
     from websockets.asyncio.messages import MAX_FRAGMENTS as MAX_FRAGMENTS
@@ -161,6 +159,7 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         super().__init__(*args, **kwargs)
         guard = self.guard
         self._control = TokenBucket(guard.control_per_s, guard.control_burst) if guard else None
+        self._gate: ControlGate | None = ControlGate()
         self._breached = False
 
     @classmethod
@@ -174,20 +173,36 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         finally:  # a refused handshake raises, and must read on all the same
             self._release_early()
 
-    def process_event(self, event: Event) -> None:
-        control = self._control
-        if (
-            control is not None
-            and isinstance(event, Frame)
-            and event.opcode in _CONTROL_OPCODES
-            and not self._breached
-            and not control.take(self.loop.time())
-        ):
-            # websockets has answered this read's pings already; failing stops the parsing
-            # of whatever follows, so one read is the most a flood costs.
-            self._breach("control_frames")
-            fail_connection(self, CloseCode.POLICY_VIOLATION, "too many control frames")
-        super().process_event(event)
+    def _frames_received(self, data: bytes) -> None:
+        """Count the read's ping and pong frames before websockets parses any of it (it
+        answers every ping of a read before we would see one): websockets gets only the
+        frames before the first one over the budget, and the connection is then failed, so
+        a flood costs at most the budget's pongs, whatever one read holds."""
+        gate, control = self._gate, self._control
+        if gate is None:  # over the budget once: the rest of the stream is not parsed
+            return
+        if control is None or self.protocol.state is State.CONNECTING:
+            super()._frames_received(data)  # (refused upgrade: websockets discards it)
+            return
+        allowed = gate.passable(data, control, self.loop.time())
+        if allowed:
+            super()._frames_received(data if allowed == len(data) else data[:allowed])
+        if allowed < len(data):
+            self._gate = None
+            self._fail_flooded()
+
+    def _fail_flooded(self) -> None:
+        """Fail the connection for its control frames, counted as a breach: with a close
+        frame if it is open, and in any case ending our side of TCP, so that websockets
+        parses nothing more (a peer may flood a connection whose closing handshake has
+        begun: websockets answers its pings then too). Unless websockets has already ended
+        our side (the peer's close, an error) within the frames the budget let through."""
+        protocol = self.protocol
+        if protocol.eof_sent:
+            return
+        self._breach("control_frames")
+        protocol.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
+        self.send_data()
 
     def send_data(self) -> None:
         """Write what the protocol has to send, as websockets does, but abort the connection
