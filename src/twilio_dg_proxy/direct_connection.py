@@ -73,6 +73,11 @@ class _HeadFirst(Connection):
 
     holds_early_frames: ClassVar[bool] = False  # a server's, until its response is sent
 
+    # Slots, not the instance dict, for what this module adds (here and in subclasses):
+    # websockets' own attributes (27) fit CPython's key-sharing instance dict (up to 29
+    # keys); with ours too, each connection had a full dict of its own, 1.3 KB more.
+    __slots__ = ("_early", "_head_tail")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Until the end of the HTTP head ("\r\n\r\n") is found: the last bytes of the reads
@@ -154,6 +159,7 @@ class GuardedConnection(_HeadFirst, ServerConnection):
 
     holds_early_frames = True
     guard: ClassVar[Guard | None] = None
+    __slots__ = ("_breached", "_control", "_gate")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -242,10 +248,15 @@ class GuardedConnection(_HeadFirst, ServerConnection):
             self.guard.lost(self)
 
 
+# The attributes of `_Direct`, as slots of each concrete class: slots in `_Direct` itself
+# and in `GuardedConnection` could not be combined in `DirectConnection` (two layouts).
+_DIRECT_SLOTS = ("_failed", "_held", "_lost", "_parts", "_sink", "_splitter", "_text", "direct")
+
+
 class _Direct(_HeadFirst):
     """What both sides share: the messages of a direct connection go to the sink given to
     `attach`, held until then. Subclasses set `direct` at the handshake and route data
-    frames that websockets parsed to `_take`."""
+    frames that websockets parsed to `_take`, and declare `_DIRECT_SLOTS`."""
 
     masked = True  # whether the peer's frames are masked (a client's are)
 
@@ -355,6 +366,7 @@ class DirectConnection(_Direct, GuardedConnection):
     """A `ServerConnection` that is direct for requests to one of `direct_paths`."""
 
     direct_paths: ClassVar[frozenset[str]] = frozenset()
+    __slots__ = _DIRECT_SLOTS
 
     def process_event(self, event: Event) -> None:
         if self.request is None:  # the handshake request comes before any frame
@@ -369,6 +381,7 @@ class DirectClientConnection(_Direct, ClientConnection):
     """A `ClientConnection` that is direct once its handshake succeeds."""
 
     masked = False  # a server's frames are not masked
+    __slots__ = _DIRECT_SLOTS
 
     def process_event(self, event: Event) -> None:
         if self.response is None:  # the handshake response comes before any frame

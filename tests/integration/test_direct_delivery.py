@@ -8,13 +8,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from twilio_dg_proxy.direct_connection import MAX_FRAGMENTS
+from twilio_dg_proxy.direct_connection import (
+    MAX_FRAGMENTS,
+    DirectClientConnection,
+    DirectConnection,
+    Guard,
+    GuardedConnection,
+)
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
@@ -248,3 +256,39 @@ async def test_clients_still_receive_with_recv(proxy: RunningProxy) -> None:
         await ws.send("CAnope")
         await ws.wait_closed()
     assert ws.close_code == 1008
+
+
+async def instance_keys(
+    server_class: type[ServerConnection] | None, client_class: type[ClientConnection] | None
+) -> tuple[set[str], set[str]]:
+    """The instance-dict keys of an open server connection and of its client."""
+    seen: list[set[str]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        seen.append(set(vars(ws)))
+        await ws.wait_closed()
+
+    options: dict[str, Any] = {"create_connection": server_class} if server_class else {}
+    async with serve(handler, "127.0.0.1", 0, **options) as server:
+        port = server.sockets[0].getsockname()[1]
+        client_options: dict[str, Any] = {"proxy": None}
+        if client_class:
+            client_options["create_connection"] = client_class
+        async with connect(f"ws://127.0.0.1:{port}/twilio", **client_options) as client:
+            await until(lambda: bool(seen))
+            return seen[0], set(vars(client))
+
+
+async def test_a_connections_own_state_stays_out_of_its_instance_dict() -> None:
+    """Memory per connection: websockets' own attributes fit CPython's key-sharing instance
+    dict (at most 29 keys), ours with them did not (a full dict per connection, 1.3 KB
+    more for each pending /twilio stream), so ours are slots."""
+    plain = await instance_keys(None, None)
+    guard = Guard(10.0, 50, 1 << 20, lambda ws, limit: None, lambda ws: None)
+    for server_class in (
+        DirectConnection.configured(direct_paths=frozenset({"/twilio"}), guard=guard),
+        GuardedConnection.configured(guard=guard),
+    ):
+        ours = await instance_keys(server_class, DirectClientConnection)
+        assert ours[0] <= plain[0], ours[0] - plain[0]
+        assert ours[1] <= plain[1], ours[1] - plain[1]
