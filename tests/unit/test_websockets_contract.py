@@ -137,6 +137,13 @@ METHODS: list[tuple[type[Any], str, list[str], str]] = [
         "GuardedConnection writes it itself to bound its write buffer",
     ),
     (Protocol, "fail", ["self", "code", "reason"], "failing the connection with a close frame"),
+    (
+        Connection,
+        "start_keepalive",
+        ["self"],
+        "called by the server once the handshake is done, to start keepalive; "
+        "GuardedConnection calls it one ping_interval later, from a timer",
+    ),
 ]
 
 
