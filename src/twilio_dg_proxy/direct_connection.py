@@ -39,11 +39,9 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Event, State
 
 from .budget import TokenBucket
-from .frame_splitter import FrameSplitter, Message
+from .frame_splitter import ControlGate, FrameSplitter, Message
 
 _NO_LIMIT = 1 << 62
-# The frames a connection's control budget counts: a close frame ends the connection anyway.
-_CONTROL_OPCODES = frozenset({Opcode.PING, Opcode.PONG})
 
 try:  # recent websockets' recv() refuses a message in more fragments than this
     from websockets.asyncio.messages import MAX_FRAGMENTS as MAX_FRAGMENTS
@@ -74,6 +72,11 @@ class _HeadFirst(Connection):
     reading paused, so at most one read is held), they are parsed as any later frame."""
 
     holds_early_frames: ClassVar[bool] = False  # a server's, until its response is sent
+
+    # Slots, not the instance dict, for what this module adds (here and in subclasses):
+    # websockets' own attributes (27) fit CPython's key-sharing instance dict (up to 29
+    # keys); with ours too, each connection had a full dict of its own, 1.3 KB more.
+    __slots__ = ("_early", "_head_tail")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -156,12 +159,15 @@ class GuardedConnection(_HeadFirst, ServerConnection):
 
     holds_early_frames = True
     guard: ClassVar[Guard | None] = None
+    __slots__ = ("_breached", "_control", "_gate", "_keepalive_due")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         guard = self.guard
         self._control = TokenBucket(guard.control_per_s, guard.control_burst) if guard else None
+        self._gate: ControlGate | None = ControlGate()
         self._breached = False
+        self._keepalive_due: asyncio.TimerHandle | None = None
 
     @classmethod
     def configured(cls, **attributes: Any) -> type[Self]:
@@ -174,20 +180,36 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         finally:  # a refused handshake raises, and must read on all the same
             self._release_early()
 
-    def process_event(self, event: Event) -> None:
-        control = self._control
-        if (
-            control is not None
-            and isinstance(event, Frame)
-            and event.opcode in _CONTROL_OPCODES
-            and not self._breached
-            and not control.take(self.loop.time())
-        ):
-            # websockets has answered this read's pings already; failing stops the parsing
-            # of whatever follows, so one read is the most a flood costs.
-            self._breach("control_frames")
-            fail_connection(self, CloseCode.POLICY_VIOLATION, "too many control frames")
-        super().process_event(event)
+    def _frames_received(self, data: bytes) -> None:
+        """Count the read's ping and pong frames before websockets parses any of it (it
+        answers every ping of a read before we would see one): websockets gets only the
+        frames before the first one over the budget, and the connection is then failed, so
+        a flood costs at most the budget's pongs, whatever one read holds."""
+        gate, control = self._gate, self._control
+        if gate is None:  # over the budget once: the rest of the stream is not parsed
+            return
+        if control is None or self.protocol.state is State.CONNECTING:
+            super()._frames_received(data)  # (refused upgrade: websockets discards it)
+            return
+        allowed = gate.passable(data, control, self.loop.time())
+        if allowed:
+            super()._frames_received(data if allowed == len(data) else data[:allowed])
+        if allowed < len(data):
+            self._gate = None
+            self._fail_flooded()
+
+    def _fail_flooded(self) -> None:
+        """Fail the connection for its control frames, counted as a breach: with a close
+        frame if it is open, and in any case ending our side of TCP, so that websockets
+        parses nothing more (a peer may flood a connection whose closing handshake has
+        begun: websockets answers its pings then too). Unless websockets has already ended
+        our side (the peer's close, an error) within the frames the budget let through."""
+        protocol = self.protocol
+        if protocol.eof_sent:
+            return
+        self._breach("control_frames")
+        protocol.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
+        self.send_data()
 
     def send_data(self) -> None:
         """Write what the protocol has to send, as websockets does, but abort the connection
@@ -221,16 +243,39 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         if self.guard is not None:
             self.guard.breached(self, limit)
 
+    def start_keepalive(self) -> None:
+        """Start websockets' keepalive one ping_interval after the handshake, with a timer.
+
+        Its task sleeps ping_interval before anything else, and that task, its coroutine
+        and its sleep were a tenth of what a connection holds (1.7 of 17 KB per pending
+        /twilio stream, which ends within 10 s, before any ping); a timer costs 0.2 KB.
+        The first ping comes after twice ping_interval (40 s by default), the next ones
+        every ping_interval as before."""
+        if self.ping_interval is not None:
+            self._keepalive_due = self.loop.call_later(self.ping_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._keepalive_due = None
+        super().start_keepalive()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._keepalive_due is not None:  # else it would hold the connection until then
+            self._keepalive_due.cancel()
+            self._keepalive_due = None
         if self.guard is not None:
             self.guard.lost(self)
+
+
+# The attributes of `_Direct`, as slots of each concrete class: slots in `_Direct` itself
+# and in `GuardedConnection` could not be combined in `DirectConnection` (two layouts).
+_DIRECT_SLOTS = ("_failed", "_held", "_lost", "_parts", "_sink", "_splitter", "_text", "direct")
 
 
 class _Direct(_HeadFirst):
     """What both sides share: the messages of a direct connection go to the sink given to
     `attach`, held until then. Subclasses set `direct` at the handshake and route data
-    frames that websockets parsed to `_take`."""
+    frames that websockets parsed to `_take`, and declare `_DIRECT_SLOTS`."""
 
     masked = True  # whether the peer's frames are masked (a client's are)
 
@@ -340,6 +385,7 @@ class DirectConnection(_Direct, GuardedConnection):
     """A `ServerConnection` that is direct for requests to one of `direct_paths`."""
 
     direct_paths: ClassVar[frozenset[str]] = frozenset()
+    __slots__ = _DIRECT_SLOTS
 
     def process_event(self, event: Event) -> None:
         if self.request is None:  # the handshake request comes before any frame
@@ -354,6 +400,7 @@ class DirectClientConnection(_Direct, ClientConnection):
     """A `ClientConnection` that is direct once its handshake succeeds."""
 
     masked = False  # a server's frames are not masked
+    __slots__ = _DIRECT_SLOTS
 
     def process_event(self, event: Event) -> None:
         if self.response is None:  # the handshake response comes before any frame

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .budget import TokenBucket
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets builds its C speedups wherever it can
     from websockets.utils import apply_mask
 
-__all__ = ["FrameSplitter", "Message", "Passed"]
+__all__ = ["ControlGate", "FrameSplitter", "Message", "Passed"]
 
 _FIN_TEXT = 0x81  # FIN, no reserved bits, opcode 1
 _FIN_BINARY = 0x82  # FIN, no reserved bits, opcode 2
@@ -29,6 +31,8 @@ _MASKED = 0x80
 _OPCODE = 0x0F
 _FIN = 0x80
 _TEXT, _BINARY, _CONT = 0x1, 0x2, 0x0
+_PING, _PONG = 0x9, 0xA
+_LONGEST_HEADER = 14  # 2 bytes, an 8-byte length, a 4-byte mask
 
 
 # Not frozen, for the same reason as twilio_events.Media: one per message.
@@ -81,7 +85,7 @@ class FrameSplitter:
         pos = 0  # of the next frame
         end = len(data)
         while pos < end:
-            head = self._header(data, pos)
+            head = _header(data, pos)
             if head is None:  # incomplete header: wait for more
                 break
             payload_at, length, first = head
@@ -133,28 +137,67 @@ class FrameSplitter:
         elif opcode == _CONT and first & _FIN:
             self._fragmented = False
 
-    @staticmethod
-    def _header(data: bytes | bytearray, pos: int) -> tuple[int, int, int] | None:
-        """(payload offset, payload length, first byte) of the frame at `pos`, or None if
-        its header is not complete in `data`."""
+
+class ControlGate:
+    """Follows the frames of a stream, fed in order from its first byte, and says how much
+    of each read may be parsed: all of it, or the bytes before the first ping or pong frame
+    that a `TokenBucket` refuses. A frame is judged by its first byte, so a refused frame
+    always starts in the read that refuses it. Once it has refused, feed it nothing more."""
+
+    __slots__ = ("_head", "_skip")
+
+    def __init__(self) -> None:
+        self._head = b""  # the start of a header not complete yet (its frame already judged)
+        self._skip = 0  # bytes still to come of the current frame
+
+    def passable(self, data: bytes, budget: TokenBucket, now: float) -> int:
+        """How many bytes of `data` may be parsed: `len(data)`, or the offset of the first
+        control frame for which `budget.take(now)` fails."""
         end = len(data)
-        if end - pos < 2:
+        pos = self._skip
+        self._skip = 0
+        if self._head:
+            # A header is at most 14 bytes: with that many, it is complete.
+            head = self._head + data[:_LONGEST_HEADER]
+            parsed = _header(head, 0)
+            if parsed is None:
+                self._head = head
+                return end
+            pos = parsed[0] + parsed[1] - len(self._head)
+            self._head = b""
+        while pos < end:
+            if data[pos] & _OPCODE in (_PING, _PONG) and not budget.take(now):
+                return pos
+            parsed = _header(data, pos)
+            if parsed is None:
+                self._head = data[pos:]
+                return end
+            pos = parsed[0] + parsed[1]
+        self._skip = pos - end
+        return end
+
+
+def _header(data: bytes | bytearray, pos: int) -> tuple[int, int, int] | None:
+    """(payload offset, payload length, first byte) of the frame at `pos`, or None if its
+    header is not complete in `data`."""
+    end = len(data)
+    if end - pos < 2:
+        return None
+    first, second = data[pos], data[pos + 1]
+    length = second & 0x7F
+    at = pos + 2
+    if length == 126:
+        if end - at < 2:
             return None
-        first, second = data[pos], data[pos + 1]
-        length = second & 0x7F
-        at = pos + 2
-        if length == 126:
-            if end - at < 2:
-                return None
-            length = int.from_bytes(data[at : at + 2], "big")
-            at += 2
-        elif length == 127:
-            if end - at < 8:
-                return None
-            length = int.from_bytes(data[at : at + 8], "big")
-            at += 8
-        if second & _MASKED:
-            at += 4
-            if at > end:
-                return None
-        return at, length, first
+        length = int.from_bytes(data[at : at + 2], "big")
+        at += 2
+    elif length == 127:
+        if end - at < 8:
+            return None
+        length = int.from_bytes(data[at : at + 8], "big")
+        at += 8
+    if second & _MASKED:
+        at += 4
+        if at > end:
+            return None
+    return at, length, first

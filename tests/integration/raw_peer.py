@@ -89,6 +89,20 @@ class RawPeer:
                     (code,) = struct.unpack("!H", payload[:2])
                     return code, payload[2:].decode()
 
+    async def frames_until_close(
+        self, within: float = 5 * S
+    ) -> tuple[dict[int, int], tuple[int, str]]:
+        """How many frames of each opcode the server sent before its close frame, and that
+        frame's (code, reason)."""
+        counts: dict[int, int] = {}
+        async with asyncio.timeout(within):
+            while True:
+                opcode, payload = await self.frame()
+                if opcode == CLOSE:
+                    (code,) = struct.unpack("!H", payload[:2])
+                    return counts, (code, payload[2:].decode())
+                counts[opcode] = counts.get(opcode, 0) + 1
+
     async def end_of_stream(self, within: float) -> bytes:
         """Read until the server closes its side of TCP; what came before it. Raises
         TimeoutError if that takes longer than `within`."""

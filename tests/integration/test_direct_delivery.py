@@ -7,19 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from twilio_dg_proxy.direct_connection import MAX_FRAGMENTS
+from twilio_dg_proxy.direct_connection import (
+    MAX_FRAGMENTS,
+    DirectClientConnection,
+    DirectConnection,
+    Guard,
+    GuardedConnection,
+)
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
 from .helpers import RunningProxy, Watcher, both_receive_modes, results, until
+from .raw_peer import PING, RawPeer, upgrade_request
 
 # websockets' default, which the proxy keeps: how long it waits for a peer's close frame
 # before it drops the connection.
@@ -248,3 +261,85 @@ async def test_clients_still_receive_with_recv(proxy: RunningProxy) -> None:
         await ws.send("CAnope")
         await ws.wait_closed()
     assert ws.close_code == 1008
+
+
+async def instance_keys(
+    server_class: type[ServerConnection] | None, client_class: type[ClientConnection] | None
+) -> tuple[set[str], set[str]]:
+    """The instance-dict keys of an open server connection and of its client."""
+    seen: list[set[str]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        seen.append(set(vars(ws)))
+        await ws.wait_closed()
+
+    options: dict[str, Any] = {"create_connection": server_class} if server_class else {}
+    async with serve(handler, "127.0.0.1", 0, **options) as server:
+        port = server.sockets[0].getsockname()[1]
+        client_options: dict[str, Any] = {"proxy": None}
+        if client_class:
+            client_options["create_connection"] = client_class
+        async with connect(f"ws://127.0.0.1:{port}/twilio", **client_options) as client:
+            await until(lambda: bool(seen))
+            return seen[0], set(vars(client))
+
+
+async def test_a_connections_own_state_stays_out_of_its_instance_dict() -> None:
+    """Memory per connection: websockets' own attributes fit CPython's key-sharing instance
+    dict (at most 29 keys), ours with them did not (a full dict per connection, 1.3 KB
+    more for each pending /twilio stream), so ours are slots."""
+    plain = await instance_keys(None, None)
+    guard = Guard(10.0, 50, 1 << 20, lambda ws, limit: None, lambda ws: None)
+    for server_class in (
+        DirectConnection.configured(direct_paths=frozenset({"/twilio"}), guard=guard),
+        GuardedConnection.configured(guard=guard),
+    ):
+        ours = await instance_keys(server_class, DirectClientConnection)
+        assert ours[0] <= plain[0], ours[0] - plain[0]
+        assert ours[1] <= plain[1], ours[1] - plain[1]
+
+
+@asynccontextmanager
+async def guarded_server(ping_interval: float) -> AsyncIterator[tuple[Server, list[bool]]]:
+    """A websockets server of `GuardedConnection`s, and for each connection its handler
+    saw, whether a keepalive task was running when the handler began."""
+    tasks: list[bool] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        tasks.append(ws.keepalive_task is not None)
+        await ws.wait_closed()
+
+    guard = Guard(10.0, 50, 1 << 20, lambda ws, limit: None, lambda ws: None)
+    connection = GuardedConnection.configured(guard=guard)
+    async with serve(
+        handler, "127.0.0.1", 0, create_connection=connection, ping_interval=ping_interval
+    ) as server:
+        yield server, tasks
+
+
+async def test_keepalive_starts_after_a_ping_interval_and_then_pings() -> None:
+    """No keepalive task at the handshake (a task, its coroutine and its sleep were 1.7 KB
+    of each pending /twilio stream, which ends before any ping): a timer starts it."""
+    async with guarded_server(ping_interval=0.05 * S) as (server, tasks):
+        async with RawPeer.connected(server.sockets[0].getsockname()[1]) as peer:
+            peer.send(upgrade_request("/"))
+            assert await peer.status() == 101
+            async with asyncio.timeout(5 * S):
+                opcode, _ = await peer.frame()
+    assert tasks == [False]
+    assert opcode == PING
+
+
+async def test_a_connection_that_ends_before_its_keepalive_is_not_held_by_the_timer() -> None:
+    async with guarded_server(ping_interval=600 * S) as (server, tasks):
+        async with RawPeer.connected(server.sockets[0].getsockname()[1]) as peer:
+            peer.send(upgrade_request("/"))
+            assert await peer.status() == 101
+            await until(lambda: len(server.connections) == 1)
+            [ws] = server.connections
+            gone = weakref.ref(ws)
+            del ws
+        await until(lambda: not server.connections)
+        gc.collect()
+        assert gone() is None
+    assert tasks == [False]

@@ -28,7 +28,7 @@ from .helpers import (
     running_proxy,
     until,
 )
-from .raw_peer import PING, TEXT, RawPeer, frame, frame_header, upgrade_request
+from .raw_peer import CLOSE, PING, PONG, TEXT, RawPeer, frame, frame_header, upgrade_request
 
 pytestmark = both_receive_modes
 
@@ -189,6 +189,73 @@ async def test_a_ping_flood_is_closed_and_counted_while_a_call_goes_on(path: str
     assert stream.controls[-1] == "CloseStream"
     assert counters.control_floods == 1
     assert counters.deepgram_reconnects == 0
+
+
+BURST = 20
+ONE_READ = 5_000  # pings in one write: 30 KB, which the proxy reads at once (or in a few)
+PATHS = ("/twilio", "/client", "/viewer/ws")
+
+
+@pytest.mark.parametrize("when", ["with the request", "after the 101"])
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_read_of_thousands_of_pings_gets_at_most_the_burst_in_pongs(
+    path: str, when: str
+) -> None:
+    """The budget applies before websockets parses the read, which would else answer every
+    ping in it before the budget could close the connection. Pings sent with the request
+    are held until the 101 and parsed as one read."""
+    pings = frame(PING, b"") * ONE_READ
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(
+            deepgram.url,
+            CONTROL_FRAMES_BURST=str(BURST),
+            CONTROL_FRAMES_PER_SECOND="0.1",  # no token comes back while the test runs
+        ) as proxy:
+            async with RawPeer.connected(proxy.port) as flooder:
+                if when == "with the request":
+                    flooder.send(upgrade_request(path) + pings)
+                    assert await flooder.status() == 101
+                else:
+                    flooder.send(upgrade_request(path))
+                    assert await flooder.status() == 101
+                    flooder.send(pings)
+                sent, close = await flooder.frames_until_close()
+            assert close == (1008, "too many control frames")
+            assert sent[PONG] == BURST  # (/client greets with a text message first)
+            assert proxy.server.hub.counters.control_floods == 1
+
+
+async def test_a_flood_is_cut_during_the_closing_handshake_too() -> None:
+    """A peer may flood instead of answering the proxy's close frame: websockets answers
+    pings then too, until close_timeout. The budget applies all the same, and the proxy
+    ends its side of TCP at once."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(
+            deepgram.url, CONTROL_FRAMES_BURST=str(BURST), CONTROL_FRAMES_PER_SECOND="0.1"
+        ) as proxy:
+            async with RawPeer.connected(proxy.port) as flooder:
+                flooder.send(upgrade_request("/twilio"))
+                assert await flooder.status() == 101
+                flooder.send(frame(TEXT, b"not a Twilio message"))
+                assert (await flooder.close_frame())[0] == 1008
+                flooder.send(frame(PING, b"") * ONE_READ)
+                rest = await flooder.end_of_stream(within=PROMPT)
+            assert rest == bytes([0x80 | PONG, 0]) * BURST  # BURST empty pongs, then the end
+            assert proxy.server.hub.counters.control_floods == 1
+
+
+async def test_pings_after_the_peers_close_are_discarded_not_counted(
+    proxy: RunningProxy,
+) -> None:
+    """websockets parses nothing after a peer's close frame, so pings that follow it in the
+    same read cost nothing: no pong, and no flood counted."""
+    close = frame(CLOSE, (1000).to_bytes(2, "big"))
+    async with RawPeer.connected(proxy.port) as peer:
+        peer.send(upgrade_request("/twilio"))
+        assert await peer.status() == 101
+        peer.send(close + frame(PING, b"") * ONE_READ)
+        assert await peer.end_of_stream(within=PROMPT) == bytes([0x80 | CLOSE, 2]) + close[6:]
+    assert proxy.server.hub.counters.control_floods == 0
 
 
 WRITE_CAP = 64 << 10

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from twilio_dg_proxy.frame_splitter import FrameSplitter, Message, Passed
+from twilio_dg_proxy.budget import TokenBucket
+from twilio_dg_proxy.frame_splitter import ControlGate, FrameSplitter, Message, Passed
 
 DATA = (Opcode.TEXT, Opcode.BINARY)
 
@@ -207,3 +208,76 @@ def test_a_whole_frame_inside_a_fragmented_message_goes_to_websockets() -> None:
     inside = wire(Frame(Opcode.TEXT, b"whole"))
     pieces = FrameSplitter(65536).feed(first + ping + inside)
     assert pieces == [Passed(first + ping + inside)]
+
+
+# --- ControlGate: the control budget, before anything is parsed --------------------------
+
+CONTROL = (Opcode.PING, Opcode.PONG)
+
+
+def through_gate(stream: bytes, cuts: list[int], burst: int) -> tuple[bytes, bool]:
+    """Feed `stream` cut at `cuts` to a gate with `burst` tokens that never come back; the
+    bytes it lets through (until it refuses), and whether it refused."""
+    gate, budget = ControlGate(), TokenBucket(rate=0.0, burst=burst)
+    through = bytearray()
+    bounds = [0, *sorted(set(cuts)), len(stream)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        read = stream[a:b]
+        allowed = gate.passable(read, budget, 0.0)
+        through += read[:allowed]
+        if allowed < len(read):
+            return bytes(through), True
+    return bytes(through), False
+
+
+@settings(max_examples=500)
+@given(
+    streams,
+    st.lists(st.integers(0, 100_000), max_size=20),
+    st.integers(0, 6),
+    st.booleans(),
+)
+def test_the_gate_lets_through_exactly_the_frames_before_the_first_over_budget(
+    frames: list[Frame], cuts: list[int], burst: int, masked: bool
+) -> None:
+    """Whatever the reads, the bytes let through are the stream's frames up to (not
+    including) the first ping or pong beyond the burst, and websockets parses them as
+    those frames."""
+    stream = b"".join(wire(frame, masked) for frame in frames)
+    cuts = [c % (len(stream) + 1) for c in cuts]
+    controls = [i for i, frame in enumerate(frames) if frame.opcode in CONTROL]
+    over = controls[burst] if len(controls) > burst else len(frames)
+    through, refused = through_gate(stream, cuts, burst)
+    assert refused == (len(controls) > burst)
+    assert through == stream[: len(b"".join(wire(f, masked) for f in frames[:over]))]
+    parser = WebsocketsParser(masked)
+    parser.feed(through)
+    assert parser.frames == [Seen(f.opcode, f.fin, bytes(f.data)) for f in frames[:over]]
+    assert parser.at_boundary
+
+
+def test_the_gate_judges_a_frame_by_its_first_byte() -> None:
+    """A ping whose header is cut after its first byte is refused in that read: what the
+    budget refuses is never already handed on."""
+    ping = wire(Frame(Opcode.PING, b"x" * 125))
+    gate, budget = ControlGate(), TokenBucket(rate=0.0, burst=1)
+    assert gate.passable(ping + ping[:1], budget, 0.0) == len(ping)
+
+
+def test_a_read_of_thousands_of_pings_is_cut_after_the_burst() -> None:
+    ping = wire(Frame(Opcode.PING, b""))
+    gate, budget = ControlGate(), TokenBucket(rate=10.0, burst=50)
+    assert gate.passable(ping * 20_000, budget, 0.0) == 50 * len(ping)
+
+
+def test_frames_of_any_length_are_followed_across_reads() -> None:
+    """Long payloads (16- and 64-bit lengths) and headers cut anywhere keep the gate in
+    step: the pong after them is still counted."""
+    frames = [Frame(Opcode.BINARY, b"x" * n) for n in (0, 125, 126, 65535, 65536, 70_000)]
+    stream = b"".join(map(wire, frames)) + wire(Frame(Opcode.PONG, b""))
+    for step in (1, 3, 13, 4096):
+        cuts = list(range(0, len(stream), step))
+        assert through_gate(stream, cuts, 0) == (
+            stream[: -len(wire(Frame(Opcode.PONG, b"")))],
+            True,
+        )

@@ -137,6 +137,13 @@ METHODS: list[tuple[type[Any], str, list[str], str]] = [
         "GuardedConnection writes it itself to bound its write buffer",
     ),
     (Protocol, "fail", ["self", "code", "reason"], "failing the connection with a close frame"),
+    (
+        Connection,
+        "start_keepalive",
+        ["self"],
+        "called by the server once the handshake is done, to start keepalive; "
+        "GuardedConnection calls it one ping_interval later, from a timer",
+    ),
 ]
 
 
@@ -382,8 +389,9 @@ def test_response_and_request_fields() -> None:
 
 
 def test_pings_are_events_and_answered_in_data_to_send() -> None:
-    """GuardedConnection counts control frames among the events of process_event, and
-    writes data_to_send() itself: one pong per ping, b"" for the end of the stream."""
+    """websockets answers each ping of a read as it parses it (which is why GuardedConnection
+    counts control frames before passing a read on), and GuardedConnection writes
+    data_to_send() itself: one pong per ping, b"" for the end of the stream."""
     protocol = open_protocol()
     ping = Frame(Opcode.PING, b"x").serialize(mask=True, extensions=[])
     protocol.receive_data(ping * 3)
@@ -395,3 +403,25 @@ def test_pings_are_events_and_answered_in_data_to_send() -> None:
     protocol.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
     sent = protocol.data_to_send()
     require(sent[-1:] == [b""], "Protocol.data_to_send", 'b"" last: a server ends its side', sent)
+
+
+def test_eof_sent_says_whether_websockets_still_parses() -> None:
+    """GuardedConnection fails a flooder unless websockets has ended our side already
+    (`Protocol.eof_sent`): until then a server answers pings, in CLOSING too; fail() then
+    ends our side, and nothing more is answered."""
+    ping = Frame(Opcode.PING, b"x").serialize(mask=True, extensions=[])
+    internal = "Protocol.eof_sent"
+    protocol = open_protocol()
+    require(protocol.eof_sent is False, internal, "False while open")
+    protocol.send_close(CloseCode.NORMAL_CLOSURE)  # CLOSING: our close sent, the peer's awaited
+    protocol.data_to_send()
+    protocol.receive_data(ping)
+    protocol.events_received()
+    require(protocol.eof_sent is False, internal, "False while CLOSING (a close sent)")
+    require(len(protocol.data_to_send()) == 1, "Protocol", "a ping answered in CLOSING")
+    protocol.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
+    require(protocol.data_to_send() == [b""], "Protocol.fail", 'b"" only, in CLOSING')
+    require(protocol.eof_sent is True, internal, "True once fail() ended our side")
+    protocol.receive_data(ping)
+    protocol.events_received()
+    require(protocol.data_to_send() == [], "Protocol.fail", "nothing answered after it")
