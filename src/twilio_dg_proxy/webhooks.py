@@ -169,7 +169,8 @@ class WebhookSender:
         endpoints = len(self.endpoints)
         async with httpx.AsyncClient(
             timeout=self.timeout_s,
-            # One request in flight per endpoint; a connection kept for each.
+            # One request in flight per endpoint, a connection kept for each; twice the room,
+            # as a timed-out connection may still be closing.
             limits=httpx.Limits(max_connections=2 * endpoints, max_keepalive_connections=endpoints),
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
             follow_redirects=False,  # a 3xx fails: the URL should be updated instead

@@ -238,6 +238,24 @@ async def test_a_hanging_and_a_dead_endpoint_hold_up_neither_the_call_nor_a_heal
     assert counters.webhooks_dropped == 2 * events
 
 
+async def test_at_shutdown_what_is_queued_is_delivered_within_the_flush(
+    deepgram: FakeDeepgram,
+) -> None:
+    # The endpoint fails a few times, so the call's events are still queued or retried
+    # when the proxy stops: the flush delivers them rather than dropping them.
+    failing = [Reply(503)] * 6
+    async with WebhookReceiver(SECRET, failing) as receiver:
+        async with webhook_proxy(deepgram, receiver.url, WEBHOOK_EVENTS=ALL_EVENTS) as proxy:
+            _, messages = await run_call(proxy)
+            counters = proxy.server.hub.counters
+        assert receiver.types() == (
+            ["call.started"] + ["transcript.final"] * len(finals(messages)) + ["call.ended"]
+        )
+    assert counters.webhooks_delivered == 2 + len(finals(messages))
+    assert (counters.webhooks_dropped, counters.webhooks_failed) == (0, 0)
+    assert counters.webhooks_retried == len(failing)
+
+
 async def test_a_full_queue_drops_new_events_and_counts_them(
     deepgram: FakeDeepgram, caplog: pytest.LogCaptureFixture
 ) -> None:
