@@ -331,7 +331,9 @@ async def test_a_whsec_secret_that_is_not_base64_is_a_configuration_error(
             pass
 
 
-async def test_no_webhook_url_no_recorder_and_no_client(deepgram: FakeDeepgram) -> None:
+async def test_without_webhook_url_there_is_no_sender_and_no_webhooks_health(
+    deepgram: FakeDeepgram,
+) -> None:
     async with running_proxy(deepgram.url) as proxy:
         await run_call(proxy)
         assert proxy.server.webhooks is None
