@@ -7,9 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PORT=5000
 
-# Extras to install: twilio (signature checks), redis (REDIS_URL scale-out), offline (the
-# offline engine, for `python -m twilio_dg_proxy engine`; large).
-ARG EXTRAS=twilio,redis
+# Extras to install: twilio (signature checks), redis (REDIS_URL scale-out), webhooks
+# (WEBHOOK_URL), offline (the offline engine, for `python -m twilio_dg_proxy engine`; large).
+ARG EXTRAS=twilio,redis,webhooks
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -510,6 +510,7 @@ class Settings:
         (),
         "comma-separated http(s):// URLs that receive signed call events",
         parse=http_urls,
+        secret=True,  # a URL may hold a password or a token
     )
     webhook_secret: str = setting(
         "WEBHOOK_SECRET",

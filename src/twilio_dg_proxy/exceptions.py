@@ -101,6 +101,11 @@ class BrokerUnavailable(ProxyError):
     another instance."""
 
 
+class InvalidWebhook(ProxyError):
+    """A webhook request failed verification (`webhook_protocol.verify`): a header missing
+    or malformed, no matching signature, or a timestamp outside the tolerance (a replay)."""
+
+
 # Most specific first: the first matching row wins.
 CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (UnsupportedFrame, CloseCode.UNSUPPORTED_DATA),

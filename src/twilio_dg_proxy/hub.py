@@ -189,6 +189,10 @@ class HubCounters:
     redis_dropped: int = 0  # messages never published to Redis (its buffer was full)
     redis_errors: int = 0  # failed round trips to Redis (each retried)
     remote_calls_lost: int = 0  # calls ended here because their instance vanished
+    webhooks_delivered: int = 0  # webhook events an endpoint accepted (2xx)
+    webhooks_retried: int = 0  # failed webhook attempts tried again (network, 5xx, 429)
+    webhooks_failed: int = 0  # webhook events given up: a 4xx, or every attempt failed
+    webhooks_dropped: int = 0  # webhook events never sent: a full queue, or shutdown
 
 
 # Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
@@ -37,10 +38,13 @@ from .exceptions import ConfigError
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
+from .transcripts import Recorder
 from .viewer import INDEX, Asset, load_assets
+from .webhook_protocol import DEFAULT_TIMING, Timing
 
 if TYPE_CHECKING:
     from .redis_broker import RedisBroker
+    from .webhooks import WebhookSender
 
 logger = get_logger("server")
 
@@ -84,17 +88,19 @@ class ProxyServer:
         choice_timeout_s: float = CHOICE_TIMEOUT_S,
         deepgram_pings: Pings = DEFAULT_PINGS,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
+        webhook_timing: Timing = DEFAULT_TIMING,
     ) -> None:
         """Raises ConfigError if a setting cannot be used (e.g. no twilio package). The
         keyword arguments change waits for tests: `start_timeout_s` and `deepgram_pings` go
         to each call (`call.handle_twilio`), `choice_timeout_s` is how long a /client client
         may take to choose a call, `close_timeout_s` how long a connection may take to
-        close."""
+        close, `webhook_timing` the webhooks' backoff and flush."""
         self.settings = settings
         self.close_timeout_s = close_timeout_s
         self.start_timeout_s = start_timeout_s
         self.choice_timeout_s = choice_timeout_s
         self.deepgram_pings = deepgram_pings
+        self.webhook_timing = webhook_timing
         self.hub = Hub(
             settings.client_queue_size,
             settings.max_subscribers_per_call,
@@ -110,6 +116,8 @@ class ProxyServer:
         self._no_streams = asyncio.Event()
         self._no_streams.set()
         self.broker: RedisBroker | None = None  # with REDIS_URL, while running
+        self.recorder: Recorder | None = None  # the calls' transcripts, when something needs them
+        self.webhooks: WebhookSender | None = None  # with WEBHOOK_URL, while running
 
     async def route(self, ws: ServerConnection) -> None:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far)."""
@@ -291,6 +299,8 @@ class ProxyServer:
         }
         if self.broker is not None:
             health["redis"] = self.broker.health()
+        if self.webhooks is not None:
+            health["webhooks"] = self.webhooks.health()
         return health
 
     def _connection_class(self) -> type[ServerConnection]:
@@ -336,9 +346,16 @@ class ProxyServer:
         async with AsyncExitStack() as stack:
             if self.settings.redis_url:
                 self.broker = await stack.enter_async_context(self._broker())
+            if self.settings.webhook_urls:
+                # Entered before listening, so it flushes after the last call has ended.
+                self.webhooks = await stack.enter_async_context(self._webhooks())
+                listeners = self._transcript_recorder().listeners
+                listeners.append(self.webhooks)
+                stack.callback(listeners.remove, self.webhooks)
             async with self._listening(sock, reuse_port) as server:
                 yield server
         self.broker = None
+        self.webhooks = None
 
     def _broker(self) -> AbstractAsyncContextManager[RedisBroker]:
         try:
@@ -348,6 +365,26 @@ class ProxyServer:
                 "REDIS_URL", "needs redis-py: pip install 'twilio-dg-proxy[redis]'"
             ) from None
         return RedisBroker.running(self.hub, self.settings)
+
+    def _webhooks(self) -> AbstractAsyncContextManager[WebhookSender]:
+        try:
+            from .webhooks import WebhookSender
+        except ImportError:
+            raise ConfigError(
+                "WEBHOOK_URL", "needs httpx: pip install 'twilio-dg-proxy[webhooks]'"
+            ) from None
+        sender = WebhookSender(self.settings, self.hub.counters, timing=self.webhook_timing)
+        return sender.running()
+
+    def _transcript_recorder(self) -> Recorder:
+        """The recorder of the calls streamed here (one of the hub's sinks), made when first
+        needed."""
+        if self.recorder is None:
+            self.recorder = Recorder(
+                lambda: int(time.time() * 1000), max_bytes=self.settings.transcript_max_bytes
+            )
+            self.hub.sinks.append(self.recorder)
+        return self.recorder
 
     @asynccontextmanager
     async def _listening(

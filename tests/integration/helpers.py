@@ -20,6 +20,7 @@ from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.deepgram import Pings
 from twilio_dg_proxy.server import ProxyServer, bound_port
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
+from twilio_dg_proxy.webhook_protocol import Timing
 
 from ..timing import S
 
@@ -55,6 +56,7 @@ class ServerOptions(TypedDict, total=False):
 
     start_timeout_s: float
     deepgram_pings: Pings
+    webhook_timing: Timing
 
 
 @asynccontextmanager
