@@ -2,7 +2,7 @@
 temporary directory, on a free port on 127.0.0.1, stoppable and restartable on that port.
 
 `initdb` and `postgres` refuse to run as root, so as root (CI, this machine) they run as
-`nobody`, in a directory it owns; as another user, as that user. Durability is off
+`nobody`, in a directory it owns; as another user, as that user. Durability to the disk is off
 (`fsync=off`): the tests check what the store does, not the disk."""
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class PostgresServer:
 
     def _try_start(self, port: int) -> bool:
         options = (
-            f"-p {port} -h 127.0.0.1 -k '' -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off"
+            # fsync off: a commit still reaches the OS before it returns, so it survives a
+            # stop in immediate mode (the page cache outlives the server's processes).
+            f"-p {port} -h 127.0.0.1 -k '' -c fsync=off -c full_page_writes=off"
         )
         result = self._run(
             "pg_ctl", "start", "-w", "-t", "30", "-D", str(self.data),

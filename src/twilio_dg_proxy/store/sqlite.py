@@ -143,10 +143,13 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION. A current schema is only read, so that a file
+    another connection is writing to still opens."""
+    if _version(connection) == SCHEMA_VERSION:
+        return
     with _transaction(connection):
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = row[0] or 0
+        version = _version(connection)
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"schema version {version} is newer than this release's ({SCHEMA_VERSION})"
@@ -157,6 +160,17 @@ def _migrate(connection: sqlite3.Connection) -> None:
         if version < SCHEMA_VERSION:
             connection.execute("DELETE FROM schema_version")
             connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _version(connection: sqlite3.Connection) -> int:
+    """The schema's version: 0 for a new file."""
+    try:
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(row[0] or 0)
 
 
 class _transaction:
