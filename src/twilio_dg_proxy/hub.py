@@ -188,6 +188,9 @@ class HubCounters:
     redis_dropped: int = 0  # messages never published to Redis (its buffer was full)
     redis_errors: int = 0  # failed round trips to Redis (each retried)
     remote_calls_lost: int = 0  # calls ended here because their instance vanished
+    transcripts_stored: int = 0  # ended calls saved in the transcript store
+    transcripts_lost: int = 0  # ended calls never stored (queue full, store refused, shutdown)
+    store_errors: int = 0  # failed attempts to use the store (each save retried)
 
 
 # Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.
