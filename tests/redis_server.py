@@ -35,9 +35,10 @@ def require_redis_server() -> str:
 class RedisServer:
     """One redis-server process on 127.0.0.1; `url` stays valid across `restart()`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         self.binary = require_redis_server()
         self.workdir = workdir
+        self.options = options  # more redis-server options
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -66,6 +67,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 "--logfile", "",
+                *self.options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -104,3 +106,44 @@ class RedisServer:
             capture_output=True,
             text=True,
         ).stdout.strip()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `size` masters (no replicas) on 127.0.0.1, each a `RedisServer`;
+    `url` is its first node's (clients discover the others)."""
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        self.nodes = []
+        for n in range(size):
+            (workdir / f"node{n}").mkdir()
+            node = RedisServer(
+                workdir / f"node{n}",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000",
+            )  # fmt: skip
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start the nodes, give them the slots, and wait until the cluster says ok."""
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+        )
+        for _ in range(200):
+            if all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the cluster did not come up")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

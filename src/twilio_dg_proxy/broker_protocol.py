@@ -4,20 +4,24 @@ policies the broker applies (which messages wait while Redis is away; when an in
 gone). No sockets and no clock: the broker (`redis_broker`) does the I/O.
 
 Keys (every one starts with REDIS_KEY_PREFIX, `tdp` by default):
-- `tdp:call:{CA…}` a Redis Stream per call: `open`, then each Deepgram message, then `end`.
+- `tdp:call:{s<k>}:CA…` a Redis Stream per call: `open`, then each Deepgram message, then
+  `end`; k is the call's shard (`shard_of`).
   Entry ids are `0-<n>`, n counting the call's entries from 1, so a retried write is
   refused as a duplicate instead of repeated, and a reader can tell a gap from an end.
 - `tdp:{registry}:calls` hash callSid → the call's info and owning instance.
 - `tdp:{registry}:feed` stream of `started` / `ended`, what the viewers' call list follows.
 - `tdp:{registry}:instance:<id>` one expiring key per instance: its heartbeat.
 - `tdp:{registry}:epoch` a random value, new whenever Redis has lost its keys.
-A call's stream has its own hash tag, so calls spread over a Redis Cluster's slots; the
-registry's keys share one tag, so the multi-key commands on them stay in one slot.
+Hash tags: on a Redis Cluster, one XREAD may only read streams in one hash slot, so calls
+are spread over SHARDS tags (`{s0}` … `{s15}`) and an instance reads each shard's followed
+calls with one XREAD (on one Redis, one XREAD reads them all). The registry's keys share one
+tag, so the multi-key commands on them stay in one slot.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +37,10 @@ OPEN, MESSAGE, END = "o", "m", "e"
 # Entries of the call feed.
 STARTED, ENDED = "started", "ended"
 
+# Hash tags calls are spread over: enough to spread a Cluster's load over its nodes, few
+# enough that an instance needs few blocking reads (one per shard) to follow its calls.
+SHARDS = 16
+
 # What watchers elsewhere get when the instance streaming their call vanishes.
 INSTANCE_LOST = Ending(CloseCode.INTERNAL_ERROR, "the instance streaming this call stopped")
 
@@ -45,7 +53,7 @@ class Keys:
 
     def call(self, call_sid: str) -> str:
         """The call's stream: its messages, in order."""
-        return f"{self.prefix}:call:{{{call_sid}}}"
+        return f"{self.prefix}:call:{{s{shard_of(call_sid)}}}:{call_sid}"
 
     @property
     def calls(self) -> str:
@@ -65,6 +73,11 @@ class Keys:
     def instance(self, instance_id: str) -> str:
         """An instance's heartbeat (an expiring key)."""
         return f"{self.prefix}:{{registry}}:instance:{instance_id}"
+
+
+def shard_of(call_sid: str) -> int:
+    """The shard of a call: the same on every instance (CRC-32, not Python's salted hash)."""
+    return zlib.crc32(call_sid.encode()) % SHARDS
 
 
 def entry_id(n: int) -> str:

@@ -100,9 +100,14 @@ def https_or_wss_url(raw: str) -> str:
     return raw
 
 
+def comma_separated(raw: str) -> tuple[str, ...]:
+    """The non-empty items of a comma-separated list, stripped."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def tokens(raw: str) -> tuple[str, ...]:
     """Comma-separated tokens of 16 characters or more."""
-    found = tuple(token.strip() for token in raw.split(",") if token.strip())
+    found = comma_separated(raw)
     if any(len(token) < 16 for token in found):
         raise ValueError("each token must be at least 16 characters")
     return found
@@ -143,7 +148,7 @@ def postgres_url(raw: str) -> str:
 
 def http_urls(raw: str) -> tuple[str, ...]:
     """Comma-separated http:// or https:// URLs."""
-    found = tuple(url.strip() for url in raw.split(",") if url.strip())
+    found = comma_separated(raw)
     for url in found:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -156,7 +161,7 @@ WEBHOOK_EVENT_NAMES = ("call.started", "call.ended", "transcript.final")
 
 def webhook_events(raw: str) -> tuple[str, ...]:
     """Comma-separated event names among WEBHOOK_EVENT_NAMES."""
-    found = tuple(name.strip() for name in raw.split(",") if name.strip())
+    found = comma_separated(raw)
     unknown = sorted(set(found) - set(WEBHOOK_EVENT_NAMES))
     if unknown:
         raise ValueError(f"unknown event(s) {', '.join(unknown)}: use {WEBHOOK_EVENT_NAMES}")

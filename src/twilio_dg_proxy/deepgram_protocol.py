@@ -4,6 +4,7 @@ the reconnect policy (what is retryable, backoff, replay pace, the time shift)."
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -116,3 +117,13 @@ def _shift(obj: dict[str, Any], keys: tuple[str, ...], offset_s: float) -> bool:
             obj[key] = round(value + offset_s, 6)
             shifted = True
     return shifted
+
+
+def result_transcript(message: Mapping[str, Any]) -> str:
+    """The transcript of a `Results` message (its first alternative), stripped; "" if it
+    has none or is malformed."""
+    try:
+        text = message["channel"]["alternatives"][0]["transcript"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return text.strip() if isinstance(text, str) else ""

@@ -23,6 +23,7 @@ from typing import Protocol
 from websockets.frames import CloseCode
 
 from . import json_loads, viewer_protocol
+from .deepgram_protocol import result_transcript
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
 from .viewer_protocol import CallInfo
 
@@ -215,10 +216,7 @@ def is_history(text: str) -> bool:
         return False
     if message.get("speech_final") is True:
         return True
-    try:
-        return bool(message["channel"]["alternatives"][0]["transcript"])
-    except (KeyError, IndexError, TypeError):
-        return False
+    return bool(result_transcript(message))
 
 
 class Hub:

@@ -27,8 +27,9 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import broker_protocol as wire
@@ -41,12 +42,21 @@ from .viewer_protocol import CallInfo
 
 logger = get_logger("broker")
 
+# One Redis or a Redis Cluster: the same commands, routed by key for a Cluster.
+Client = Redis | RedisCluster
+
 Entry = tuple[str, Mapping[str, str]]  # a stream entry as redis-py reads it: (id, fields)
 # redis-py's hints cover bytes and str at once; with decode_responses every reply is str.
 Fields = dict[Any, Any]
 
 # Redis could not answer: retry later. Other errors are about one write, which is dropped.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,  # a Cluster's slots moving or a node down
+    RedisClusterException,  # a Cluster client that cannot find its nodes
+)
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "OOM")
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
 _RETRY = Backoff(max_attempts=1 << 30, budget_s=float("inf"), first_s=0.1, longest_s=2.0)
@@ -81,21 +91,21 @@ class RedisBroker:
         self.heartbeat_ttl_ms = int(timeout_s * 400)
         self.liveness = wire.Liveness(grace_s=timeout_s / 5)
         self.block_ms = block_ms
-        options: dict[str, Any] = {
+        self.url = settings.redis_url
+        self.options: dict[str, Any] = {
             "decode_responses": True,
             "socket_connect_timeout": 2.0,
             "retry": None,  # the broker retries itself, in order, with its own backoff
             "client_name": f"twilio-dg-proxy:{self.instance}",
         }
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, **options)
-        # The reader's connection blocks in XREAD: its own, so writes never wait behind it.
-        self.reader = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=5.0 + block_ms / 1000,
-            single_connection_client=True,
-            **options,
-        )
+        # Set by `_connect`: for writes, and for the blocking reads (on one Redis, a
+        # connection of their own, so writes never wait behind them).
+        self.redis: Client = Redis.from_url(self.url, socket_timeout=5.0, **self.options)
+        self.reader: Client = self.redis
+        self.cluster = False
+        self._shard_wake = [asyncio.Event() for _ in range(wire.SHARDS)]
         self.reachable = True
+        self._stopping = False
         self._wake = asyncio.Event()  # the publisher has work
         self._own: dict[str, wire.CallRecord] = {}  # calls streamed here
         self._remote: dict[str, wire.CallRecord] = {}  # calls mirrored from elsewhere
@@ -122,25 +132,52 @@ class RedisBroker:
             async with asyncio.TaskGroup() as tasks:
                 jobs = [
                     tasks.create_task(broker._publish_forever()),
-                    tasks.create_task(broker._read_forever()),
                     tasks.create_task(broker._heartbeat_forever()),
                 ]
+                readers = [tasks.create_task(broker._read_forever(g)) for g in broker._groups()]
                 try:
                     yield broker
                 finally:
                     await broker._flush(within_s=3.0)
+                    await broker._stop_reading(readers)
                     for job in jobs:
                         job.cancel()
             await broker._leave()
         finally:
             if broker in hub.sinks:
                 hub.sinks.remove(broker)
-            await broker.reader.aclose()
+            if broker.reader is not broker.redis:
+                await broker.reader.aclose()
             await broker.redis.aclose()
+
+    async def _connect(self) -> None:
+        """Find out whether REDIS_URL is one Redis or a node of a Redis Cluster, and connect
+        the clients for it."""
+        info = await self.redis.info("cluster")
+        if info.get("cluster_enabled"):
+            await self.redis.aclose()
+            self.cluster = True
+            # Blocking reads take connections of their own from each node's pool.
+            self.redis = self.reader = RedisCluster.from_url(
+                self.url, socket_timeout=5.0 + self.block_ms / 1000, **self.options
+            )
+            await self.redis.initialize()
+        else:
+            self.reader = Redis.from_url(
+                self.url,
+                socket_timeout=5.0 + self.block_ms / 1000,
+                single_connection_client=True,
+                **self.options,
+            )
+
+    def _groups(self) -> list[int | None]:
+        """The reads: None reads the call feed (and on one Redis every followed call); on
+        a Cluster, shard k's followed calls get a read of their own."""
+        return [None, *range(wire.SHARDS)] if self.cluster else [None]
 
     async def _join(self) -> None:
         try:
-            await self.redis.ping()
+            await self._connect()
             latest = await self.redis.xrevrange(self.keys.feed, count=1)
             records = await self.redis.hgetall(self.keys.calls)
             self._feed_last = str(latest[0][0]) if latest else "0-0"
@@ -158,6 +195,16 @@ class RedisBroker:
             self.instance,
             len(self._remote),
         )
+
+    async def _stop_reading(self, readers: list[asyncio.Task[None]]) -> None:
+        """Let the readers finish their reads (a cancelled blocking read can leave
+        redis-py's Cluster client stuck), then cancel what is left."""
+        self._stopping = True
+        for wake in self._shard_wake:
+            wake.set()
+        await asyncio.wait(readers, timeout=self.block_ms / 1000 + 2.0)
+        for reader in readers:
+            reader.cancel()
 
     async def _leave(self) -> None:
         try:
@@ -225,8 +272,7 @@ class RedisBroker:
                     raise
             except _UNREACHABLE as exc:
                 attempt += 1
-                self._lost(exc)
-                await asyncio.sleep(_RETRY.delay(attempt, random.random()))
+                await self._pause(attempt, exc)
                 continue
             attempt = 0
             self.queue.done(writes)
@@ -295,6 +341,11 @@ class RedisBroker:
                 len(self.queue),
             )
 
+    async def _pause(self, attempt: int, exc: BaseException) -> None:
+        """After failed attempt `attempt` (1-based): note that Redis is away, then wait."""
+        self._lost(exc)
+        await asyncio.sleep(_RETRY.delay(attempt, random.random()))
+
     def _found(self) -> None:
         if not self.reachable:
             self.reachable = True
@@ -327,13 +378,18 @@ class RedisBroker:
             self._end_remote(call_sid, replay.ending)
         else:
             self._followed[call_sid] = replay.last_id
+            self._shard_wake[wire.shard_of(call_sid)].set()
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, group: int | None) -> None:
+        """Read one group of streams (`_groups`) and apply what comes, until cancelled."""
         attempt = 0
-        while True:
-            streams: Fields = {self.keys.feed: self._feed_last}
-            sids = {self.keys.call(sid): sid for sid in self._followed}
-            streams.update({key: self._followed[sid] for key, sid in sids.items()})
+        while not self._stopping:
+            streams, sids = self._streams_of(group)
+            if not streams:  # a shard none of whose calls is followed here
+                wake = self._shard_wake[group or 0]
+                wake.clear()
+                await wake.wait()
+                continue
             try:
                 reply = await self.reader.xread(streams, count=READ_COUNT, block=self.block_ms)
                 ended = self._dispatch(reply or [], sids)
@@ -341,10 +397,22 @@ class RedisBroker:
                     await self._catch_up(sid, ending)
             except _UNREACHABLE as exc:
                 attempt += 1
-                self._lost(exc)
-                await asyncio.sleep(_RETRY.delay(attempt, random.random()))
+                await self._pause(attempt, exc)
                 continue
             attempt = 0
+
+    def _streams_of(self, group: int | None) -> tuple[Fields, dict[str, str]]:
+        """The streams of `group` with the id to read after, and callSid by stream key."""
+        streams: Fields = {self.keys.feed: self._feed_last} if group is None else {}
+        if group is None and self.cluster:
+            return streams, {}
+        sids = {
+            self.keys.call(sid): sid
+            for sid in self._followed
+            if group is None or wire.shard_of(sid) == group
+        }
+        streams.update({key: self._followed[sid] for key, sid in sids.items()})
+        return streams, sids
 
     def _dispatch(self, reply: Any, sids: Mapping[str, str]) -> list[tuple[str, Ending]]:
         """Apply one XREAD reply; returns the followed calls the feed says have ended."""
@@ -376,8 +444,11 @@ class RedisBroker:
 
     def _on_call(self, call_sid: str, entries: Iterable[Entry]) -> None:
         for entry_id, fields in entries:
-            if call_sid not in self._followed:
+            last = self._followed.get(call_sid)
+            if last is None:
                 return  # it ended in this reply, or nobody here watches it any more
+            if _id_order(entry_id) <= _id_order(last):
+                continue  # read already (a catch-up and a shard's read may overlap)
             self._followed[call_sid] = entry_id
             entry = wire.parse_call_entry(fields)
             if isinstance(entry, wire.Message):
@@ -488,6 +559,12 @@ class RedisBroker:
                 del self._idle_since[sid]
                 self._loading.pop(sid, None)
                 self.hub.replace_history(sid, (), truncated=False)
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as numbers, to compare."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _fields(fields: dict[str, str]) -> Fields:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import json_loads
+from .deepgram_protocol import result_transcript
 from .hub import Ending
 from .viewer_protocol import CallInfo
 
@@ -156,15 +157,7 @@ def is_final_with_text(message: Mapping[str, Any]) -> bool:
     """A final `Results` whose transcript is not empty: what a transcript is made of."""
     if message.get("type") != "Results" or message.get("is_final") is not True:
         return False
-    return bool(_transcript(message))
-
-
-def _transcript(message: Mapping[str, Any]) -> str:
-    try:
-        text = message["channel"]["alternatives"][0]["transcript"]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    return text.strip() if isinstance(text, str) else ""
+    return bool(result_transcript(message))
 
 
 # How a transcript reads.
@@ -208,7 +201,7 @@ def segments(call: FinishedCall) -> list[Segment]:
         start = _number(message.get("start"))
         end = start + _number(message.get("duration"))
         found.append(
-            Segment(start, end, channel, speaker_name(names, channel), _transcript(message))
+            Segment(start, end, channel, speaker_name(names, channel), result_transcript(message))
         )
     return sorted(found, key=lambda s: (s.start, s.channel))
 

@@ -12,7 +12,7 @@ import pytest
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 
 from ..postgres_server import PostgresServer
-from ..redis_server import RedisServer
+from ..redis_server import RedisClusterServer, RedisServer
 from .helpers import PROXY_ENV, RunningProxy, running_proxy
 
 
@@ -54,6 +54,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster of three masters on 127.0.0.1."""
+    cluster = RedisClusterServer(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

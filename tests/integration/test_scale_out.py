@@ -9,11 +9,12 @@ import contextlib
 import gc
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from websockets.asyncio.client import connect
 
+from twilio_dg_proxy.broker_protocol import Keys
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
@@ -21,7 +22,7 @@ from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from ..redis_server import RedisServer
 from ..timing import S
 from .helpers import RunningProxy, ServerProcess, TwilioPeer, Watcher, running_proxy, until
-from .test_websocat import websocat
+from .test_websocat import printed, websocat_choosing
 
 SECOND = 8000  # mu-law bytes per second per track
 
@@ -34,9 +35,24 @@ def tracks(seconds: float, offset: int = 0) -> dict[Track, bytes]:
     }
 
 
+class Shared(Protocol):
+    """A Redis the instances share: one server, or a Cluster."""
+
+    @property
+    def url(self) -> str: ...
+
+
+@pytest.fixture(params=["one Redis", "Redis Cluster"])
+def any_redis(request: pytest.FixtureRequest) -> Shared:
+    """The tests that take it run against one redis-server, then a three-node Cluster."""
+    name = "redis_server" if request.param == "one Redis" else "redis_cluster"
+    shared: Shared = request.getfixturevalue(name)
+    return shared
+
+
 @contextlib.asynccontextmanager
 async def instances(
-    deepgram: FakeDeepgram, redis: RedisServer, count: int = 2, **env: str
+    deepgram: FakeDeepgram, redis: Shared, count: int = 2, **env: str
 ) -> AsyncIterator[list[RunningProxy]]:
     """`count` proxies sharing `redis` (heartbeat timeout 1 s, so that tests of a vanished
     instance end quickly)."""
@@ -54,10 +70,10 @@ async def visible(proxy: RunningProxy, call_sid: str) -> None:
 
 
 async def test_watchers_on_another_instance_get_the_same_messages_in_order(
-    deepgram: FakeDeepgram, redis_server: RedisServer
+    deepgram: FakeDeepgram, any_redis: Shared
 ) -> None:
     call = SimulatedCall()
-    async with instances(deepgram, redis_server) as (a, b):
+    async with instances(deepgram, any_redis) as (a, b):
         async with TwilioPeer.started(a, call) as twilio:
             await visible(b, call.call_sid)
             local = await Watcher.join(a, call.call_sid)
@@ -75,12 +91,12 @@ async def test_watchers_on_another_instance_get_the_same_messages_in_order(
 
 
 async def test_a_late_viewer_on_another_instance_gets_history_then_live_without_seam(
-    deepgram: FakeDeepgram, redis_server: RedisServer
+    deepgram: FakeDeepgram, any_redis: Shared
 ) -> None:
     call = SimulatedCall()
     frames = call.frames(tracks(2.0))
     half = len(frames) // 2
-    async with instances(deepgram, redis_server) as (a, b):
+    async with instances(deepgram, any_redis) as (a, b):
         async with TwilioPeer.started(a, call) as twilio:
             local = await Watcher.join(a, call.call_sid)
             await twilio.send_all(frames[:half])
@@ -136,25 +152,11 @@ async def test_websocat_on_another_instance_prints_what_deepgram_sent_then_close
     async with instances(deepgram, redis_server) as (a, b):
         async with TwilioPeer.started(a, call) as twilio:
             await visible(b, call.call_sid)
-            process = await asyncio.create_subprocess_exec(
-                websocat(),
-                "-n",
-                b.client_url,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert process.stdin is not None
-            process.stdin.write(f"{call.call_sid}\n".encode())
-            await process.stdin.drain()
-            process.stdin.close()
+            process = await websocat_choosing(b.client_url, call.call_sid)
             await until(lambda: b.server.hub.subscriber_count() == 1)
             await twilio.send_all(call.frames(tracks(1.0)))
             await twilio.stop()
-            async with asyncio.timeout(10 * S):
-                out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+            lines = await printed(process)
     assert json.loads(lines[0]) == [call.call_sid]
     assert lines[1:-1] == deepgram.streams[0].sent
     assert lines[-1] == "close"
@@ -246,7 +248,7 @@ async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
         async with TwilioPeer.started(a, call) as twilio:
             await visible(b, call.call_sid)
             await twilio.send_all(call.frames(tracks(0.5)))
-            await until(lambda: redis_server.cli("XLEN", f"tdp:call:{{{call.call_sid}}}") != "0")
+            await until(lambda: redis_server.cli("XLEN", Keys("tdp").call(call.call_sid)) != "0")
             keys = redis_server.cli("DBSIZE")
             broker = b.server.broker
             assert broker is not None

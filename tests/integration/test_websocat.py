@@ -25,32 +25,43 @@ def websocat() -> str:
     return found
 
 
+async def websocat_choosing(client_url: str, call_sid: str) -> asyncio.subprocess.Process:
+    """The README's command, `websocat -n ws://localhost:5000/client`, then the callSid typed
+    in: its output is the call list, every message of the call, then `close`."""
+    process = await asyncio.create_subprocess_exec(
+        websocat(),
+        "-n",
+        client_url,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(f"{call_sid}\n".encode())
+    await process.stdin.drain()
+    process.stdin.close()
+    return process
+
+
+async def printed(process: asyncio.subprocess.Process) -> list[str]:
+    """The lines websocat printed, once it has exited with status 0."""
+    async with asyncio.timeout(10 * S):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode().splitlines()
+
+
 async def test_websocat_prints_the_call_list_every_transcript_and_close(
     proxy: RunningProxy, deepgram: FakeDeepgram
 ) -> None:
     call = SimulatedCall()
     audio = {"inbound": pattern("inbound", 8000), "outbound": pattern("outbound", 8000)}
     async with TwilioPeer.started(proxy, call) as twilio:
-        # The README's command: websocat -n ws://localhost:5000/client, then type the callSid.
-        process = await asyncio.create_subprocess_exec(
-            websocat(),
-            "-n",
-            proxy.client_url,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert process.stdin is not None
-        process.stdin.write(f"{call.call_sid}\n".encode())
-        await process.stdin.drain()
-        process.stdin.close()
+        process = await websocat_choosing(proxy.client_url, call.call_sid)
         await until(lambda: proxy.server.hub.subscriber_count() == 1)
         await twilio.send_all(call.frames(audio))  # type: ignore[arg-type]
         await twilio.stop()
-        async with asyncio.timeout(10 * S):
-            out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+        lines = await printed(process)
     assert json.loads(lines[0]) == [call.call_sid]
     assert lines[1:-1] == deepgram.streams[0].sent
     assert lines[-1] == "close"

@@ -17,9 +17,11 @@ RECORD = wire.CallRecord(INFO, "host-1-abc")
 fields = st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=4)
 
 
-def test_keys_give_each_call_its_own_hash_tag_and_the_registry_one_tag() -> None:
+def test_keys_spread_calls_over_shard_tags_and_give_the_registry_one_tag() -> None:
     keys = wire.Keys("tdp")
-    assert keys.call("CA1") == "tdp:call:{CA1}"
+    assert keys.call("CA1") == f"tdp:call:{{s{wire.shard_of('CA1')}}}:CA1"
+    shards = {wire.shard_of(f"CA{n:032x}") for n in range(1000)}
+    assert shards == set(range(wire.SHARDS))
     registry = [keys.calls, keys.feed, keys.epoch, keys.instance("i")]
     assert all(key.startswith("tdp:{registry}:") for key in registry)
     assert len(set(registry)) == 4

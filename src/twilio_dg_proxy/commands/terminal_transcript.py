@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..deepgram_protocol import result_transcript
+
 __all__ = ["LABELS", "TranscriptRenderer", "Utterances"]
 
 #: Labels of the channels: Deepgram's channel 0 is Twilio's inbound track (the caller).
@@ -59,7 +61,7 @@ class Utterances:
         channel = _channel(message.get("channel_index"))
         if channel is None:
             return []
-        transcript = _transcript(message)
+        transcript = result_transcript(message)
         state = self._open.setdefault(channel, _Open())
         if not message.get("is_final"):
             state.interim = transcript
@@ -98,14 +100,6 @@ def _channel(value: object) -> int | None:
     if isinstance(value, list) and value and isinstance(value[0], int):
         return value[0]
     return None
-
-
-def _transcript(message: Mapping[str, Any]) -> str:
-    try:
-        text = message["channel"]["alternatives"][0]["transcript"]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    return text.strip() if isinstance(text, str) else ""
 
 
 class TranscriptRenderer:

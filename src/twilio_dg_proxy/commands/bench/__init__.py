@@ -1,10 +1,11 @@
 """The `bench` command: how many calls one proxy process holds, and the delays it adds.
 
 Pure: `measure` (latency mapping, percentiles, completeness, verdict, sweep plan) and
-`report` (the table and the JSON line). I/O: `procfs` (CPU and memory from /proc), `wire` (a
-lean WebSocket client for the load), `fake_server` (the fake Deepgram in its own process),
-`processes` (the proxy under test, CPU placement, py-spy) and `load` (one run: the calls,
-their watchers, the shared ticker, and the figures).
+`report` (the table and the JSON line), `scale_out_report` (the two paths side by side).
+I/O: `procfs` (CPU and memory from /proc), `wire` (a lean WebSocket client for the load),
+`fake_server` (the fake Deepgram in its own process), `processes` (the proxy under test,
+CPU placement, py-spy), `load` (one run: the calls, their watchers, the shared ticker, and
+the figures), `redis_server` and `scale_out` (`--remote-watchers`: Redis and two proxies).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ... import config, event_loop
 from ..arguments import argument, count, name_value
 from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
 from .procfs import wait_until_quiet
+
+if TYPE_CHECKING:
+    from .load import BenchOptions
 
 DESCRIPTION = f"""\
 Measure the proxy under load. Starts `python -m twilio_dg_proxy --port 0` as a separate
@@ -43,6 +48,14 @@ Figures, over the measured window:
   floods           with --ping-floods N: N connections flooding /client with pings over
                    the window, reconnecting when closed (issue 11's attacker); pings sent
                    and answered, connections, how the proxy closed them
+
+--remote-watchers runs the same calls and watchers twice, one run after the other: on one
+proxy, then with the calls on instance A and their watchers on instance B, both with
+REDIS_URL pointing at a redis-server the benchmark starts (persistence off). A, B and Redis
+share the proxy's CPU. It adds, side by side: CPU-ms per call-second of A, B and Redis
+against the single process, p50/p99 fan-out of both paths and what Redis adds (target:
+<= 5 ms at p99), Redis commands per call-second (INFO's total_commands_processed over the
+window), and completeness of both.
 
 A run HOLDS REAL TIME when its p99 added latency is at most CHUNK_MS + {REAL_TIME_MARGIN_MS} ms and
 nothing was lost. --sweep raises N (doubling, then bisecting) to the largest N that holds.
@@ -115,6 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="over the measured window, N connections flood /client with pings, reconnecting "
         "when closed (issue 11's attacker; its own process, on the load's CPUs; default 0)",
     )
+    parser.add_argument(
+        "--remote-watchers",
+        action="store_true",
+        help="also measure the path through Redis: calls on one proxy, their watchers on "
+        "another, sharing a redis-server the benchmark starts; both paths side by side",
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     parser.add_argument(
         "--profile",
@@ -148,6 +167,22 @@ def _wait_quiet(max_wait_s: float) -> None:
         print(f"bench: machine {busy:.0%} busy before the run", file=sys.stderr, flush=True)
 
 
+def _run_remote_watchers(args: argparse.Namespace, options: BenchOptions) -> int:
+    """Both paths, one after the other; 0 if both held real time, else 1."""
+    from .load import BenchError
+    from .scale_out import run_remote_watchers
+    from .scale_out_report import format_scale_out, scale_out_json
+
+    if args.sweep:
+        raise BenchError("--remote-watchers measures one size: it cannot be combined with --sweep")
+    _wait_quiet(args.wait_quiet)
+    report = event_loop.run(run_remote_watchers(options))
+    print(format_scale_out(report))
+    if args.json:
+        print(json.dumps(scale_out_json(report)))
+    return 0 if report.single.held and report.remote.held else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one measurement or a sweep; 0 if the (last) run held real time, else 1."""
     from .load import BenchError, BenchOptions, run_bench
@@ -168,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         ping_floods=args.ping_floods,
     )
     try:
+        if args.remote_watchers:
+            return _run_remote_watchers(args, options)
         if not args.sweep:
             _wait_quiet(args.wait_quiet)
             report = event_loop.run(run_bench(options))

@@ -17,8 +17,8 @@ import os
 import resource
 import time
 from array import array
-from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,7 +40,15 @@ from .measure import (
     summarize,
     window_range,
 )
-from .processes import BenchError, Placement, ProxyProcess, plan_placement, profiled
+from .processes import (
+    BenchError,
+    Placement,
+    ProxyProcess,
+    Serve,
+    one_proxy,
+    plan_placement,
+    profiled,
+)
 from .report import BenchReport, FloodReport
 from .wire import WireClient, text_frame
 
@@ -225,10 +233,18 @@ class _Window:
     machine: list[dict[int, float]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     work: list[float] = field(default_factory=list)
+    # Further server-side processes on the proxy's CPUs (`Serving.beside`), and their samples.
+    beside: Mapping[str, int] = field(default_factory=dict)
+    beside_samples: dict[str, list[procfs.ProcSample]] = field(default_factory=dict)
+    on_sample: Callable[[], None] | None = None
 
     def sample(self) -> None:
         """Sample the processes' CPU and memory, and each CPU's busy time."""
         self.proxy.append(procfs.sample(self.proxy_pid))
+        for name, pid in self.beside.items():
+            self.beside_samples.setdefault(name, []).append(procfs.sample(pid))
+        if self.on_sample is not None:
+            self.on_sample()
         self.fake.append(procfs.sample(self.fake_pid))
         self.generator.append(procfs.sample(os.getpid()))
         if self.flood_pid is not None:
@@ -254,6 +270,7 @@ class _Window:
             return sum(end[c] - start[c] for c in cpus if c in start) / self.seconds
 
         proxy = self.cpu_share(self.proxy)
+        proxy += sum(map(self.cpu_share, self.beside_samples.values()))
         load = self.cpu_share(self.fake) + self.cpu_share(self.generator)
         if self.flood:
             load += self.cpu_share(self.flood)
@@ -266,9 +283,16 @@ class _Window:
 class Load:
     """The calls and subscribers of one run, against one proxy and one fake."""
 
-    def __init__(self, options: BenchOptions, proxy: ProxyProcess, fake: FakeProcess) -> None:
+    def __init__(
+        self,
+        options: BenchOptions,
+        proxy: ProxyProcess,
+        fake: FakeProcess,
+        watch: ProxyProcess | None = None,
+    ) -> None:
         self.options = options
         self.proxy = proxy
+        self.watch = proxy if watch is None else watch  # where the subscribers connect
         self.fake = fake
         self.calls: list[CallDriver] = []
         self.subscribers: list[Subscriber] = []
@@ -277,9 +301,11 @@ class Load:
     async def open(self) -> None:
         """Start every call and subscribe its watchers; return once the proxy counts them all.
 
-        Calls start one at a time, so that the fake's next stream is this call's.
+        Calls start one at a time, so that the fake's next stream is this call's. Watchers on
+        another instance subscribe once it lists every call.
         """
         twilio_url = f"ws://127.0.0.1:{self.proxy.port}/twilio"
+        elsewhere = self.watch is not self.proxy
         try:
             async with asyncio.TaskGroup() as tasks:
                 for index in range(self.options.calls):
@@ -289,8 +315,13 @@ class Load:
                     request_id = await self.fake.next_stream(timeout=_START_TIMEOUT_S)
                     driver = CallDriver(call, client, request_id, index)
                     self.calls.append(driver)
-                    for _ in range(self.options.subscribers):
+                    for _ in range(0 if elsewhere else self.options.subscribers):
                         tasks.create_task(self._subscribe(driver))
+                if elsewhere:
+                    await self._listed_by_watch()
+                    for driver in self.calls:
+                        for _ in range(self.options.subscribers):
+                            tasks.create_task(self._subscribe(driver))
         except* (OSError, TimeoutError, InvalidHandshake, BenchError) as group:
             raise BenchError(
                 f"setting up call {len(self.calls) + 1} of {self.options.calls} failed: "
@@ -299,8 +330,17 @@ class Load:
         expected = (self.options.calls, self.options.calls * self.options.subscribers)
         async with asyncio.timeout(_START_TIMEOUT_S):
             while True:
-                health = await self.proxy.health()
+                health = await self.watch.health()
                 if (health["calls"], health["subscribers"]) == expected:
+                    return
+                await asyncio.sleep(0.05)
+
+    async def _listed_by_watch(self) -> None:
+        """Wait until the watchers' instance counts every call (its `calls` is the
+        cluster's), so that its call list, sent on connecting, holds them all."""
+        async with asyncio.timeout(_START_TIMEOUT_S):
+            while True:  # polled: /healthz is the only view a child process gives
+                if (await self.watch.health())["calls"] == self.options.calls:
                     return
                 await asyncio.sleep(0.05)
 
@@ -309,7 +349,7 @@ class Load:
         self.subscribers.append(subscriber)
         async with self._connecting:
             subscriber.client = await WireClient.connect(
-                f"ws://127.0.0.1:{self.proxy.port}/client", subscriber.on_text
+                f"ws://127.0.0.1:{self.watch.port}/client", subscriber.on_text
             )
             async with asyncio.timeout(_START_TIMEOUT_S):
                 listed = await subscriber.listed
@@ -432,8 +472,9 @@ def _proxy_env(options: BenchOptions, deepgram_url: str) -> dict[str, str]:
     return env
 
 
-async def run_bench(options: BenchOptions) -> BenchReport:
-    """Run the benchmark once and measure it."""
+async def run_bench(options: BenchOptions, serve: Serve = one_proxy) -> BenchReport:
+    """Run the benchmark once and measure it. `serve` starts the server side (default: one
+    proxy for the calls and their watchers)."""
     if options.calls < 1 or options.subscribers < 1 or options.duration_s <= 0:
         raise BenchError("need at least one call, one subscriber per call and a duration")
     placement = plan_placement(options.proxy_cpu)
@@ -449,12 +490,13 @@ async def run_bench(options: BenchOptions) -> BenchReport:
             raise BenchError(f"--nice {options.nice}: not permitted (below 0 needs root)") from None
     try:
         async with FakeProcess.started(options.result_ms) as fake:
-            async with ProxyProcess.started(
-                _proxy_env(options, fake.url), placement.proxy
-            ) as proxy:
+            async with serve(_proxy_env(options, fake.url), placement) as serving:
+                proxy = serving.proxy
                 idle = procfs.sample(proxy.pid)
-                load = Load(options, proxy, fake)
-                window = _Window(proxy.pid, fake.pid)
+                load = Load(options, proxy, fake, serving.watch)
+                window = _Window(
+                    proxy.pid, fake.pid, beside=serving.beside, on_sample=serving.on_sample
+                )
                 floods: FloodResult | None = None
                 try:
                     await load.open()
@@ -483,14 +525,21 @@ async def run_bench(options: BenchOptions) -> BenchReport:
                 # Let the proxy free what the calls held (it collects once idle).
                 await asyncio.sleep(IDLE_COLLECT_S + 1)
                 after = procfs.sample(proxy.pid)
-                problems = proxy.problems
+                problems = proxy.problems + (
+                    serving.watch.problems if serving.watch is not proxy else 0
+                )
+                where = serving.placement
     finally:
         if saved is not None:
             os.sched_setaffinity(0, saved)
         if options.nice is not None:
             with contextlib.suppress(PermissionError):  # raising it back needs root too
                 os.setpriority(os.PRIO_PROCESS, 0, saved_nice)
-    return _report(options, placement, load, window, streams, idle, after, problems, floods, totals)
+    report = _report(
+        options, placement, load, window, streams, idle, after, problems, floods, totals
+    )
+    beside = {name: window.cpu_share(samples) for name, samples in window.beside_samples.items()}
+    return replace(report, beside_cpu=beside, placement=where or report.placement)
 
 
 async def _flood_result(flood: FloodProcess) -> FloodResult:

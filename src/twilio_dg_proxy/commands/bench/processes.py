@@ -11,13 +11,22 @@ import shutil
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["BenchError", "Placement", "ProxyProcess", "plan_placement", "profiled"]
+__all__ = [
+    "BenchError",
+    "Placement",
+    "ProxyProcess",
+    "Serve",
+    "Serving",
+    "one_proxy",
+    "plan_placement",
+    "profiled",
+]
 
 _START_TIMEOUT_S: Final = 20.0
 _LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
@@ -152,6 +161,31 @@ class ProxyProcess:
         _, _, body = response.partition(b"\r\n\r\n")
         health: dict[str, Any] = json.loads(body)
         return health
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """The server side of a run: `proxy` takes the calls, `watch` their watchers (the same
+    process unless the run spreads them); `beside` names further server-side processes
+    (name → pid) whose CPU the window measures, on the proxy's CPUs; `on_sample` runs at
+    each of the window's samples (at its start and end)."""
+
+    proxy: ProxyProcess
+    watch: ProxyProcess
+    beside: Mapping[str, int] = field(default_factory=dict)
+    on_sample: Callable[[], None] | None = None
+    placement: str | None = None  # how they were placed, if not as `Placement.describe`
+
+
+#: Starts the server side of a run with the proxy's environment, on the placement's CPUs.
+Serve = Callable[[Mapping[str, str], Placement], AbstractAsyncContextManager[Serving]]
+
+
+@asynccontextmanager
+async def one_proxy(env: Mapping[str, str], placement: Placement) -> AsyncIterator[Serving]:
+    """The single-process path: one proxy takes the calls and their watchers."""
+    async with ProxyProcess.started(env, placement.proxy) as proxy:
+        yield Serving(proxy, proxy)
 
 
 def _py_spy() -> str | None:

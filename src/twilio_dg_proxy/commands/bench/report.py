@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, Summary
 
@@ -97,6 +97,9 @@ class BenchReport:
     deepgram_streams: int
     deepgram_reconnects: int | None
     floods: FloodReport | None  # with --ping-floods
+    # Other server-side processes beside the proxy (`Serving.beside`: the watchers' instance,
+    # redis-server), by name: their CPU over the window, as shares of one core.
+    beside_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rss_per_call(self) -> float:
@@ -192,6 +195,8 @@ def format_report(r: BenchReport) -> str:
             ),
         ),
     ]
+    if r.beside_cpu:
+        rows.append(("beside", _beside(r)))
     if r.floods is not None:
         rows.append(("floods", _floods(r.floods)))
     rows.append(
@@ -214,6 +219,13 @@ def format_report(r: BenchReport) -> str:
             "latencies may be the load's, not the proxy's"
         )
     return "\n".join(lines)
+
+
+def _beside(r: BenchReport) -> str:
+    return "; ".join(
+        f"{name} {share:.1%} of a core, {share * 1000 / r.calls:.2f} CPU-ms per call-second"
+        for name, share in r.beside_cpu.items()
+    )
 
 
 def _floods(f: FloodReport) -> str:
