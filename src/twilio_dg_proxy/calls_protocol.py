@@ -4,7 +4,8 @@
   newest first; every query key but `token`, `limit` and `before` filters by that custom
   parameter (all must match).
 - `GET /calls/{callSid}` → the call's summary.
-- `GET /calls/{callSid}/transcript?format=json|txt|vtt|srt&download=1` → the transcript.
+- `GET /calls/{callSid}/transcript?format=json|txt|vtt|srt&download=1` → the transcript
+  (`vtt` and `srt` are the captions of `captions`).
 
 The cursor is opaque to clients: URL-safe base64 of `[endedAt, callSid]`, the last call of
 the page, so that calls ending meanwhile never shift a page (the listing is keyed on the
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .captions import srt, webvtt
 from .exceptions import BadCallsRequest
 from .store.base import CallPage, CallQuery, Cursor
 from .transcripts import FinishedCall, transcript_json, transcript_text
@@ -73,10 +75,10 @@ FORMATS: dict[str, TranscriptFormat] = {
     for f in (
         TranscriptFormat("json", "application/json", "json", _json_transcript),
         TranscriptFormat("txt", "text/plain; charset=utf-8", "txt", transcript_text),
+        TranscriptFormat("vtt", "text/vtt; charset=utf-8", "vtt", webvtt),
+        TranscriptFormat("srt", "application/x-subrip; charset=utf-8", "srt", srt),
     )
 }
-#: Formats the API names but this build cannot write (400 "format not available").
-UNAVAILABLE_FORMATS = frozenset({"vtt", "srt"}) - FORMATS.keys()
 
 
 def is_calls_path(path: str) -> bool:
@@ -131,8 +133,6 @@ def transcript_format(query: list[tuple[str, str]]) -> TranscriptFormat:
     name = dict(query).get("format", "json")
     if name in FORMATS:
         return FORMATS[name]
-    if name in UNAVAILABLE_FORMATS:
-        raise BadCallsRequest(f"format {name}: format not available in this build")
     raise BadCallsRequest(f"format must be one of {', '.join(FORMATS)}, not {_shown(name)}")
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import srt as srt_parser  # type: ignore[import-untyped]  # srt ships no type hints
+import webvtt
+
 from twilio_dg_proxy.calls_protocol import encode_cursor
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.hub import CALL_ENDED
@@ -89,6 +92,35 @@ def text_lines(finals: list[dict[str, Any]], names: tuple[str, str]) -> str:
     )
 
 
+def channel_words(finals: list[dict[str, Any]], channel: int) -> list[str]:
+    ordered = sorted(finals, key=lambda m: m["start"])
+    return [
+        word
+        for m in ordered
+        if m["channel_index"][0] == channel
+        for word in m["channel"]["alternatives"][0]["transcript"].split()
+    ]
+
+
+async def check_captions(
+    proxy: RunningProxy, sid: str, finals: list[dict[str, Any]], names: tuple[str, str]
+) -> None:
+    """The vtt and srt transcripts, read by parsers we did not write, hold each speaker's
+    words in the order spoken."""
+    vtt = await get(proxy, f"/calls/{sid}/transcript?format=vtt&download=1")
+    assert vtt.headers["Content-Type"] == "text/vtt; charset=utf-8"
+    assert vtt.headers["Content-Disposition"] == f'attachment; filename="{sid}.vtt"'
+    captions = webvtt.from_string(vtt.body.decode(), strict=True).captions
+    srt_answer = await get(proxy, f"/calls/{sid}/transcript?format=srt")
+    subtitles = list(srt_parser.parse(srt_answer.body.decode()))
+    for channel, name in enumerate(names):
+        expected = channel_words(finals, channel)
+        assert [w for c in captions if c.voice == name for w in c.text.split()] == expected
+        label = f"{name}: "
+        spoken = [s.content.removeprefix(label) for s in subtitles if s.content.startswith(label)]
+        assert [w for text in spoken for w in text.split()] == expected
+
+
 def finished(sid: str, ended_at_ms: int, parameters: dict[str, str] | None = None) -> FinishedCall:
     info = CallInfo(sid, parameters or {}, ("inbound",), ended_at_ms - 1_000)
     return FinishedCall(info, ended_at_ms, 1000, "call ended")
@@ -113,6 +145,7 @@ async def test_a_stored_transcript_is_what_the_watchers_received_in_every_format
         assert [s["text"] for s in stored["segments"]] == [
             line.split(": ", 1)[1] for line in text_lines(finals, ("Caller", "Dana")).splitlines()
         ]
+        await check_captions(proxy, sid, finals, ("Caller", "Dana"))
         txt = await get(proxy, f"/calls/{sid}/transcript?format=txt")
         assert txt.headers["Content-Type"] == "text/plain; charset=utf-8"
         assert txt.body.decode() == text_lines(finals, ("Caller", "Dana"))

@@ -78,6 +78,9 @@ def test_a_call_and_its_transcript_are_named_by_their_path() -> None:
     assert parse_request("/calls/CA1/transcript?format=txt&download=1") == GetTranscript(
         "CA1", FORMATS["txt"], True
     )
+    for name in ("vtt", "srt"):
+        wanted = parse_request(f"/calls/CA1/transcript?format={name}")
+        assert wanted == GetTranscript("CA1", FORMATS[name], False)
     for other in ("/calls/", "/calls/CA1/other", "/calls/CA1/transcript/x", "/calls//x"):
         assert parse_request(other) is None
 
