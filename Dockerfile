@@ -8,8 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=5000
 
 # Extras to install: twilio (signature checks), redis (REDIS_URL scale-out), webhooks
-# (WEBHOOK_URL), offline (the offline engine, for `python -m twilio_dg_proxy engine`; large).
-ARG EXTRAS=twilio,redis,webhooks
+# (WEBHOOK_URL), postgres (transcripts in PostgreSQL: DATABASE_URL), offline (the offline
+# engine, for `python -m twilio_dg_proxy engine`; large).
+ARG EXTRAS=twilio,redis,webhooks,postgres
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -17,7 +18,13 @@ COPY src ./src
 # DL3013 asks to pin what pip installs: this is the project itself, whose dependencies are
 # ranges in pyproject.toml (there is no lock file to pin them with).
 # hadolint ignore=DL3013
-RUN pip install ".[${EXTRAS}]" && useradd --system --uid 10001 --no-create-home proxy
+RUN pip install ".[${EXTRAS}]" && useradd --system --uid 10001 --no-create-home proxy \
+    && mkdir /data && chown 10001 /data
+
+# The proxy runs in /data, which its user may write: stored transcripts (TRANSCRIPTS_FILE,
+# relative to it, without DATABASE_URL) land there. Mount a volume to keep them.
+WORKDIR /data
+VOLUME /data
 
 USER 10001
 EXPOSE 5000

@@ -76,5 +76,5 @@ def unauthenticated_endpoints(settings: Settings) -> list[str]:
     if not (settings.twilio_auth_token or settings.twilio_stream_secret):
         endpoints.append("/twilio (set TWILIO_AUTH_TOKEN and PUBLIC_URL, or TWILIO_STREAM_SECRET)")
     if not settings.client_tokens:
-        endpoints.append("/client (set CLIENT_TOKENS)")
+        endpoints.append("/client and /calls (set CLIENT_TOKENS)")
     return endpoints

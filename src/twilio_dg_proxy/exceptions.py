@@ -106,6 +106,20 @@ class InvalidWebhook(ProxyError):
     or malformed, no matching signature, or a timestamp outside the tolerance (a replay)."""
 
 
+class StoreError(ProxyError):
+    """The transcript store could not do what was asked, and trying again will not help
+    (e.g. a call it cannot hold)."""
+
+
+class StoreUnavailable(StoreError):
+    """The transcript store cannot be reached or cannot write now (down, locked, full):
+    worth retrying. At start: the store could not be opened."""
+
+
+class BadCallsRequest(ProxyError):
+    """A request to the /calls API is malformed (HTTP 400): a bad limit, cursor or format."""
+
+
 # Most specific first: the first matching row wins.
 CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (UnsupportedFrame, CloseCode.UNSUPPORTED_DATA),

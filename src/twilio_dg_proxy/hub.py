@@ -193,6 +193,9 @@ class HubCounters:
     webhooks_retried: int = 0  # failed webhook attempts tried again (network, 5xx, 429)
     webhooks_failed: int = 0  # webhook events given up: a 4xx, or every attempt failed
     webhooks_dropped: int = 0  # webhook events never sent: a full queue, or shutdown
+    transcripts_stored: int = 0  # ended calls saved in the transcript store
+    transcripts_lost: int = 0  # ended calls never stored (queue full, store refused, shutdown)
+    store_errors: int = 0  # failed attempts to use the store (each save retried)
 
 
 # Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.

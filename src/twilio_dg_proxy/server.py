@@ -11,8 +11,7 @@ import os
 import signal
 import socket
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from . import calls_api
 from .auth import (
     SIGNATURE_HEADER,
     token_allowed,
@@ -30,6 +30,7 @@ from .auth import (
     unauthenticated_endpoints,
 )
 from .call import START_MAX_MESSAGE_BYTES, START_TIMEOUT_S, handle_twilio
+from .calls_protocol import is_calls_path
 from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
@@ -38,12 +39,15 @@ from .exceptions import ConfigError
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
+from .store.policy import DEFAULT_BACKOFF, Backoff
+from .store.writer import FLUSH_TIMEOUT_S, StoreWriter, wall_clock_ms
 from .transcripts import Recorder
 from .viewer import INDEX, Asset, load_assets
 from .webhook_protocol import DEFAULT_TIMING, Timing
 
 if TYPE_CHECKING:
     from .redis_broker import RedisBroker
+    from .store.base import TranscriptStore
     from .webhooks import WebhookSender
 
 logger = get_logger("server")
@@ -89,12 +93,16 @@ class ProxyServer:
         deepgram_pings: Pings = DEFAULT_PINGS,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
         webhook_timing: Timing = DEFAULT_TIMING,
+        store_retry: Backoff = DEFAULT_BACKOFF,
+        store_flush_timeout_s: float = FLUSH_TIMEOUT_S,
     ) -> None:
         """Raises ConfigError if a setting cannot be used (e.g. no twilio package). The
         keyword arguments change waits for tests: `start_timeout_s` and `deepgram_pings` go
         to each call (`call.handle_twilio`), `choice_timeout_s` is how long a /client client
         may take to choose a call, `close_timeout_s` how long a connection may take to
-        close, `webhook_timing` the webhooks' backoff and flush."""
+        close; `webhook_timing` the webhooks' backoff and flush; `store_retry` and
+        `store_flush_timeout_s` go to the transcript store's writer
+        (`store.writer.StoreWriter`)."""
         self.settings = settings
         self.close_timeout_s = close_timeout_s
         self.start_timeout_s = start_timeout_s
@@ -116,7 +124,13 @@ class ProxyServer:
         self._no_streams = asyncio.Event()
         self._no_streams.set()
         self.broker: RedisBroker | None = None  # with REDIS_URL, while running
-        self.recorder: Recorder | None = None  # the calls' transcripts, when something needs them
+        self.store_retry = store_retry
+        self.store_flush_timeout_s = store_flush_timeout_s
+        # While running: the recorder of the calls streamed here (the store's writer and the
+        # webhooks are its listeners), and with STORE_TRANSCRIPTS, the store and its writer.
+        self.recorder: Recorder | None = None
+        self.store: TranscriptStore | None = None
+        self.store_writer: StoreWriter | None = None
         self.webhooks: WebhookSender | None = None  # with WEBHOOK_URL, while running
 
     async def route(self, ws: ServerConnection) -> None:
@@ -190,9 +204,11 @@ class ProxyServer:
         server.close()  # the watchers left: 1001 to those who never chose a call
         await server.wait_closed()
 
-    def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Answer plain HTTP requests (health, the viewer's files); check upgrades (path 404,
-        authentication 401/403, limits 503)."""
+    def process_request(
+        self, ws: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """Answer plain HTTP requests (health, the viewer's files, the /calls API, which
+        awaits the store); check upgrades (path 404, authentication 401/403, limits 503)."""
         path = _path(request.path)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == TWILIO_PATH and upgrade:
@@ -205,6 +221,9 @@ class ProxyServer:
             return None  # websockets answers 426 Upgrade Required
         if path == VIEWER_AUTH_PATH:
             return self._viewer_auth(ws, request)
+        if is_calls_path(path):
+            tokens = self.settings.client_tokens
+            return calls_api.answer(ws, request, self.store, tokens, self.hub.counters)
         asset = None if upgrade else self._asset_at(path)
         if asset is not None:
             return _asset(ws, request, asset)
@@ -301,6 +320,8 @@ class ProxyServer:
             health["redis"] = self.broker.health()
         if self.webhooks is not None:
             health["webhooks"] = self.webhooks.health()
+        if self.store_writer is not None:
+            health["store"] = self.store_writer.health()
         return health
 
     def _connection_class(self) -> type[ServerConnection]:
@@ -344,18 +365,57 @@ class ProxyServer:
         REDIS_URL, join the other instances first (raises BrokerUnavailable if Redis is
         away)."""
         async with AsyncExitStack() as stack:
+            stack.callback(self._stop_recording)  # last: once every call has ended
             if self.settings.redis_url:
                 self.broker = await stack.enter_async_context(self._broker())
+            if self.settings.store_transcripts:
+                await self._start_store(stack)
             if self.settings.webhook_urls:
                 # Entered before listening, so it flushes after the last call has ended.
                 self.webhooks = await stack.enter_async_context(self._webhooks())
-                listeners = self._transcript_recorder().listeners
+                listeners = self.recording().listeners
                 listeners.append(self.webhooks)
                 stack.callback(listeners.remove, self.webhooks)
             async with self._listening(sock, reuse_port) as server:
                 yield server
         self.broker = None
         self.webhooks = None
+
+    def recording(self) -> Recorder:
+        """The recorder of the calls streamed here (created on first use, a sink of the hub
+        until the server stops): append a `transcripts.TranscriptListener` to its
+        `listeners` to be told of each call's finals and end."""
+        if self.recorder is None:
+            self.recorder = Recorder(wall_clock_ms, max_bytes=self.settings.transcript_max_bytes)
+            self.hub.sinks.append(self.recorder)
+        return self.recorder
+
+    def _stop_recording(self) -> None:
+        if self.recorder is not None:
+            self.hub.sinks.remove(self.recorder)
+            self.recorder = None
+
+    async def _start_store(self, stack: AsyncExitStack) -> None:
+        """Open the transcript store (raises StoreUnavailable if it cannot be) and save each
+        call that ends in it, until `stack` closes: then flush, then close the store."""
+        from .store import open_store
+
+        store = await stack.enter_async_context(open_store(self.settings))
+        writer = StoreWriter(
+            store,
+            self.hub.counters,
+            max_calls=self.settings.store_queue_calls,
+            retention_days=self.settings.retention_days,
+            retry=self.store_retry,
+            flush_timeout_s=self.store_flush_timeout_s,
+        )
+        await stack.enter_async_context(writer.running())
+        self.store, self.store_writer = store, writer
+        stack.callback(self._forget_store)
+        self.recording().listeners.append(writer)
+
+    def _forget_store(self) -> None:
+        self.store = self.store_writer = None
 
     def _broker(self) -> AbstractAsyncContextManager[RedisBroker]:
         try:
@@ -375,16 +435,6 @@ class ProxyServer:
             ) from None
         sender = WebhookSender(self.settings, self.hub.counters, timing=self.webhook_timing)
         return sender.running()
-
-    def _transcript_recorder(self) -> Recorder:
-        """The recorder of the calls streamed here (one of the hub's sinks), made when first
-        needed."""
-        if self.recorder is None:
-            self.recorder = Recorder(
-                lambda: int(time.time() * 1000), max_bytes=self.settings.transcript_max_bytes
-            )
-            self.hub.sinks.append(self.recorder)
-        return self.recorder
 
     @asynccontextmanager
     async def _listening(

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.deepgram import Pings
 from twilio_dg_proxy.server import ProxyServer, bound_port
+from twilio_dg_proxy.store.policy import Backoff
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
 from twilio_dg_proxy.webhook_protocol import Timing
 
@@ -57,6 +58,8 @@ class ServerOptions(TypedDict, total=False):
     start_timeout_s: float
     deepgram_pings: Pings
     webhook_timing: Timing
+    store_retry: Backoff
+    store_flush_timeout_s: float
 
 
 @asynccontextmanager

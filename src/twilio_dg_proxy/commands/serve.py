@@ -14,7 +14,7 @@ from dotenv import dotenv_values
 
 from ..config import Settings, settings_table
 from ..event_loop import event_loop_factory
-from ..exceptions import BrokerUnavailable, ConfigError
+from ..exceptions import BrokerUnavailable, ConfigError, StoreError
 from ..logs import get_logger, setup_logging
 from ..workers import (
     Supervisor,
@@ -31,6 +31,7 @@ EXIT_LISTEN = 1
 EXIT_INTERRUPTED = 130
 EXIT_ENGINE = 1
 EXIT_REDIS = 1
+EXIT_STORE = 1
 
 DESCRIPTION = (
     "Stream Twilio calls to Deepgram live transcription and fan the transcripts out to every "
@@ -153,6 +154,13 @@ def run(args: argparse.Namespace) -> int:
     except BrokerUnavailable as exc:  # REDIS_URL is set but Redis cannot be reached
         logger.error("%s: check REDIS_URL, or unset it to run on its own", exc)
         return EXIT_REDIS
+    except StoreError as exc:  # the transcript store cannot be opened (or a newer one's)
+        logger.error(
+            "the transcript store cannot be opened: %s: check DATABASE_URL or TRANSCRIPTS_FILE,"
+            " or set STORE_TRANSCRIPTS=false",
+            exc,
+        )
+        return EXIT_STORE
     except engine_errors as exc:  # the offline engine could not start (it says why)
         logger.error("the offline engine cannot start: %s", exc)
         return EXIT_ENGINE

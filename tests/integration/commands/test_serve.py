@@ -156,3 +156,20 @@ async def test_a_second_signal_exits_at_once() -> None:
                 server.process.send_signal(signal.SIGINT)
                 async with asyncio.timeout(5 * S):
                     assert await server.process.wait() == 130
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"TRANSCRIPTS_FILE": "/nonexistent-dir/t.sqlite3"}, "SQLite: unable to open"),
+        ({"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, "PostgreSQL cannot be reached"),
+    ],
+    ids=["sqlite", "postgresql"],
+)
+async def test_a_store_that_cannot_be_opened_stops_start_up_with_status_1(
+    env: dict[str, str], says: str
+) -> None:
+    code, _, err = await run(env={"DEEPGRAM_URL": "ws://127.0.0.1:9/v1/listen"} | env)
+    assert code == 1
+    assert "the transcript store cannot be opened" in err and says in err
+    assert "Traceback" not in err and "hunter2" not in err

@@ -1,0 +1,224 @@
+"""The shared transcript store: PostgreSQL (DATABASE_URL), through psycopg 3's asyncio
+connections and a psycopg_pool pool, so that several instances keep one call log.
+
+The schema is `base`'s in PostgreSQL's types: the call info's JSON columns as jsonb (an
+operator can query them), the finals as text (Deepgram's texts verbatim: jsonb would
+reorder their keys). Instances that start together migrate one at a time (an advisory
+lock held by the migration's transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ..exceptions import StoreError, StoreUnavailable
+from ..transcripts import FinishedCall
+from .base import (
+    CALL_COLUMNS,
+    SCHEMA_VERSION,
+    SUMMARY_COLUMNS,
+    CallPage,
+    CallQuery,
+    call_from_row,
+    call_row,
+    page_of,
+)
+
+T = TypeVar("T")
+
+#: Seconds to wait for a connection (from the pool, or a new one) before a call's save is
+#: retried later or an API request answers 503.
+CONNECT_TIMEOUT_S = 5.0
+#: Connections to PostgreSQL per instance: one writer, the API's readers, the purge.
+POOL_SIZE = 4
+#: pg_advisory_xact_lock's key for migrations (any constant; "tdp" in ASCII).
+_MIGRATION_LOCK = 0x746470
+
+# Each step brings the schema from version n to n + 1 (index n).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE calls (
+            call_sid text PRIMARY KEY,
+            started_at_ms bigint NOT NULL,
+            ended_at_ms bigint NOT NULL,
+            end_code integer NOT NULL,
+            end_reason text NOT NULL,
+            tracks jsonb NOT NULL,
+            parameters jsonb NOT NULL,
+            request_ids jsonb NOT NULL,
+            truncated boolean NOT NULL,
+            finals text NOT NULL
+        )""",
+        "CREATE INDEX calls_newest ON calls (ended_at_ms DESC, call_sid DESC)",
+        """CREATE TABLE call_parameters (
+            call_sid text NOT NULL REFERENCES calls ON DELETE CASCADE,
+            name text NOT NULL,
+            value text NOT NULL,
+            PRIMARY KEY (call_sid, name)
+        )""",
+        "CREATE INDEX call_parameters_by_value ON call_parameters (name, value)",
+    ),
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+class PostgresStore:
+    """A `TranscriptStore` in PostgreSQL; open it with `PostgresStore.opened(url)`."""
+
+    kind = "postgresql"
+
+    def __init__(self, pool: AsyncConnectionPool[Any], timeout_s: float) -> None:
+        self._pool = pool
+        self._timeout_s = timeout_s
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(
+        cls, url: str, *, timeout_s: float = CONNECT_TIMEOUT_S, pool_size: int = POOL_SIZE
+    ) -> AsyncIterator[PostgresStore]:
+        """Connect to `url` and create or migrate the schema; the pool is closed when the
+        block exits. Raises StoreUnavailable if PostgreSQL cannot be reached (in
+        `timeout_s`), StoreError if a newer release wrote the schema."""
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=timeout_s,
+            kwargs={"connect_timeout": max(1, round(timeout_s)), "row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,  # a connection PostgreSQL dropped
+            name="transcripts",
+        )
+        await _probe(url, timeout_s)
+        try:
+            try:
+                await pool.open(wait=True, timeout=timeout_s)
+            except PoolTimeout as exc:
+                raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from None
+            store = cls(pool, timeout_s)
+            await store._call(_migrate)
+            yield store
+        finally:
+            await pool.close()
+
+    async def save(self, call: FinishedCall) -> None:
+        await self._call(_save, call)
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        rows = await self._call(_list, query)
+        return page_of(rows, query.limit)
+
+    async def get_call(self, call_sid: str, *, finals: bool = True) -> FinishedCall | None:
+        return await self._call(_get, call_sid, finals)
+
+    async def purge(self, ended_before_ms: int) -> int:
+        return await self._call(_purge, ended_before_ms)
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`fn(connection, *args)` in one transaction, psycopg's errors as the store's:
+        connection, resource (disk full), shutdown and lock errors are worth retrying."""
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                return await fn(connection, *args)
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL: {_first_line(exc)}") from exc
+
+
+async def _probe(url: str, timeout_s: float) -> None:
+    """Connect once, so that a store that cannot be reached at start says why (the pool
+    would only time out)."""
+    try:
+        connection = await psycopg.AsyncConnection.connect(
+            url, connect_timeout=max(1, round(timeout_s))
+        )
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"PostgreSQL cannot be reached: {_first_line(exc)}") from None
+    await connection.close()
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+async def _migrate(connection: psycopg.AsyncConnection[Any]) -> None:
+    await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+    await connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+    cursor = await connection.execute("SELECT max(version) AS version FROM schema_version")
+    row = await cursor.fetchone()
+    version = (row or {}).get("version") or 0
+    if version > SCHEMA_VERSION:
+        raise psycopg.DataError(
+            f"schema version {version} is newer than this release's ({SCHEMA_VERSION})"
+        )
+    for step in MIGRATIONS[version:]:
+        for statement in step:
+            await connection.execute(statement)
+    if version < SCHEMA_VERSION:
+        await connection.execute("DELETE FROM schema_version")
+        await connection.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+
+
+_INSERT_CALL = (
+    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "
+    f"VALUES ({', '.join('%s' for _ in CALL_COLUMNS)})"
+)
+
+
+async def _save(connection: psycopg.AsyncConnection[Any], call: FinishedCall) -> None:
+    sid = call.info.call_sid
+    row = call_row(call, as_json=Jsonb)
+    await connection.execute("DELETE FROM calls WHERE call_sid = %s", (sid,))  # and parameters
+    await connection.execute(_INSERT_CALL, row)
+    async with connection.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO call_parameters VALUES (%s, %s, %s)",
+            [(sid, name, value) for name, value in call.info.custom_parameters.items()],
+        )
+
+
+async def _list(connection: psycopg.AsyncConnection[Any], query: CallQuery) -> list[FinishedCall]:
+    conditions: list[str] = []
+    args: list[Any] = []
+    if query.before is not None:
+        conditions.append("(ended_at_ms, call_sid) < (%s, %s)")
+        args += [query.before.ended_at_ms, query.before.call_sid]
+    for name, value in query.parameters:
+        conditions.append(
+            "call_sid IN (SELECT call_sid FROM call_parameters WHERE name = %s AND value = %s)"
+        )
+        args += [name, value]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (
+        f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM calls {where} "
+        "ORDER BY ended_at_ms DESC, call_sid DESC LIMIT %s"
+    )
+    cursor = await connection.execute(sql, [*args, query.limit + 1])
+    return [call_from_row(row) for row in await cursor.fetchall()]
+
+
+async def _get(
+    connection: psycopg.AsyncConnection[Any], call_sid: str, finals: bool
+) -> FinishedCall | None:
+    columns = CALL_COLUMNS if finals else SUMMARY_COLUMNS
+    cursor = await connection.execute(
+        f"SELECT {', '.join(columns)} FROM calls WHERE call_sid = %s",
+        (call_sid,),
+    )
+    row = await cursor.fetchone()
+    return call_from_row(row) if row is not None else None
+
+
+async def _purge(connection: psycopg.AsyncConnection[Any], ended_before_ms: int) -> int:
+    cursor = await connection.execute(
+        "DELETE FROM calls WHERE ended_at_ms < %s", (ended_before_ms,)
+    )
+    return cursor.rowcount
