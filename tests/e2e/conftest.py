@@ -14,7 +14,7 @@ import pytest
 
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 
-from ..integration.helpers import RunningProxy, running_proxy
+from ..integration.helpers import PROXY_ENV, RunningProxy, running_proxy
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -32,6 +32,15 @@ CHROMIUM_ARGS = [
 ]
 # One final (and, halfway, one interim) result per channel per this many ms of audio.
 RESULT_MS = 400
+
+
+@pytest.fixture(autouse=True)
+def transcripts_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where every proxy the test starts stores its transcripts: a file of its own (never
+    `transcripts.sqlite3` in the working directory)."""
+    path = tmp_path / "transcripts.sqlite3"
+    monkeypatch.setitem(PROXY_ENV, "TRANSCRIPTS_FILE", str(path))
+    return path
 
 
 @pytest.fixture

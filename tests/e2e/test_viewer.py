@@ -279,7 +279,7 @@ async def test_the_call_list_and_the_transcript_work_from_the_keyboard(
             await talk.send_rest(twilio)
             await until_lines(page, talk.lines(2))
             await page.keyboard.press("Shift+Tab")
-            await expect(page.locator(".back")).to_be_focused()
+            await expect(page.locator("#call .back")).to_be_focused()
             await page.keyboard.press("Enter")
             await expect(link).to_be_visible()
             await expect(link).not_to_have_attribute("aria-current", "true")

@@ -1,5 +1,5 @@
-"""The viewer's pure JavaScript modules (transcript.js, calls.js, connection.js), run in the
-browser against hand-made Deepgram messages."""
+"""The viewer's pure JavaScript modules (transcript.js, calls.js, connection.js, recent.js),
+run in the browser against hand-made Deepgram messages and /calls answers."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def page() -> AsyncIterator[Page]:
     # Only the viewer's files are needed: no call ever reaches this Deepgram URL.
-    async with running_proxy("ws://127.0.0.1:9/v1/listen") as proxy:
+    async with running_proxy("ws://127.0.0.1:9/v1/listen", STORE_TRANSCRIPTS="false") as proxy:
         async with launched() as browser:
             page = await browser.new_page()
             await page.goto(f"http://127.0.0.1:{proxy.port}/")
@@ -246,3 +246,198 @@ async def test_a_line_is_timed_by_its_first_word_not_by_the_silence_before_it(pa
         """,
     )
     assert spoken == [[0, 0], [1, 3.2]]
+
+
+# A stored call as `GET /calls` lists it.
+STORED = """
+const stored = (callSid, endedAt, extra = {}) => ({
+  callSid, customParameters: {}, tracks: ["inbound", "outbound"], startedAt: endedAt - 42_000,
+  endedAt, durationMs: 42_000, endCode: 1000, endReason: "call ended", requestIds: [],
+  transcriptTruncated: false, ...extra,
+});
+const sids = (list) => list.calls.map((call) => call.callSid);
+"""
+
+
+async def test_stored_call_urls_follow_the_page_and_downloads_carry_the_token(page: Page) -> None:
+    result = await run(
+        page,
+        "recent.js",
+        """
+        const base = "https://example.test/proxy/?x=1#stored/CA1";
+        return {
+          first: String(m.callsUrl(base)),
+          next: String(m.callsUrl(base, {before: "WzE3Ni", from: "+15550100", limit: 5})),
+          json: String(m.transcriptUrl(base, "CA 1/2")),
+          plain: m.downloadLinks("http://h:5000/", "CA1").map((link) => link.href),
+          secret: m.downloadLinks("http://h:5000/", "CA1", "a b&c").map((link) =>
+            [link.format, link.label, link.href]),
+        };
+        """,
+    )
+    token = "&token=a+b%26c"
+    assert result == {
+        "first": "https://example.test/proxy/calls?limit=20",
+        "next": "https://example.test/proxy/calls?limit=5&before=WzE3Ni&From=%2B15550100",
+        "json": "https://example.test/proxy/calls/CA%201%2F2/transcript?format=json",
+        "plain": [
+            f"http://h:5000/calls/CA1/transcript?format={form}&download=1"
+            for form in ("txt", "vtt", "srt", "json")
+        ],
+        "secret": [
+            [form, label, f"http://h:5000/calls/CA1/transcript?format={form}&download=1{token}"]
+            for form, label in (
+                ("txt", "Text"),
+                ("vtt", "WebVTT"),
+                ("srt", "SubRip"),
+                ("json", "JSON"),
+            )
+        ],
+    }
+
+
+async def test_a_number_typed_with_separators_filters_as_twilio_writes_it(page: Page) -> None:
+    numbers = await run(
+        page,
+        "recent.js",
+        """
+        return [" +1 (555) 010-0100 ", "555.0100", "", "client:alice", "sip:a b@x"]
+          .map(m.normalizeNumber);
+        """,
+    )
+    assert numbers == ["+15550100100", "5550100", "", "client:alice", "sip:a b@x"]
+
+
+async def test_the_recent_list_merges_pages_newest_first_each_call_once(page: Page) -> None:
+    result = await run(
+        page,
+        "recent.js",
+        STORED
+        + """
+        const list = new m.RecentList();
+        const steps = [];
+        list.refreshed({calls: [stored("CA5", 500), stored("CA4", 400)], next: "c4"});
+        steps.push([sids(list), list.next]);
+        list.appended({calls: [stored("CA3", 300), stored("CAb", 200), stored("CAa", 200)],
+                       next: "ca"});
+        steps.push([sids(list), list.next]);
+        // Two calls ended since: the newest page overlaps what is loaded, which stays.
+        list.refreshed({calls: [stored("CA7", 700), stored("CA6", 600), stored("CA5", 500)],
+                        next: "c5"});
+        steps.push([sids(list), list.next]);
+        // More than a page ended since: the page does not reach the list, which starts over.
+        list.refreshed({calls: [stored("CA9", 900), stored("CA8", 800)], next: "c8"});
+        steps.push([sids(list), list.next]);
+        // A page with no next is every stored call.
+        list.refreshed({calls: [stored("CA9", 900)], next: null});
+        steps.push([sids(list), list.next, list.has("CA9"), list.has("CA8")]);
+        return steps;
+        """,
+    )
+    assert result == [
+        [["CA5", "CA4"], "c4"],
+        [["CA5", "CA4", "CA3", "CAb", "CAa"], "ca"],
+        [["CA7", "CA6", "CA5", "CA4", "CA3", "CAb", "CAa"], "ca"],
+        [["CA9", "CA8"], "c8"],
+        [["CA9"], None, True, False],
+    ]
+
+
+async def test_a_filtered_list_expects_only_the_calls_from_its_number(page: Page) -> None:
+    result = await run(
+        page,
+        "recent.js",
+        """
+        const from = (From) => ({callSid: "CA1", customParameters: From ? {From} : {}});
+        const any = new m.RecentList();
+        const one = new m.RecentList("+15550100");
+        return [any.expects(from("+1")), any.expects({callSid: "CA2"}),
+                one.expects(from("+15550100")), one.expects(from("+15550111")),
+                one.expects(from())];
+        """,
+    )
+    assert result == [True, True, True, False, False]
+
+
+async def test_a_stored_call_is_described_with_its_end_and_how_it_ended_if_not_normally(
+    page: Page,
+) -> None:
+    result = await run(
+        page,
+        "recent.js",
+        STORED
+        + """
+        const now = new Date(2026, 0, 15, 12, 0).getTime();
+        const today = new Date(2026, 0, 15, 9, 30, 5).getTime();
+        const earlier = new Date(2026, 0, 3, 9, 30).getTime();
+        const failed = stored("CA2", today, {customParameters: {From: "+1", To: "+2"},
+          durationMs: 3_725_000, endCode: 1014, endReason: "Deepgram failed"});
+        return {
+          normal: m.describeStored(stored("CA1", today), now),
+          failed: m.describeStored(failed, now),
+          expected: [
+            new Date(today).toLocaleTimeString(),
+            new Date(earlier).toLocaleString(undefined, {dateStyle: "medium", timeStyle: "short"}),
+          ],
+          ended: [m.formatEnded(today, now), m.formatEnded(earlier, now)],
+          endings: [m.endingText({endCode: 1001, endReason: ""}), m.endingText({})],
+        };
+        """,
+    )
+    assert result["normal"] == {
+        "callSid": "CA1",
+        "title": "CA1",
+        "showSid": False,
+        "ended": result["expected"][0],
+        "duration": "0:42",
+        "ending": None,
+    }
+    assert result["failed"] | {"ended": None} == {
+        "callSid": "CA2",
+        "title": "+1 → +2",
+        "showSid": True,
+        "ended": None,
+        "duration": "1:02:05",
+        "ending": "Deepgram failed (1014)",
+    }
+    assert result["ended"] == result["expected"]
+    assert result["endings"] == ["code 1001", None]
+
+
+async def test_a_stored_transcript_shows_one_line_per_segment_and_errors_say_what_to_do(
+    page: Page,
+) -> None:
+    result = await run(
+        page,
+        "recent.js",
+        """
+        const transcript = {call: {}, results: [], segments: [
+          {start: 0.5, end: 1.2, channel: 0, speaker: "Ann", text: "Hello."},
+          {start: 0.5, end: 1.0, channel: 1, speaker: "Callee", text: "Hi."},
+          {start: 2, end: 3, channel: 0, speaker: "Ann", text: "Bye."},
+        ]};
+        return {
+          lines: m.storedLines(transcript),
+          none: m.storedLines({call: {}, segments: []}),
+          errors: [[0, null, "list"], [400, {error: "limit must be…"}, "list"], [401, null, "list"],
+                   [404, {error: "no such call"}, "call"], [404, null, "list"], [503, null, "call"],
+                   [500, {error: "oops"}, "list"]].map(([status, body, what]) =>
+                     m.errorText(status, body, what)),
+        };
+        """,
+    )
+    assert result["lines"] == [
+        {"key": "0@0.500#0", "channel": 0, "speaker": "Ann", "start": 0.5, "text": "Hello."},
+        {"key": "1@0.500#1", "channel": 1, "speaker": "Callee", "start": 0.5, "text": "Hi."},
+        {"key": "0@2.000#2", "channel": 0, "speaker": "Ann", "start": 2, "text": "Bye."},
+    ]
+    assert result["none"] == []
+    assert result["errors"] == [
+        "The proxy could not be reached.",
+        "The proxy refused the request: limit must be….",
+        "A viewer token is required: the proxy refused this one, or none was given.",
+        "This call is not stored: it never was, or it was purged (RETENTION_DAYS).",
+        "Transcripts are not stored on this proxy (STORE_TRANSCRIPTS=false).",
+        "The transcript store is unavailable right now. Try again shortly.",
+        "The proxy answered 500: oops.",
+    ]

@@ -1,5 +1,6 @@
 // The page: the live call list and one call's conversation. The DOM lives here; what to
-// show comes from transcript.js and calls.js, the link from connection.js.
+// show comes from transcript.js and calls.js, the link from connection.js. The stored calls
+// (the recent list, a stored transcript) are recent-view.js's.
 
 import {
   callTitle,
@@ -10,6 +11,7 @@ import {
   speakerNames,
 } from "./calls.js";
 import { ViewerConnection } from "./connection.js";
+import { RecentCalls, STORED_HASH } from "./recent-view.js";
 import { Transcript } from "./transcript.js";
 
 const TOKEN_KEY = "twilio-dg-proxy.token";
@@ -92,6 +94,10 @@ ui.tokenForm.addEventListener("submit", (event) => {
 ui.tokenCancel.addEventListener("click", () => ui.tokenDialog.close());
 ui.askToken.addEventListener("click", () => askForToken(false));
 
+// --- Stored calls ----------------------------------------------------------------------
+
+const recent = new RecentCalls({ pageUrl: location.href, getToken });
+
 // --- Connection ------------------------------------------------------------------------
 
 const connection = new ViewerConnection({
@@ -100,7 +106,10 @@ const connection = new ViewerConnection({
   onMessage: handleMessage,
   onState: (link) => {
     state.link = link;
-    if (link.name === "unauthorized") askForToken(link.hadToken);
+    if (link.name === "unauthorized") {
+      askForToken(link.hadToken);
+      recent.needsToken();
+    }
     if (link.name !== "open" && state.view?.subscribed) {
       state.view.subscribed = false; // until the next `subscribed`
       renderView();
@@ -121,6 +130,7 @@ function handleMessage(message) {
       state.calls = new Map(message.calls.map((call) => [call.callSid, call]));
       renderCalls();
       resubscribe();
+      recent.refresh(); // (re)connected, so the token is good: calls may have ended meanwhile
       break;
     case "call_started":
       state.calls.set(message.call.callSid, message.call);
@@ -128,6 +138,7 @@ function handleMessage(message) {
       if (state.view?.callSid === message.call.callSid && !state.view.subscribed) resubscribe();
       break;
     case "call_ended":
+      recent.callEnded(state.calls.get(message.callSid) ?? { callSid: message.callSid });
       state.calls.delete(message.callSid);
       renderCalls();
       if (state.view?.callSid === message.callSid) endView(message);
@@ -187,6 +198,12 @@ function selectedSid() {
     : null;
 }
 
+function storedSid() {
+  return location.hash.startsWith(STORED_HASH)
+    ? decodeURIComponent(location.hash.slice(STORED_HASH.length))
+    : null;
+}
+
 function openView(callSid) {
   const previous = state.view;
   if (previous?.callSid === callSid) return;
@@ -210,7 +227,7 @@ function openView(callSid) {
     state.followLive = true;
     resubscribe();
   }
-  document.body.classList.toggle("has-call", Boolean(callSid));
+  document.body.classList.toggle("has-call", Boolean(callSid || recent.openSid));
   renderCalls();
   renderView();
 }
@@ -230,9 +247,11 @@ function endView(event) {
 }
 
 window.addEventListener("hashchange", () => {
+  recent.show(storedSid());
   openView(selectedSid());
   // Keyboard and screen-reader users land where the content changed.
-  (state.view ? ui.callTitle : $("calls-heading")).focus({ preventScroll: true });
+  const heading = state.view ? ui.callTitle : recent.openSid ? $("stored-title") : $("calls-heading");
+  heading.focus({ preventScroll: true });
 });
 
 // --- Rendering: status and call list ---------------------------------------------------
@@ -344,7 +363,7 @@ function element(tag, className, text) {
 function renderView() {
   const view = state.view;
   ui.callPane.hidden = !view;
-  ui.pickACall.hidden = Boolean(view);
+  ui.pickACall.hidden = Boolean(view || recent.openSid);
   if (!view) return;
   const call = view.call;
   ui.callTitle.textContent = callTitle(call);
@@ -484,6 +503,7 @@ setInterval(() => {
 
 // --- Start -----------------------------------------------------------------------------
 
+recent.show(storedSid());
 openView(selectedSid());
 renderStatus();
 connection.connect();
