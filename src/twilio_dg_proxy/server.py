@@ -37,6 +37,7 @@ from .exceptions import ConfigError
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
+from .observability import METRICS_PATH, READY_PATH, Observability
 from .viewer import INDEX, Asset, load_assets
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class ProxyServer:
         self._no_streams = asyncio.Event()
         self._no_streams.set()
         self.broker: RedisBroker | None = None  # with REDIS_URL, while running
+        self.observability = Observability(
+            settings, self.hub, self._figures, redis_reachable=self._redis_reachable
+        )
+        self.hub.observer = self.observability.observer
 
     async def route(self, ws: ServerConnection) -> None:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far)."""
@@ -152,6 +157,15 @@ class ProxyServer:
         if self.broker is not None:
             await self.broker.prepare(call_sid)
 
+    def _figures(self) -> tuple[int, int, int, int]:
+        """For the metrics: calls streamed here, subscribers, viewers, pending streams."""
+        hub = self.hub
+        calls = len(hub.local_calls())
+        return calls, hub.subscriber_count(), hub.viewer_count(), len(self._pending)
+
+    def _redis_reachable(self) -> bool:
+        return self.broker is None or self.broker.reachable
+
     def _collect_if_idle(self) -> None:
         """Free what the last calls left in reference cycles: under load the collector runs
         on its own, but with `serve`'s high threshold it might not run again while idle."""
@@ -159,9 +173,10 @@ class ProxyServer:
             gc.collect()
 
     async def drain(self, server: Server) -> None:
-        """Stop accepting; let calls go on for DRAIN_TIMEOUT, then end the rest properly
-        (each forwards its last results and says `close` to its watchers); then close all."""
-        server.server.close()  # the listening socket only: open connections carry on
+        """Refuse new calls and watchers (503, and /readyz 503, so that a load balancer sends
+        them elsewhere); let calls go on for DRAIN_TIMEOUT, then end the rest properly (each
+        forwards its last results and says `close` to its watchers); then close all."""
+        self.observability.readiness.draining = True  # still listening: it answers 503s
         calls = len(self._streams)
         if calls:
             logger.info(
@@ -193,6 +208,10 @@ class ProxyServer:
             return self._admit_client(ws, request)
         if path == HEALTH_PATH:
             return _json(ws, self.health())
+        if path == READY_PATH:
+            return self.observability.readyz(ws)
+        if path == METRICS_PATH and self.observability.serves_metrics_here:
+            return self.observability.metrics_response(ws, request)
         if path in WEBSOCKET_PATHS:
             return None  # websockets answers 426 Upgrade Required
         if path == VIEWER_AUTH_PATH:
@@ -213,6 +232,8 @@ class ProxyServer:
 
     def _admit_stream(self, ws: ServerConnection, request: Request) -> Response | None:
         counters = self.hub.counters
+        if self.observability.readiness.draining:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
         if self.signature_check and not self.signature_check(
             request.headers.get(SIGNATURE_HEADER, "")
         ):
@@ -242,6 +263,8 @@ class ProxyServer:
 
     def _admit_client(self, ws: ServerConnection, request: Request) -> Response | None:
         counters = self.hub.counters
+        if self.observability.readiness.draining:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
         tokens = self.settings.client_tokens
         if tokens and not token_allowed(token_of(request.path, request.headers), tokens):
             counters.refused_unauthorized += 1
@@ -336,6 +359,7 @@ class ProxyServer:
         async with AsyncExitStack() as stack:
             if self.settings.redis_url:
                 self.broker = await stack.enter_async_context(self._broker())
+            await stack.enter_async_context(self.observability.running(reuse_port=reuse_port))
             async with self._listening(sock, reuse_port) as server:
                 yield server
         self.broker = None
