@@ -7,7 +7,8 @@ docs/observability.md.
 Cost on the hot path: the totals the proxy already keeps as plain integers (`HubCounters`)
 are copied into Prometheus counters once a second and at each scrape (`sync`), not per
 message; per message there is at most one histogram observation and one integer addition
-(`audio_sent`, `result_delivered`).
+(`audio_sent`, `result_delivered`), and the observation is counted by a `tally.Tally`, added
+to the Histogram at the same `sync`.
 
 Several workers (WORKERS=N): `prometheus_client`'s multiprocess mode. The supervisor sets
 PROMETHEUS_MULTIPROC_DIR (a fresh directory) for its workers before they import this
@@ -46,6 +47,7 @@ from .observations import (
     DeepgramFailure,
     Observer,
 )
+from .tally import Tally
 
 PREFIX = "twilio_dg_proxy"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -92,6 +94,11 @@ class ProxyMetrics(Observer):
         self._make_gauges()
         self._make_counters()
         self._make_histograms()
+        # The hot path's two histograms, counted cheaply and added at each `sync`.
+        self._audio = Tally(self.audio_latency)
+        self._fanout = Tally(self.fanout_latency)
+        self._observe_audio = self._audio.observe
+        self._observe_fanout = self._fanout.observe
         # Per-message and per-event totals, copied to the counters by `sync`.
         self.audio_bytes = 0
         self.delivered = 0
@@ -107,11 +114,11 @@ class ProxyMetrics(Observer):
     def audio_sent(self, size: int, waited_s: float | None) -> None:
         self.audio_bytes += size
         if waited_s is not None:
-            self.audio_latency.observe(waited_s)
+            self._observe_audio(waited_s)
 
     def result_delivered(self, waited_s: float) -> None:
         self.delivered += 1
-        self.fanout_latency.observe(waited_s)
+        self._observe_fanout(waited_s)
 
     def deepgram_opened(self, open_s: float) -> None:
         self.streams_opened += 1
@@ -135,8 +142,11 @@ class ProxyMetrics(Observer):
     # Copying the totals, exposing.
 
     def sync(self, counters: HubCounters, gauges: Gauges) -> None:
-        """Bring every counter up to the totals (adding only what is new) and set the
-        gauges. Cheap: a few dozen integer comparisons."""
+        """Bring every counter up to the totals (adding only what is new), add the tallied
+        observations to their histograms, and set the gauges. Cheap: a few dozen integer
+        comparisons."""
+        self._audio.flush()
+        self._fanout.flush()
         self.calls_active.set(gauges.calls)
         self.subscribers.set(gauges.subscribers)
         self.viewers.set(gauges.viewers)
