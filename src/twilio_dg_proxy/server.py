@@ -357,9 +357,11 @@ class ProxyServer:
         REDIS_URL, join the other instances first (raises BrokerUnavailable if Redis is
         away)."""
         async with AsyncExitStack() as stack:
+            # Deepgram is checked first: nothing awaits between the broker's start and the
+            # listening socket (a worker whose listening failed then hung in the broker's exit).
+            await stack.enter_async_context(self.observability.running(reuse_port=reuse_port))
             if self.settings.redis_url:
                 self.broker = await stack.enter_async_context(self._broker())
-            await stack.enter_async_context(self.observability.running(reuse_port=reuse_port))
             async with self._listening(sock, reuse_port) as server:
                 yield server
         self.broker = None
