@@ -14,10 +14,12 @@ from typing import NamedTuple
 
 
 class Chunk(NamedTuple):
-    """Mixed audio and the byte offset of its first byte on the call's timeline."""
+    """Mixed audio, the byte offset of its first byte on the call's timeline, and when the
+    first Twilio frame in it arrived (the caller's clock; 0.0 when not known)."""
 
     position: int
     data: bytes
+    since: float = 0.0
 
 
 class AudioBuffer:
@@ -32,11 +34,12 @@ class AudioBuffer:
         self._closed = False
         self._wakeup = asyncio.Event()
 
-    def put(self, data: bytes) -> None:
-        """Append the call's next audio; drop the oldest if over the bound."""
+    def put(self, data: bytes, since: float = 0.0) -> None:
+        """Append the call's next audio, whose first frame arrived at `since`; drop the
+        oldest if over the bound."""
         if not data:
             return
-        self._chunks.append(Chunk(self.produced_bytes, data))
+        self._chunks.append(Chunk(self.produced_bytes, data, since))
         self.produced_bytes += len(data)
         self._held += len(data)
         while self._held > self.max_bytes and len(self._chunks) > 1:

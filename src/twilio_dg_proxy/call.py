@@ -27,6 +27,7 @@ from .config import Settings
 from .deepgram import DEFAULT_PINGS, DeepgramSession, Pings
 from .direct_connection import fail_connection, receiving
 from .exceptions import (
+    DeepgramError,
     ProxyError,
     TwilioProtocolError,
     Unauthorized,
@@ -36,6 +37,7 @@ from .exceptions import (
 from .hub import CALL_ENDED, Ending, Hub
 from .intake import Log, StreamIntake
 from .logs import CallLog, get_logger
+from .observations import NO_OBSERVER, CallEnd, Observer, is_bad_input
 from .twilio_events import Start
 from .viewer_protocol import CallInfo
 
@@ -93,11 +95,12 @@ async def _serve_stream(
         async with asyncio.timeout(start_timeout_s):
             start = await intake.wait_for_start()
     except TimeoutError:
-        await _refuse(ws, TwilioProtocolError(f"no start within {start_timeout_s:.0f} s"), logger)
+        error = TwilioProtocolError(f"no start within {start_timeout_s:.0f} s")
+        await _refuse(ws, error, logger, hub.observer)
         return
     if start is None:
         if intake.error is not None:
-            await _refuse(ws, intake.error, logger)
+            await _refuse(ws, intake.error, logger, hub.observer)
         else:
             logger.info("Twilio stream closed before its start message")
         return
@@ -110,7 +113,7 @@ async def _serve_stream(
     try:
         hub.open_call(start.call_sid, call_info(start))
     except ProxyError as exc:
-        await _refuse(ws, exc, log)
+        await _refuse(ws, exc, log, hub.observer)
         return
     ws.protocol.max_message_size = settings.twilio_max_message_bytes
     started()
@@ -122,6 +125,7 @@ async def _serve_stream(
         await session.fail(exc)
     finally:
         subscribers = hub.end_call(start.call_sid, session.ending)
+        hub.observer.call_ended(session.how)
         session.log_summary(subscribers)
 
 
@@ -131,10 +135,15 @@ def call_info(start: Start) -> CallInfo:
     return CallInfo(start.call_sid, parameters, start.tracks, int(time.time() * 1000))
 
 
-async def _refuse(ws: ServerConnection, exc: Exception, log: Log) -> None:
+async def _refuse(
+    ws: ServerConnection, exc: Exception, log: Log, observer: Observer = NO_OBSERVER
+) -> None:
     """Close Twilio's connection with the code and reason that `exc` calls for, or fail it
-    for the errors that fail a connection (`exceptions.fails_connection`)."""
+    for the errors that fail a connection (`exceptions.fails_connection`); tell `observer`
+    of bad input."""
     code, reason = close_frame_for(exc)
+    if is_bad_input(exc):
+        observer.refused_bad_input()
     if isinstance(exc, ProxyError):
         log.warning("closing Twilio stream (%d): %s", code, exc)
     else:
@@ -176,9 +185,11 @@ class CallSession:
             lambda text: hub.publish(call_sid, text),
             log,
             pings=deepgram_pings,
+            observer=hub.observer,
         )
         self.deepgram.on_reconnect = self._count_reconnect
         self.ending: Ending = CALL_ENDED
+        self.how: CallEnd = "normal"  # how it ended, for the metrics
         self.started_at = time.monotonic()
 
     async def run(self) -> None:
@@ -208,7 +219,8 @@ class CallSession:
         await self.intake.wait_for_end()
         error = self.intake.error
         if isinstance(error, ProxyError):
-            await _refuse(self.ws, error, self.log)
+            self.how = "bad_input"
+            await _refuse(self.ws, error, self.log, self.hub.observer)
         elif error is not None:
             raise error  # a bug: handle_twilio ends this call with 1011
         elif not self.intake.stopped:  # closed without `stop`: only worth a word if unclean
@@ -223,6 +235,10 @@ class CallSession:
         """End the call on `exc`: tell Twilio and every subscriber why."""
         code, reason = close_frame_for(exc)
         self.ending = Ending(code, reason)
+        if isinstance(exc, DeepgramError):
+            self.how = "deepgram_failed"
+        else:
+            self.how = "bad_input" if is_bad_input(exc) else "error"
         if isinstance(exc, ProxyError):
             self.log.error("transcription failed: %s", exc)
         try:
@@ -231,24 +247,33 @@ class CallSession:
             pass
 
     def log_summary(self, subscribers: int) -> None:
-        """One line with the call's figures; add them to the server's counters."""
+        """One line with the call's figures (also as the record's fields, for LOG_FORMAT=json);
+        add them to the server's counters."""
         stats = self.mixer.stats
         counters = self.hub.counters
         counters.late_packets += stats.late_packets
         counters.discontinuities += stats.discontinuities
         counters.audio_dropped_bytes += self.audio.dropped_bytes
+        counters.gap_ms += stats.gap_samples // 8
+        figures = {
+            "ended": self.how,
+            "duration_s": round(time.monotonic() - self.started_at, 1),
+            "packets": stats.packets,
+            "deepgram_bytes": self.deepgram.sent_bytes,
+            "deepgram_streams": self.deepgram.streams,
+            "results": self.deepgram.results,
+            "subscribers": subscribers,
+            "gap_ms": stats.gap_samples // 8,
+            "late_packets": stats.late_packets,
+            "discontinuities": stats.discontinuities,
+            "audio_dropped_bytes": self.audio.dropped_bytes,
+        }
         self.log.info(
-            "call ended after %.1f s: %d packets, %d bytes to Deepgram over %d stream(s), "
-            "%d results, %d subscribers at the end, %d ms of gaps filled, %d late packets "
-            "dropped, %d discontinuities, %d bytes of audio dropped in outages",
-            time.monotonic() - self.started_at,
-            stats.packets,
-            self.deepgram.sent_bytes,
-            self.deepgram.streams,
-            self.deepgram.results,
-            subscribers,
-            stats.gap_samples // 8,
-            stats.late_packets,
-            stats.discontinuities,
-            self.audio.dropped_bytes,
+            "call ended after %(duration_s).1f s: %(packets)d packets, %(deepgram_bytes)d "
+            "bytes to Deepgram over %(deepgram_streams)d stream(s), %(results)d results, "
+            "%(subscribers)d subscribers at the end, %(gap_ms)d ms of gaps filled, "
+            "%(late_packets)d late packets dropped, %(discontinuities)d discontinuities, "
+            "%(audio_dropped_bytes)d bytes of audio dropped in outages",
+            figures,
+            extra=figures,
         )

@@ -49,6 +49,7 @@ from .exceptions import (
 )
 from .hub import CLIENT_LEFT, Ending, Hub, Outbox, Subscription, ViewerFeed
 from .logs import get_logger
+from .observations import is_bad_input
 
 logger = get_logger("clients")
 
@@ -97,7 +98,7 @@ async def handle_client(
         return
     logger.info("client %s subscribed to %s", peer, sub.call_sid)
     try:
-        await _stream(ws, sub)
+        await _stream(ws, sub, hub)
     finally:
         hub.unsubscribe(sub)
         logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
@@ -108,6 +109,8 @@ async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
     of `exc`."""
     code, reason = close_frame_for(exc)
     logger.info("client %s refused (%d): %s", _peer(ws), code, exc)
+    if is_bad_input(exc):
+        hub.observer.refused_bad_input()
     active = hub.active_calls() if isinstance(exc, UnknownCall) else None
     try:
         await ws.send(client_protocol.refusal(str(exc), active))
@@ -116,19 +119,22 @@ async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
     await ws.close(code, reason)
 
 
-async def _stream(ws: ServerConnection, sub: Subscription) -> None:
+async def _stream(ws: ServerConnection, sub: Subscription, hub: Hub) -> None:
     """Forward the subscription until it ends, the client leaves, or it is evicted."""
     async with asyncio.TaskGroup() as tasks:
         reader = tasks.create_task(_read_until_closed(ws, sub))
         watchdog = tasks.create_task(_close_when_evicted(ws, sub, sub.call_sid))
         try:
-            await _forward(ws, sub)
+            await _forward(ws, sub, hub)
         finally:
             reader.cancel()
             watchdog.cancel()
 
 
-async def _forward(ws: ServerConnection, outbox: Outbox) -> None:
+async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
+    """Send what `outbox` gives until its ending; tell the hub's observer when each Deepgram
+    message is written (the fan-out latency: from its arrival in the hub)."""
+    observer, clock = hub.observer, hub.clock
     try:
         while True:
             item = await outbox.get()
@@ -136,6 +142,8 @@ async def _forward(ws: ServerConnection, outbox: Outbox) -> None:
                 await _end(ws, item)
                 return
             await ws.send(item)
+            if outbox.arrived:  # 0.0: a replay or a viewer event, not a live message
+                observer.result_delivered(clock() - outbox.arrived)
     except ConnectionClosed:
         pass
 
@@ -184,7 +192,7 @@ async def handle_viewer(
             reader = tasks.create_task(_read_commands(ws, hub, viewer, prepare))
             watchdog = tasks.create_task(_close_when_evicted(ws, viewer, "the call list"))
             try:
-                await _forward(ws, viewer)
+                await _forward(ws, viewer, hub)
             finally:
                 reader.cancel()
                 watchdog.cancel()
@@ -217,6 +225,7 @@ async def _read_commands(
     except ClientProtocolError as exc:
         code, reason = close_frame_for(exc)
         logger.info("viewer %s refused (%d): %s", peer, code, exc)
+        hub.observer.refused_bad_input()
         viewer.end(Ending(code, reason))
         return
     viewer.end(CLIENT_LEFT)

@@ -175,6 +175,25 @@ def webhook_secret(raw: str) -> str:
     return raw
 
 
+def one_of(*choices: str) -> Parser[str]:
+    """A parser of one of `choices`, in any case (returned in lower case)."""
+
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError(f"expected {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def bearer_token(raw: str) -> str:
+    """A token of 16 characters or more, without spaces."""
+    if len(raw) < 16 or any(c.isspace() for c in raw):
+        raise ValueError("use at least 16 characters, without spaces")
+    return raw
+
+
 def key_prefix(raw: str) -> str:
     """Letters, digits, `-`, `_` and `.`, without braces (they would change Redis Cluster's
     hash slots)."""
@@ -205,6 +224,8 @@ def setting(env: str, default: T, doc: str, *, parse: Parser[T], secret: bool = 
 
 def shown_default(value: object) -> str:
     """A default as written in `.env.example` and the README ("" for none)."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
@@ -542,6 +563,39 @@ class Settings:
         8,
         "deliveries tried per event (network errors, 5xx, 429) before it is dropped",
         parse=number_in(int, 1, 100),
+    )
+
+    # Observability (docs/observability.md): metrics, readiness, structured logs.
+    metrics: bool = setting(
+        "METRICS",
+        True,
+        "keep Prometheus metrics and serve them on GET /metrics (false: neither)",
+        parse=boolean,
+    )
+    metrics_port: int | None = setting(
+        "METRICS_PORT",
+        None,
+        "serve /metrics on this port instead of PORT (0 picks a free one)",
+        parse=number_in(int, 0, 65535),
+    )
+    metrics_token: str = setting(
+        "METRICS_TOKEN",
+        "",
+        "require Authorization: Bearer <token> on /metrics, 16+ characters",
+        parse=bearer_token,
+        secret=True,
+    )
+    log_format: str = setting(
+        "LOG_FORMAT",
+        "text",
+        "text, or json: one JSON object per line",
+        parse=one_of("text", "json"),
+    )
+    deepgram_start_check: str = setting(
+        "DEEPGRAM_START_CHECK",
+        "required",
+        "check the Deepgram key at start: required (a refused key stops start-up), warn, off",
+        parse=one_of("required", "warn", "off"),
     )
 
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from .exceptions import (
     DeepgramRefused,
     DeepgramUnavailable,
 )
+from .observations import NO_OBSERVER, DeepgramFailure, Observer, deepgram_failure
 
 Log = logging.LoggerAdapter[logging.Logger]
 
@@ -198,9 +200,11 @@ class DeepgramSession:
         log: Log,
         *,
         pings: Pings = DEFAULT_PINGS,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.settings = settings
         self.pings = pings
+        self.observer = observer
         self.channels = channels
         self.audio = audio
         self.publish = publish
@@ -218,7 +222,9 @@ class DeepgramSession:
         Raises the `DeepgramError` that ended it: not retryable, or the budget spent."""
         loop = asyncio.get_running_loop()
         attempt, outage_start = 0, 0.0
+        last_failure: DeepgramFailure = "closed"
         while True:
+            asked = time.monotonic()
             try:
                 link = await DeepgramLink.open(
                     self.settings, self.channels, self.log, pings=self.pings
@@ -227,8 +233,10 @@ class DeepgramSession:
                 failure: DeepgramError | None = exc
                 lived = 0.0
             else:
+                self.observer.deepgram_opened(time.monotonic() - asked)
                 if self.streams:
                     self.on_reconnect()
+                    self.observer.deepgram_reconnected(last_failure)
                     self.log.info(
                         "Deepgram stream reopened after %.1f s; %.1f s of audio waiting",
                         loop.time() - outage_start,
@@ -240,6 +248,8 @@ class DeepgramSession:
                 lived = loop.time() - opened
             if failure is None:
                 return
+            last_failure = deepgram_failure(failure)
+            self.observer.deepgram_failed(last_failure)
             if attempt == 0 or lived >= STABLE_STREAM_S:
                 attempt, outage_start = 0, loop.time()
             attempt += 1
@@ -306,6 +316,9 @@ class DeepgramSession:
                 raise
             self.sent_bytes += len(chunk.data)
             sent_s += len(chunk.data) / self.bytes_per_s
+            # since 0.0: the mixer's flush at the end, whose frames are not timed.
+            waited = time.monotonic() - chunk.since if chunk.since else None
+            self.observer.audio_sent(len(chunk.data), waited)
 
     async def wait_for_deepgram_end(self, link: DeepgramLink) -> None:
         """Return when the stream closes after CloseStream; raise `DeepgramClosed` if it

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from .config import Settings
 from .exceptions import DeepgramClosed, DeepgramError, DeepgramNotConfigured, DeepgramRefused
@@ -34,6 +34,18 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     if not settings.deepgram_api_key:
         return {}
     return {"Authorization": f"Token {settings.deepgram_api_key}"}
+
+
+def token_url(deepgram_url: str) -> str:
+    """The https:// (or http://) URL of Deepgram's "token details" request beside the listen
+    endpoint `deepgram_url`: wss://api.deepgram.com/v1/listen gives
+    https://api.deepgram.com/v1/auth/token. Any key that may stream may make it (Deepgram's
+    docs give it as the test of a key: invalid credentials, or the key's details)."""
+    parts = urlsplit(deepgram_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    path = parts.path.rstrip("/")
+    prefix = path.removesuffix("/listen") if path.endswith("/listen") else "/v1"
+    return f"{scheme}://{parts.netloc}{prefix}/auth/token"
 
 
 # --- reconnecting -------------------------------------------------------------------------

@@ -143,12 +143,32 @@ def check_upgrade(
         return Refusal(HTTPStatus.NOT_FOUND, "NOT_FOUND", f"Not Found: only {LISTEN_PATH} exists")
     if forced is not None:
         return forced
-    if api_key is not None and headers.get("Authorization") != f"Token {api_key}":
-        return Refusal(HTTPStatus.UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.")
+    refused = check_key(headers, api_key=api_key)
+    if refused is not None:
+        return refused
     problem = query_problem(parse_query(path))
     if problem is not None:
         return Refusal(HTTPStatus.BAD_REQUEST, "Bad Request", f"Bad Request: {problem}")
     return None
+
+
+AUTH_TOKEN_PATH: Final = "/v1/auth/token"
+"""Deepgram's "token details" request: the cheapest authenticated request (the proxy's
+start-up check of a key). 401 for invalid credentials, else details of the key."""
+
+
+def check_key(headers: Headers, *, api_key: str | None) -> Refusal | None:
+    """Return why a request with these headers is refused for its key (401), or None: the
+    ``Authorization`` header is exactly ``Token <api_key>`` when `api_key` is set."""
+    if api_key is not None and headers.get("Authorization") != f"Token {api_key}":
+        return Refusal(HTTPStatus.UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.")
+    return None
+
+
+def token_details_body(*, request_id: str) -> str:
+    """The JSON body of a successful `AUTH_TOKEN_PATH` answer: a few of the fields Deepgram
+    gives about a key (a local server has no account: placeholder values)."""
+    return json.dumps({"api_key_id": "local", "scopes": ["usage:write"], "request_id": request_id})
 
 
 def refusal_body(refusal: Refusal, *, request_id: str) -> str:

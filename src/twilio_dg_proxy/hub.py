@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from websockets.frames import CloseCode
 from . import json_loads, viewer_protocol
 from .deepgram_protocol import result_transcript
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
+from .observations import NO_OBSERVER, Observer
 from .viewer_protocol import CallInfo
 
 DEFAULT_HISTORY_LIMIT = 1000
@@ -55,21 +57,28 @@ class Outbox:
         self._limit = limit
         self._items: deque[str] = deque(replay)
         self._replay = len(self._items)  # how many of the first items are the replay
+        # When each item arrived from Deepgram (the hub's clock), 0.0 for the others (the
+        # replay, viewer events): the fan-out latency measured when it is sent.
+        self._arrivals: deque[float] = deque([0.0] * self._replay)
+        self.arrived = 0.0  # the arrival of the item `get()` returned last (0.0: none)
         self._ending: Ending | None = None
         self._wakeup = asyncio.Event()
         self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
 
-    def offer(self, text: str) -> bool:
-        """Queue `text`; False if the queue was full and the client is now evicted."""
+    def offer(self, text: str, arrived: float = 0.0) -> bool:
+        """Queue `text` (a Deepgram message that `arrived` then, or 0.0 for other texts);
+        False if the queue was full and the client is now evicted."""
         if self._ending is not None:
             return True
         if len(self._items) - self._replay >= self._limit:
             self._items.clear()
+            self._arrivals.clear()
             self._replay = 0
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
             self.evicted.set()
             return False
         self._items.append(text)
+        self._arrivals.append(arrived)
         self._wakeup.set()
         return True
 
@@ -99,6 +108,7 @@ class Outbox:
             return self._ending
         if self._replay:
             self._replay -= 1
+        self.arrived = self._arrivals.popleft()
         return self._items.popleft()
 
 
@@ -181,6 +191,7 @@ class HubCounters:
     deepgram_reconnects: int = 0
     late_packets: int = 0
     discontinuities: int = 0
+    gap_ms: int = 0  # milliseconds of lost Twilio audio filled with silence
     unknown_events: int = 0
     audio_dropped_bytes: int = 0
     control_floods: int = 0  # connections closed for too many pings or pongs (1008)
@@ -240,6 +251,10 @@ class Hub:
         self._calls: dict[str, _Call] = {}
         self._viewers: set[ViewerFeed] = set()
         self.counters = HubCounters()
+        # Metrics and readiness (`observations.Observer`); the clock that stamps Deepgram's
+        # messages as they arrive, for the fan-out latency.
+        self.observer: Observer = NO_OBSERVER
+        self.clock: Callable[[], float] = time.monotonic
         # Where the calls streamed here also go (the Redis broker, the transcript recorder).
         self.sinks: list[CallSink] = []
 
@@ -286,20 +301,21 @@ class Hub:
         if call is None:
             return
         self.counters.published += 1
+        arrived = self.clock()
         if self.sinks and not call.remote:
             for sink in self.sinks:
                 sink.message(call_sid, text)
         if self._history_limit and self._history_bytes and is_history(text):
             call.history.add(text)
         if call.subscribers:
-            evicted = [sub for sub in call.subscribers if not sub.offer(text)]
+            evicted = [sub for sub in call.subscribers if not sub.offer(text, arrived)]
             for sub in evicted:
                 call.subscribers.discard(sub)
                 self.counters.evicted += 1
         if call.viewers:
             envelope = viewer_protocol.deepgram(call_sid, text)
             for viewer in list(call.viewers):
-                self._offer(viewer, envelope)
+                self._offer(viewer, envelope, arrived)
 
     def active_calls(self) -> list[str]:
         """callSids of the calls streaming now, oldest first."""
@@ -425,9 +441,9 @@ class Hub:
         for viewer in list(self._viewers):
             self._offer(viewer, text)
 
-    def _offer(self, viewer: ViewerFeed, text: str) -> bool:
+    def _offer(self, viewer: ViewerFeed, text: str, arrived: float = 0.0) -> bool:
         """Queue `text` for `viewer`; detach and count it if that evicted it."""
-        if viewer.offer(text):
+        if viewer.offer(text, arrived):
             return True
         self._detach(viewer)
         self.counters.evicted += 1

@@ -6,13 +6,16 @@ it (`TwilioStream`), places media on the call's timeline (`StereoMixer`) and que
 chunks for Deepgram (`AudioBuffer`), all synchronously, so a call costs one wake-up of its
 Deepgram sender per chunk instead of one of a task per message. Tasks only wait for the
 moments that need them: `start`, and the end of the stream (`stop`, bad input, a closed
-connection). No sockets, no clock.
+connection). No sockets; the clock is given (it stamps each chunk with the arrival of its
+first frame, for the audio latency metric).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from .audio_buffer import AudioBuffer
 from .exceptions import UnsupportedFrame
@@ -32,7 +35,15 @@ class StreamIntake:
     closes; it then flushes the mixer, closes the buffer and ignores anything more.
     """
 
-    def __init__(self, *, chunk_ms: int, max_lag_ms: int, buffer_s: float, log: Log) -> None:
+    def __init__(
+        self,
+        *,
+        chunk_ms: int,
+        max_lag_ms: int,
+        buffer_s: float,
+        log: Log,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.chunk_ms = chunk_ms
         self.max_lag_ms = max_lag_ms
         self.buffer_s = buffer_s
@@ -45,6 +56,8 @@ class StreamIntake:
         self.unknown_count = 0  # unknown events ignored
         self.unknown_names: set[str] = set()  # those warned about
         self._changed = asyncio.Event()
+        self._clock = clock
+        self._chunk_since = 0.0  # when the first frame of the chunk being filled arrived
 
     @property
     def start(self) -> Start | None:
@@ -67,9 +80,13 @@ class StreamIntake:
             if type(event) is Media:  # ~100 per second per call: first, and nothing else
                 mixer, audio = self.mixer, self.audio
                 assert mixer is not None and audio is not None  # TwilioStream: after start
+                if not self._chunk_since:  # one clock read per chunk, not per frame
+                    self._chunk_since = self._clock()
                 mixer.push(event.track, event.timestamp_ms, event.payload)
+                since = self._chunk_since
                 for chunk in mixer.pop_chunks():
-                    audio.put(chunk)
+                    audio.put(chunk, since)
+                    self._chunk_since = 0.0
             elif type(event) is Start:
                 self._open(event)
             elif type(event) is Stop:

@@ -12,16 +12,21 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from .deepgram_server_protocol import (
+    AUTH_TOKEN_PATH,
     LISTEN_PATH,
     REQUEST_ID_HEADER,
     Refusal,
+    check_key,
     refusal_body,
     refusal_headers,
+    token_details_body,
 )
 
 __all__ = ["Listening", "bound_port", "respond_refused", "watch_deadline"]
@@ -77,8 +82,11 @@ class Listening:
 
     A subclass starts it with `_start_serving` (in its `__aenter__`) and stops it with
     `_stop_serving`; it says which upgrades it refuses in `_refusal`. Every upgrade response
-    carries ``dg-request-id``, as Deepgram's do.
+    carries ``dg-request-id``, as Deepgram's do. It answers Deepgram's token-details request
+    (``GET /v1/auth/token``) too: 401 unless the key is `api_key` (when set), else 200.
     """
+
+    api_key: str | None = None  # the key a client must give (None: any, or none)
 
     def __init__(self, host: str, port: int = 0) -> None:
         self.host = host
@@ -122,8 +130,22 @@ class Listening:
             await server.wait_closed()
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path == AUTH_TOKEN_PATH:
+            return self._token_details(connection, request)
         refusal = self._refusal(request)
         return None if refusal is None else respond_refused(connection, refusal)
+
+    def _token_details(self, connection: ServerConnection, request: Request) -> Response:
+        """Deepgram's answer to ``GET /v1/auth/token``: 401 for a wrong key, else 200."""
+        refusal = check_key(request.headers, api_key=self.api_key)
+        if refusal is not None:
+            return respond_refused(connection, refusal)
+        request_id = str(uuid.uuid4())
+        response = connection.respond(HTTPStatus.OK, token_details_body(request_id=request_id))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
 
     @staticmethod
     def _process_response(

@@ -39,6 +39,7 @@ from .exceptions import ConfigError
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
+from .observability import METRICS_PATH, READY_PATH, Observability
 from .store.policy import DEFAULT_BACKOFF, Backoff
 from .store.writer import FLUSH_TIMEOUT_S, StoreWriter, wall_clock_ms
 from .transcripts import Recorder
@@ -132,6 +133,10 @@ class ProxyServer:
         self.store: TranscriptStore | None = None
         self.store_writer: StoreWriter | None = None
         self.webhooks: WebhookSender | None = None  # with WEBHOOK_URL, while running
+        self.observability = Observability(
+            settings, self.hub, self._figures, redis_reachable=self._redis_reachable
+        )
+        self.hub.observer = self.observability.observer
 
     async def route(self, ws: ServerConnection) -> None:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far)."""
@@ -174,6 +179,15 @@ class ProxyServer:
         if self.broker is not None:
             await self.broker.prepare(call_sid)
 
+    def _figures(self) -> tuple[int, int, int, int]:
+        """For the metrics: calls streamed here, subscribers, viewers, pending streams."""
+        hub = self.hub
+        calls = len(hub.local_calls())
+        return calls, hub.subscriber_count(), hub.viewer_count(), len(self._pending)
+
+    def _redis_reachable(self) -> bool:
+        return self.broker is None or self.broker.reachable
+
     def _collect_if_idle(self) -> None:
         """Free what the last calls left in reference cycles: under load the collector runs
         on its own, but with `serve`'s high threshold it might not run again while idle."""
@@ -181,9 +195,10 @@ class ProxyServer:
             gc.collect()
 
     async def drain(self, server: Server) -> None:
-        """Stop accepting; let calls go on for DRAIN_TIMEOUT, then end the rest properly
-        (each forwards its last results and says `close` to its watchers); then close all."""
-        server.server.close()  # the listening socket only: open connections carry on
+        """Refuse new calls and watchers (503, and /readyz 503, so that a load balancer sends
+        them elsewhere); let calls go on for DRAIN_TIMEOUT, then end the rest properly (each
+        forwards its last results and says `close` to its watchers); then close all."""
+        self.observability.readiness.draining = True  # still listening: it answers 503s
         calls = len(self._streams)
         if calls:
             logger.info(
@@ -217,6 +232,10 @@ class ProxyServer:
             return self._admit_client(ws, request)
         if path == HEALTH_PATH:
             return _json(ws, self.health())
+        if path == READY_PATH:
+            return self.observability.readyz(ws)
+        if path == METRICS_PATH and self.observability.serves_metrics_here:
+            return self.observability.metrics_response(ws, request)
         if path in WEBSOCKET_PATHS:
             return None  # websockets answers 426 Upgrade Required
         if path == VIEWER_AUTH_PATH:
@@ -240,6 +259,8 @@ class ProxyServer:
 
     def _admit_stream(self, ws: ServerConnection, request: Request) -> Response | None:
         counters = self.hub.counters
+        if self.observability.readiness.draining:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
         if self.signature_check and not self.signature_check(
             request.headers.get(SIGNATURE_HEADER, "")
         ):
@@ -269,6 +290,8 @@ class ProxyServer:
 
     def _admit_client(self, ws: ServerConnection, request: Request) -> Response | None:
         counters = self.hub.counters
+        if self.observability.readiness.draining:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
         tokens = self.settings.client_tokens
         if tokens and not token_allowed(token_of(request.path, request.headers), tokens):
             counters.refused_unauthorized += 1
@@ -365,7 +388,9 @@ class ProxyServer:
         REDIS_URL, join the other instances first (raises BrokerUnavailable if Redis is
         away)."""
         async with AsyncExitStack() as stack:
-            stack.callback(self._stop_recording)  # last: once every call has ended
+            # Deepgram is checked first, before anything that must be undone if it fails.
+            await stack.enter_async_context(self.observability.running(reuse_port=reuse_port))
+            stack.callback(self._stop_recording)  # after the rest: once every call has ended
             if self.settings.redis_url:
                 self.broker = await stack.enter_async_context(self._broker())
             if self.settings.store_transcripts:

@@ -243,11 +243,15 @@ class Supervisor:
         *,
         shared: socket.socket | None,
         force_exit_s: float = FORCE_EXIT_S,
+        exited: Callable[[int], None] = lambda pid: None,
     ) -> None:
+        """`exited(pid)` is called when a worker's process has exited (e.g. to drop its
+        live metrics: `metrics.forget_worker`)."""
         self.count = count
         self.command = command
         self.shared = shared
         self.force_exit_s = force_exit_s
+        self.exited = exited
         self._workers: dict[int, _Worker] = {}
         self._stopping = asyncio.Event()
         self._stops = 0
@@ -336,6 +340,7 @@ class Supervisor:
                 finally:
                     worker.link.close()
                     del self._workers[index]
+                self.exited(worker.pid)
                 how = f"(pid {worker.pid}) {describe_exit(returncode)}"
             if self._stopping.is_set():
                 return

@@ -183,7 +183,10 @@ async def test_deepgram_refusing_the_key_closes_subscribers_with_its_reason(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with held_refusal() as (url, release):
-        async with running_proxy(url, DEEPGRAM_API_KEY="wrong-key") as proxy:
+        # No start-up check: this stand-in answers nothing until `release` (the call's turn).
+        async with running_proxy(
+            url, DEEPGRAM_API_KEY="wrong-key", DEEPGRAM_START_CHECK="off"
+        ) as proxy:
             call = SimulatedCall()
             async with TwilioPeer.started(proxy, call) as twilio:
                 watcher = await Watcher.join(proxy, call.call_sid)
@@ -220,7 +223,10 @@ async def held_refusal() -> AsyncIterator[tuple[str, asyncio.Event]]:
 
 async def test_deepgram_refusal_at_once_fails_the_call_with_dg_error() -> None:
     async with FakeDeepgram(api_key="right") as deepgram:
-        async with running_proxy(deepgram.url, DEEPGRAM_API_KEY="wrong") as proxy:
+        # warn: started despite the refused key, so that a call meets the refusal.
+        async with running_proxy(
+            deepgram.url, DEEPGRAM_API_KEY="wrong", DEEPGRAM_START_CHECK="warn"
+        ) as proxy:
             call = SimulatedCall()
             async with TwilioPeer.started(proxy, call) as twilio:
                 await twilio.ws.wait_closed()

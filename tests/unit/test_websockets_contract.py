@@ -348,11 +348,6 @@ def check_live_connection(ws: ServerConnection, server: Server) -> None:
         )
     require(ws.protocol.state is State.OPEN, "Connection.protocol.state", "State.OPEN")
     require(ws.protocol.handshake_exc is None, "Protocol.handshake_exc", "None once open")
-    require(
-        isinstance(server.server, asyncio.Server),
-        "Server.server",
-        "the asyncio.Server, whose close() stops accepting (server.drain)",
-    )
 
 
 async def test_recv_refuses_a_message_of_more_than_max_fragments() -> None:

@@ -108,7 +108,9 @@ def settings_or_exit(args: argparse.Namespace) -> Settings | int:
         print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
         return EXIT_CONFIG
     worker: WorkerSpec | None = args.worker
-    setup_logging(settings.log_level, worker=worker.index if worker else None)
+    setup_logging(
+        settings.log_level, worker=worker.index if worker else None, log_format=settings.log_format
+    )
     return settings
 
 
@@ -214,6 +216,7 @@ async def serve_as_worker(settings: Settings, worker: WorkerSpec | None) -> None
 def supervise(settings: Settings, env_file: Path) -> int:
     """Run WORKERS copies of `serve` on one port (`workers.Supervisor`) until SIGTERM/SIGINT;
     the exit status says how it ended, as `run`'s does."""
+    from ..metrics import forget_worker, multiprocess_directory
     from ..server import log_listening, warn_if_exposed
 
     reuse_port = reuse_port_balances()
@@ -243,11 +246,19 @@ def supervise(settings: Settings, env_file: Path) -> int:
             port,
             "SO_REUSEPORT" if reuse_port else "one shared socket",
         )
-        supervisor = Supervisor(settings.workers, command, shared=None if reuse_port else held)
-        try:
-            outcome = asyncio.run(supervisor.run_until_signalled(serving))
-        except WorkerStartError as exc:
-            return exc.status
+        # One scrape of any worker sees them all: prometheus_client's multiprocess mode, in a
+        # directory the workers inherit (docs/observability.md).
+        with multiprocess_directory():
+            supervisor = Supervisor(
+                settings.workers,
+                command,
+                shared=None if reuse_port else held,
+                exited=forget_worker,
+            )
+            try:
+                outcome = asyncio.run(supervisor.run_until_signalled(serving))
+            except WorkerStartError as exc:
+                return exc.status
     return EXIT_INTERRUPTED if outcome == "interrupted" else 0
 
 
