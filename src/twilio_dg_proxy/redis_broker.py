@@ -197,9 +197,11 @@ class RedisBroker:
         )
 
     async def _stop_reading(self, readers: list[asyncio.Task[None]]) -> None:
-        """Let the readers finish their reads (a cancelled blocking read can leave
-        redis-py's Cluster client stuck), then cancel what is left."""
-        self._stopping = True
+        """Stop every loop: let the readers finish their reads, then cancel what is left.
+        (redis-py may swallow a cancellation that lands inside a command, stuck in a Cluster
+        client's read, or in a reconnect: so each loop also checks `_stopping`.)"""
+        self._stopping = True  # every loop ends at its next turn
+        self._wake.set()
         for wake in self._shard_wake:
             wake.set()
         await asyncio.wait(readers, timeout=self.block_ms / 1000 + 2.0)
@@ -256,7 +258,7 @@ class RedisBroker:
 
     async def _publish_forever(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping:
             if not len(self.queue):
                 self._wake.clear()
                 await self._wake.wait()
@@ -400,6 +402,7 @@ class RedisBroker:
                 await self._pause(attempt, exc)
                 continue
             attempt = 0
+            self._found()
 
     def _streams_of(self, group: int | None) -> tuple[Fields, dict[str, str]]:
         """The streams of `group` with the id to read after, and callSid by stream key."""
@@ -487,7 +490,7 @@ class RedisBroker:
     # Heartbeats, and the calls of instances that are gone.
 
     async def _heartbeat_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 await self._beat()
@@ -495,6 +498,7 @@ class RedisBroker:
                 self._lost(exc)
                 self.liveness.forgive()  # what we cannot see, we do not judge
                 continue
+            self._found()
             self._settle_followed()
 
     async def _beat(self) -> None:

@@ -22,6 +22,7 @@ from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from ..redis_server import RedisServer
 from ..timing import S
 from .helpers import RunningProxy, ServerProcess, TwilioPeer, Watcher, running_proxy, until
+from .test_readiness import readyz
 from .test_websocat import printed, websocat_choosing
 
 SECOND = 8000  # mu-law bytes per second per track
@@ -292,3 +293,17 @@ async def test_a_watcher_of_another_instances_call_is_told_to_retry_while_redis_
             await twilio.send_all(call.frames(tracks(0.5)))
             await twilio.stop()
             assert await local.transcript() == deepgram.streams[0].sent
+
+
+async def test_an_instance_is_not_ready_while_redis_is_away_and_ready_again_after(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    async with instances(deepgram, redis_server, count=1) as (a,):
+        assert (await asyncio.to_thread(readyz, a.port))[0] == 200
+        redis_server.stop()
+        await until(lambda: a.server.broker is not None and not a.server.broker.reachable)
+        status, body = await asyncio.to_thread(readyz, a.port)
+        assert status == 503 and "Redis" in json.dumps(body), body
+        redis_server.start()
+        await until(lambda: a.server.broker is not None and a.server.broker.reachable, 10 * S)
+        assert (await asyncio.to_thread(readyz, a.port))[0] == 200
