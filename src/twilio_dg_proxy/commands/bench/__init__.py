@@ -5,7 +5,9 @@ Pure: `measure` (latency mapping, percentiles, completeness, verdict, sweep plan
 I/O: `procfs` (CPU and memory from /proc), `wire` (a lean WebSocket client for the load),
 `fake_server` (the fake Deepgram in its own process), `processes` (the proxy under test,
 CPU placement, py-spy), `load` (one run: the calls, their watchers, the shared ticker, and
-the figures), `redis_server` and `scale_out` (`--remote-watchers`: Redis and two proxies).
+the figures), `redis_server` and `scale_out` (`--remote-watchers`: Redis and two proxies),
+`tutorial_baseline`, `baseline` and `baseline_report` (`--baseline`: the tutorial's design
+measured beside the proxy).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,9 @@ from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, 
 from .procfs import wait_until_quiet
 
 if TYPE_CHECKING:
+    from .baseline import Side
     from .load import BenchOptions
+    from .report import BenchReport
 
 DESCRIPTION = f"""\
 Measure the proxy under load. Starts `python -m twilio_dg_proxy --port 0` as a separate
@@ -56,6 +60,15 @@ share the proxy's CPU. It adds, side by side: CPU-ms per call-second of A, B and
 against the single process, p50/p99 fan-out of both paths and what Redis adds (target:
 <= 5 ms at p99), Redis commands per call-second (INFO's total_commands_processed over the
 window), and completeness of both.
+
+--baseline measures, in the same invocation and with the same load, the proxy and a
+reference implementation of the tutorial's design (its own process in the proxy's place:
+frames paired on arrival, 400 ms buffers, pydub mixing, websockets' recv() path, one
+unbounded queue per watcher), one run after the other (--rounds N: N of each, the order
+alternating, the proxy first in round 1). It reports each figure for both and the ratio
+proxy / baseline: CPU per call-second, p99 added latency (with and without each side's own
+chunking wait), p99 fan-out, memory per call, completeness; with --sweep, both sweeps
+(their sizes alternating) and the ratio of their largest N.
 
 A run HOLDS REAL TIME when its p99 added latency is at most CHUNK_MS + {REAL_TIME_MARGIN_MS} ms and
 nothing was lost. --sweep raises N (doubling, then bisecting) to the largest N that holds.
@@ -134,6 +147,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure the path through Redis: calls on one proxy, their watchers on "
         "another, sharing a redis-server the benchmark starts; both paths side by side",
     )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also measure the tutorial's design under the same load, one run after the "
+        "other, and report both and their ratios (with --sweep: both sweeps)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=count(),
+        default=1,
+        metavar="N",
+        help="with --baseline: N runs of each, alternating which goes first (default 1)",
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     parser.add_argument(
         "--profile",
@@ -183,10 +209,114 @@ def _run_remote_watchers(args: argparse.Namespace, options: BenchOptions) -> int
     return 0 if report.single.held and report.remote.held else 1
 
 
+def _run_baseline(args: argparse.Namespace, options: BenchOptions) -> int:
+    """`--rounds` rounds of the proxy and the baseline; 0 if every proxy run held, else 1."""
+    from .baseline import run_side
+    from .baseline_report import BaselineReport, Round, baseline_json, format_baseline
+
+    rounds = []
+    for n in range(args.rounds):
+        baseline_first = n % 2 == 1
+        order: tuple[Side, Side] = (
+            ("baseline", "proxy") if baseline_first else ("proxy", "baseline")
+        )
+        got: dict[str, BenchReport] = {}
+        for side in order:
+            print(f"baseline: round {n + 1}, {side} ...", file=sys.stderr, flush=True)
+            _wait_quiet(args.wait_quiet)
+            got[side] = event_loop.run(run_side(options, side))
+        rounds.append(Round(got["proxy"], got["baseline"], baseline_first))
+    report = BaselineReport(tuple(rounds))
+    print(format_baseline(report))
+    if args.json:
+        print(json.dumps(baseline_json(report)))
+    return 0 if all(r.proxy.held for r in rounds) else 1
+
+
+@dataclass(slots=True)
+class _Sweep:
+    """One sweep's state: the sizes tried and their runs (`step` runs the next size)."""
+
+    args: argparse.Namespace
+    options: BenchOptions
+    side: Side = "proxy"
+    label: str = ""
+    reports: list[BenchReport] = field(default_factory=list)
+    outcomes: dict[int, bool] = field(default_factory=dict)
+
+    def step(self) -> bool:
+        """Run the next size (again, on a noisy failure); False once the sweep is done."""
+        from .baseline import run_side
+        from .load import BenchError
+        from .report import format_report
+
+        n = next_sweep_size(
+            self.outcomes,
+            start=self.args.sweep_start,
+            limit=self.args.sweep_max,
+            resolution=self.args.sweep_resolution,
+        )
+        if n is None:
+            return False
+        for attempt in range(1 + max(0, self.args.sweep_retries)):
+            print(
+                f"sweep{self.label}: {n} calls (attempt {attempt + 1}) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            _wait_quiet(self.args.wait_quiet)
+            options = replace(self.options, calls=n, profile=None)
+            try:
+                report = event_loop.run(run_side(options, self.side))
+            except BenchError as exc:  # e.g. a proxy too busy to accept the calls
+                print(f"sweep{self.label}: {n} calls could not run: {exc}", file=sys.stderr)
+                self.outcomes[n] = False
+                break
+            self.reports.append(report)
+            self.outcomes[n] = report.held
+            print(format_report(report) + "\n", file=sys.stderr, flush=True)
+            # Noise can sink a size the proxy holds; never the other way round.
+            if report.held or not report.noisy:
+                break
+        if self.reports and self.reports[-1].generator_saturated and not self.reports[-1].held:
+            # Its failure may be the load's: it bounds the search (nothing larger is
+            # tried), and the sweep bisects below it, where the load keeps up.
+            print(
+                f"sweep{self.label}: the load side saturated at {n} calls: searching below",
+                file=sys.stderr,
+            )
+        return True
+
+
+def _run_sweeps(args: argparse.Namespace, options: BenchOptions) -> int:
+    """The proxy's sweep (and with --baseline the baseline's, their sizes alternating); 0 if
+    the proxy held some size, else 1."""
+    from .baseline_report import BaselineSweep, baseline_sweep_json, format_baseline_sweep
+    from .report import format_sweep, sweep_json
+
+    proxy = _Sweep(args, options, label=" (proxy)" if args.baseline else "")
+    if not args.baseline:
+        while proxy.step():
+            pass
+        print(format_sweep(proxy.reports))
+        if args.json:
+            print(sweep_json(proxy.reports))
+        return 0 if any(proxy.outcomes.values()) else 1
+    baseline = _Sweep(args, options, side="baseline", label=" (baseline)")
+    going = [proxy, baseline]
+    while going:
+        going = [sweep for sweep in going if sweep.step()]
+    both = BaselineSweep(tuple(proxy.reports), tuple(baseline.reports))
+    print(format_baseline_sweep(both))
+    if args.json:
+        print(json.dumps(baseline_sweep_json(both)))
+    return 0 if any(proxy.outcomes.values()) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one measurement or a sweep; 0 if the (last) run held real time, else 1."""
     from .load import BenchError, BenchOptions, run_bench
-    from .report import format_report, format_sweep, report_json, sweep_json
+    from .report import format_report, report_json
 
     options = BenchOptions(
         calls=args.calls,
@@ -204,54 +334,23 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if args.remote_watchers:
+            if args.baseline:
+                raise BenchError("--baseline cannot be combined with --remote-watchers")
             return _run_remote_watchers(args, options)
-        if not args.sweep:
-            _wait_quiet(args.wait_quiet)
-            report = event_loop.run(run_bench(options))
-            print(format_report(report))
-            if args.json:
-                print(json.dumps(report_json(report)))
-            if args.profile is not None and args.profile.exists():
-                print(f"\nproxy profile ({args.profile}), most CPU by function (self time):")
-                for frame, share in top_frames(args.profile.read_text()):
-                    print(f"  {share:6.1%}  {frame}")
-            return 0 if report.held else 1
-        reports = []
-        outcomes: dict[int, bool] = {}
-        while (
-            n := next_sweep_size(
-                outcomes,
-                start=args.sweep_start,
-                limit=args.sweep_max,
-                resolution=args.sweep_resolution,
-            )
-        ) is not None:
-            for attempt in range(1 + max(0, args.sweep_retries)):
-                print(f"sweep: {n} calls (attempt {attempt + 1}) ...", file=sys.stderr, flush=True)
-                _wait_quiet(args.wait_quiet)
-                try:
-                    report = event_loop.run(run_bench(replace(options, calls=n, profile=None)))
-                except BenchError as exc:  # e.g. a proxy too busy to accept the calls
-                    print(f"sweep: {n} calls could not run: {exc}", file=sys.stderr)
-                    outcomes[n] = False
-                    break
-                reports.append(report)
-                outcomes[n] = report.held
-                print(format_report(report) + "\n", file=sys.stderr, flush=True)
-                # Noise can sink a size the proxy holds; never the other way round.
-                if report.held or not report.noisy:
-                    break
-            if reports and reports[-1].generator_saturated and not reports[-1].held:
-                # Its failure may be the load's: it bounds the search (nothing larger is
-                # tried), and the sweep bisects below it, where the load keeps up.
-                print(
-                    f"sweep: the load side saturated at {n} calls: searching below",
-                    file=sys.stderr,
-                )
-        print(format_sweep(reports))
+        if args.sweep:
+            return _run_sweeps(args, options)
+        if args.baseline:
+            return _run_baseline(args, options)
+        _wait_quiet(args.wait_quiet)
+        report = event_loop.run(run_bench(options))
+        print(format_report(report))
         if args.json:
-            print(sweep_json(reports))
-        return 0 if any(outcomes.values()) else 1
+            print(json.dumps(report_json(report)))
+        if args.profile is not None and args.profile.exists():
+            print(f"\nproxy profile ({args.profile}), most CPU by function (self time):")
+            for frame, share in top_frames(args.profile.read_text()):
+                print(f"  {share:6.1%}  {frame}")
+        return 0 if report.held else 1
     except BenchError as exc:
         print(f"twilio-dg-proxy bench: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from .measure import (
     expected_stereo_sha256,
     fake_stamp,
     held_real_time,
+    net_latencies,
     summarize,
     window_range,
 )
@@ -577,17 +578,19 @@ def _report(
     for subscriber in load.subscribers:
         watchers[subscriber.driver.request_id].append(subscriber)
     added: list[float] = []
+    added_net: list[float] = []
     checks: list[CallCheck] = []
     for driver in load.calls:
         stream = streams.get(driver.request_id)
         checks.append(check_call(driver, stream, watchers[driver.request_id]))
         if stream is None:
             continue
-        latencies = coverage_latencies(driver.sent_at, stream.audio_log, _STEREO_FRAME_BYTES)
         # By tick, not by send time: a late tick's frames still belong to the window.
-        added += latencies[
-            window.first_tick - driver.start_tick : window.last_tick - driver.start_tick
-        ]
+        measured = slice(
+            window.first_tick - driver.start_tick, window.last_tick - driver.start_tick
+        )
+        added += coverage_latencies(driver.sent_at, stream.audio_log, _STEREO_FRAME_BYTES)[measured]
+        added_net += net_latencies(driver.sent_at, stream.audio_log, _STEREO_FRAME_BYTES)[measured]
     fanout: list[float] = []
     for subscriber in load.subscribers:
         stamped = window_range(subscriber.sent_at, window.start, window.end)
@@ -617,6 +620,7 @@ def _report(
         proxy_rss_after=after.rss,
         proxy_log_problems=problems,
         added=added_summary,
+        added_net=summarize(added_net),
         fanout=summarize(fanout),
         audio_sent=sum(c.audio_sent for c in checks),
         audio_received=sum(c.audio_received for c in checks),

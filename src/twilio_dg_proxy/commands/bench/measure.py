@@ -23,6 +23,7 @@ __all__ = [
     "CallCheck",
     "Summary",
     "coverage_latencies",
+    "net_latencies",
     "expected_stereo_sha256",
     "fake_stamp",
     "held_real_time",
@@ -93,6 +94,27 @@ def coverage_latencies(
         while held < covered:
             latencies.append(received_at - sent[held])
             held += 1
+    return latencies
+
+
+def net_latencies(
+    sent: Sequence[float], audio_log: Iterable[tuple[float, int]], frame_bytes: int
+) -> list[float]:
+    """`coverage_latencies` net of the chunking wait: for each frame, from the moment the
+    last frame that its message completed left, to that message's arrival.
+
+    A sender that waits to fill a chunk delays each frame by the time until the chunk's last
+    frame is sent; this is the rest (processing and queueing), whatever the chunk size, so
+    designs with different chunks compare. Same order and length as `coverage_latencies`.
+    """
+    latencies: list[float] = []
+    held = 0
+    for received_at, total in audio_log:
+        covered = min(total // frame_bytes, len(sent))
+        if covered > held:
+            net = received_at - sent[covered - 1]
+            latencies.extend([net] * (covered - held))
+            held = covered
     return latencies
 
 

@@ -72,8 +72,9 @@ def plan_placement(proxy_cpu: int | None) -> Placement:
 
 
 class ProxyProcess:
-    """``python -m twilio_dg_proxy --port 0`` as a child process. Its stderr is drained (a
-    full pipe would block it) and its WARNING and ERROR lines are counted."""
+    """``python -m twilio_dg_proxy --port 0`` (or another server `module` that logs the same
+    ``listening on`` line) as a child process. Its stderr is drained (a full pipe would block
+    it) and its WARNING and ERROR lines are counted."""
 
     def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
         self.process = process
@@ -89,13 +90,14 @@ class ProxyProcess:
     @classmethod
     @asynccontextmanager
     async def started(
-        cls, env: Mapping[str, str], cpus: frozenset[int] | None
+        cls, env: Mapping[str, str], cpus: frozenset[int] | None, module: str = "twilio_dg_proxy"
     ) -> AsyncIterator[ProxyProcess]:
-        """Start the proxy with `env`, pinned to `cpus`; SIGTERM it (then kill) on exit."""
+        """Start ``python -m module`` with `env`, pinned to `cpus`; SIGTERM it (then kill) on
+        exit."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "twilio_dg_proxy",
+            module,
             "--host",
             "127.0.0.1",
             "--port",

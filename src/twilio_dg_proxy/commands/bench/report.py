@@ -97,6 +97,8 @@ class BenchReport:
     deepgram_streams: int
     deepgram_reconnects: int | None
     floods: FloodReport | None  # with --ping-floods
+    # Added latency net of the server's own chunking wait (`measure.net_latencies`).
+    added_net: Summary = Summary(0, 0.0, 0.0, 0.0)
     # Other server-side processes beside the proxy (`Serving.beside`: the watchers' instance,
     # redis-server), by name: their CPU over the window, as shares of one core.
     beside_cpu: dict[str, float] = field(default_factory=dict)
@@ -162,6 +164,7 @@ def format_report(r: BenchReport) -> str:
             f"{r.rss_per_call / 1e3:.0f} KB per call; {_mb(r.proxy_rss_after)} after the calls",
         ),
         ("added latency", _latency(r.added)),
+        ("  net of chunking", _latency(r.added_net)),
         ("fan-out latency", _latency(r.fanout)),
         (
             "audio",
