@@ -119,7 +119,7 @@ def cues(call: FinishedCall) -> list[Cue]:
 def _finals(texts: Sequence[str]) -> Iterator[_Final]:
     """The finals with text among `texts` (anything else is skipped), as timed words."""
     for text in texts:
-        message = _object(text)
+        message = json_loads.object_or_none(text)
         if message is None or not is_final_with_text(message):
             continue
         start = _seconds(message.get("start"))
@@ -133,14 +133,6 @@ def _finals(texts: Sequence[str]) -> Iterator[_Final]:
             else _spread(words, start, end)
         )
         yield _Final(start, _channel(message), tokens)
-
-
-def _object(text: str) -> dict[str, Any] | None:
-    try:
-        message = json_loads.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return message if isinstance(message, dict) else None
 
 
 def _channel(message: Mapping[str, Any]) -> int:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["loads", "std_loads"]
+__all__ = ["loads", "object_or_none", "std_loads"]
 
 
 def std_loads(text: str | bytes) -> Any:
@@ -27,3 +27,13 @@ try:
     from orjson import loads
 except ImportError:  # pragma: no cover - orjson installs wherever CPython does
     loads = std_loads
+
+
+def object_or_none(text: str) -> dict[str, Any] | None:
+    """`text` parsed, if it is a JSON object; None for anything else or invalid JSON
+    (RecursionError: the standard library's parser on deeply nested input)."""
+    try:
+        value = loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -95,7 +95,7 @@ class Recorder:
         recording = self._calls.get(call_sid)
         if recording is None or not _may_matter(text):
             return
-        message = _object(text)
+        message = json_loads.object_or_none(text)
         if message is None:
             return
         request_id = _request_id(message)
@@ -133,14 +133,6 @@ class Recorder:
 def _may_matter(text: str) -> bool:
     """Cheap filter before parsing: finals and the closing Metadata (request ids)."""
     return '"is_final"' in text or '"Metadata"' in text
-
-
-def _object(text: str) -> dict[str, Any] | None:
-    try:
-        message = json_loads.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return message if isinstance(message, dict) else None
 
 
 def _request_id(message: Mapping[str, Any]) -> str:
@@ -194,7 +186,7 @@ def segments(call: FinishedCall) -> list[Segment]:
     names = speakers(call.info.custom_parameters)
     found: list[Segment] = []
     for text in call.finals:
-        message = _object(text)
+        message = json_loads.object_or_none(text)
         if message is None or not is_final_with_text(message):
             continue
         channel = _channel_of(message)

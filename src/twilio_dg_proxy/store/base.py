@@ -149,3 +149,26 @@ def call_from_row(row: Mapping[str, Any]) -> FinishedCall:
 
 def _decoded(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def list_query(query: CallQuery, mark: str) -> tuple[str, list[Any]]:
+    """The SQL (with `mark` as the placeholder: `?` or `%s`) and arguments that list
+    `query`'s page of calls, newest first, one more than its limit (to know if there is a
+    next page). Both stores use the same schema."""
+    conditions: list[str] = []
+    args: list[Any] = []
+    if query.before is not None:
+        conditions.append(f"(ended_at_ms, call_sid) < ({mark}, {mark})")
+        args += [query.before.ended_at_ms, query.before.call_sid]
+    for name, value in query.parameters:
+        conditions.append(
+            "call_sid IN (SELECT call_sid FROM call_parameters"
+            f" WHERE name = {mark} AND value = {mark})"
+        )
+        args += [name, value]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (
+        f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM calls {where} "
+        f"ORDER BY ended_at_ms DESC, call_sid DESC LIMIT {mark}"
+    )
+    return sql, [*args, query.limit + 1]

@@ -28,6 +28,7 @@ from .base import (
     CallQuery,
     call_from_row,
     call_row,
+    list_query,
     page_of,
 )
 
@@ -186,22 +187,8 @@ async def _save(connection: psycopg.AsyncConnection[Any], call: FinishedCall) ->
 
 
 async def _list(connection: psycopg.AsyncConnection[Any], query: CallQuery) -> list[FinishedCall]:
-    conditions: list[str] = []
-    args: list[Any] = []
-    if query.before is not None:
-        conditions.append("(ended_at_ms, call_sid) < (%s, %s)")
-        args += [query.before.ended_at_ms, query.before.call_sid]
-    for name, value in query.parameters:
-        conditions.append(
-            "call_sid IN (SELECT call_sid FROM call_parameters WHERE name = %s AND value = %s)"
-        )
-        args += [name, value]
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = (
-        f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM calls {where} "
-        "ORDER BY ended_at_ms DESC, call_sid DESC LIMIT %s"
-    )
-    cursor = await connection.execute(sql, [*args, query.limit + 1])
+    sql, args = list_query(query, "%s")
+    cursor = await connection.execute(sql, args)
     return [call_from_row(row) for row in await cursor.fetchall()]
 
 

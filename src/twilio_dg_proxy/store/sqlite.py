@@ -24,6 +24,7 @@ from .base import (
     CallQuery,
     call_from_row,
     call_row,
+    list_query,
     page_of,
 )
 
@@ -210,22 +211,8 @@ def _save(connection: sqlite3.Connection, call: FinishedCall) -> None:
 
 
 def _list(connection: sqlite3.Connection, query: CallQuery) -> list[FinishedCall]:
-    conditions: list[str] = []
-    args: list[Any] = []
-    if query.before is not None:
-        conditions.append("(ended_at_ms, call_sid) < (?, ?)")
-        args += [query.before.ended_at_ms, query.before.call_sid]
-    for name, value in query.parameters:
-        conditions.append(
-            "call_sid IN (SELECT call_sid FROM call_parameters WHERE name = ? AND value = ?)"
-        )
-        args += [name, value]
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = (
-        f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM calls {where} "
-        "ORDER BY ended_at_ms DESC, call_sid DESC LIMIT ?"
-    )
-    return _calls(connection.execute(sql, [*args, query.limit + 1]))
+    sql, args = list_query(query, "?")
+    return _calls(connection.execute(sql, args))
 
 
 def _get(connection: sqlite3.Connection, call_sid: str, finals: bool) -> FinishedCall | None:
