@@ -322,6 +322,12 @@ class NumberFollows:
         """Whether the call has one of the numbers followed."""
         return any(phone_numbers.call_has(info, n, self.parameters) for n in self.numbers.values())
 
+    def unfollow(self, number: PhoneNumber) -> None:
+        """Stop following `number`, however it was written (`phone_numbers.same_number`)."""
+        for key, followed in list(self.numbers.items()):
+            if phone_numbers.same_number(followed, number):
+                del self.numbers[key]
+
     def call_opened(self, info: viewer_protocol.CallInfo, remote: bool) -> None:
         """The hub's listener: queue a call that starts with a number followed."""
         if self.numbers and self.matches(info):
@@ -379,13 +385,14 @@ def _follow_number(
     command: viewer_protocol.ViewerCommand,
 ) -> None:
     """Apply `follow` (answer `followed`, then queue the active calls with the number, oldest
-    first) or `unfollow` (answer `unfollowed`); a follow of something that is not a phone
-    number, or of one number too many, is answered with an `error` (1008)."""
+    first) or `unfollow` (of any followed number that matches; answer `unfollowed`). A
+    follow of something that is not a phone number, or of one number too many, is answered
+    with an `error` (1008)."""
     number = phone_numbers.parse(command.number)
     if command.action == "unfollow":
-        key = str(number) if number is not None else command.number
-        follows.numbers.pop(key, None)
-        hub.tell(viewer, viewer_protocol.unfollowed(key))
+        if number is not None:
+            follows.unfollow(number)
+        hub.tell(viewer, viewer_protocol.unfollowed(str(number or command.number[:40])))
         return
     if number is None:
         problem = "not a phone number: digits, with an optional leading +"
