@@ -117,14 +117,12 @@ class Subscription(Outbox):
     """One /client client's feed of one call: the `history` it asked for (none by default),
     then Deepgram's messages in order, then one `Ending`."""
 
-    def __init__(
-        self, call_sid: str, limit: int, history: Iterable[str] = (), *, catch_up: bool = False
-    ) -> None:
+    def __init__(self, call_sid: str, limit: int, history: Iterable[str] = ()) -> None:
         super().__init__(limit, history)
         self.call_sid = call_sid
         # Joined a mirrored call before its stream was loaded (a client waiting for the next
         # call with a number): the load gives it everything the call has sent so far.
-        self.catch_up = catch_up
+        self.catch_up = False
 
 
 # Told of each call as it opens, with whether it is remote; must not await (see `Hub`).
@@ -389,12 +387,10 @@ class Hub:
                     history.add(text)
         history.truncated = history.truncated or truncated
         call.history = history
-        catching_up = [sub for sub in call.subscribers if sub.catch_up]
-        if catching_up:
-            replay = list(messages)
-            for sub in catching_up:
+        for sub in call.subscribers:
+            if sub.catch_up:
                 sub.catch_up = False
-                sub.replay_first(replay)
+                sub.replay_first(messages)
 
     def subscriber_count(self) -> int:
         """Subscribers and viewers following calls, across all active calls."""
