@@ -15,6 +15,11 @@ are written and read by `client_protocol` and `viewer_protocol`.
   Other query parameters are ignored (`token` belongs to authentication; a client that passes
   any other gets the tutorial's protocol, as it always did). A `history` value other than
   1/0 (true/false, yes/no, on/off) is refused at once, as below, instead of the call list.
+- A phone number instead of a callSid (`phone_numbers` says what is one and what matches):
+  the newest active call with that number in one of its `NumberOptions.parameters` (From,
+  To), or else the next call with it to start, waited for up to `NumberOptions.wait_s`,
+  then `error: no call …` and a normal close (1000). One call per connection, as with a
+  callSid; numbers appear in logs at DEBUG only (they are personal data).
 - A refused client (a callSid that is not an active call, a binary choice, no choice in
   time, a call with too many watchers) gets one text, `error: <why>` (for an unknown callSid
   followed by `; active calls: [...]`), before the close (1008, or 1013 when full) whose
@@ -24,7 +29,9 @@ are written and read by `client_protocol` and `viewer_protocol`.
 /viewer/ws (JSON both ways; README, "The viewer protocol"):
 1. The server sends `calls` (the active calls with their metadata), then `call_started` and
    `call_ended` as calls come and go.
-2. The client sends `subscribe` or `unsubscribe` commands naming a callSid, at any time.
+2. The client sends `subscribe` or `unsubscribe` commands naming a callSid, and `follow`
+   or `unfollow` naming a phone number (each call with it is subscribed to as it starts),
+   at any time.
 3. For each subscription the server sends `subscribed` (with the call's final results so
    far), then every Deepgram message of the call wrapped in `deepgram`, until `call_ended`.
 """
@@ -34,22 +41,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
-from . import client_protocol, viewer_protocol
+from . import client_protocol, phone_numbers, viewer_protocol
 from .exceptions import (
     BrokerUnavailable,
     ClientProtocolError,
+    NoCallInTime,
     ProxyError,
     TooManySubscribers,
     UnknownCall,
     close_frame_for,
 )
-from .hub import CLIENT_LEFT, Ending, Hub, Outbox, Subscription, ViewerFeed
+from .hub import CLIENT_LEFT, CallWaiter, Ending, Hub, Outbox, Subscription, ViewerFeed
 from .logs import get_logger
 from .observations import is_bad_input
+from .phone_numbers import PhoneNumber
 
 logger = get_logger("clients")
 
@@ -68,15 +79,34 @@ async def _nothing_to_prepare(call_sid: str) -> None:
     return None
 
 
+# How long a /client client that named a phone number waits for a call with it (NUMBER_WAIT_S).
+NUMBER_WAIT_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class NumberOptions:
+    """How watchers find calls by phone number: the custom parameters that hold a call's
+    numbers (NUMBER_PARAMETERS) and how long a /client client waits for one (NUMBER_WAIT_S)."""
+
+    parameters: tuple[str, ...] = phone_numbers.DEFAULT_PARAMETERS
+    wait_s: float = NUMBER_WAIT_S
+
+    def matcher(self, number: PhoneNumber) -> Callable[[viewer_protocol.CallInfo], bool]:
+        """Whether a call has `number` in one of `parameters`."""
+        return lambda info: phone_numbers.call_has(info, number, self.parameters)
+
+
 async def handle_client(
     ws: ServerConnection,
     hub: Hub,
     *,
     choice_timeout_s: float = CHOICE_TIMEOUT_S,
     prepare: Prepare = _nothing_to_prepare,
+    numbers: NumberOptions = NumberOptions(),  # noqa: B008 - frozen, so shared safely
 ) -> None:
     """Serve one /client connection: the call list, its choice (within `choice_timeout_s`),
-    then that call's results (after its history if it asked for it)."""
+    then that call's results (after its history if it asked for it). The choice is a
+    callSid, or a phone number (`_subscribe_by_number`, with `numbers`)."""
     peer = _peer(ws)
     try:
         options = client_protocol.parse_options(ws.request.path if ws.request else "")
@@ -89,8 +119,15 @@ async def handle_client(
                 f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
         call_sid = client_protocol.parse_choice(choice)
-        await prepare(call_sid)
-        sub = hub.subscribe(call_sid, history=options.history)
+        number = phone_numbers.parse(call_sid)  # never a callSid: those start with CA
+        if number is None:
+            await prepare(call_sid)
+            sub = hub.subscribe(call_sid, history=options.history)
+        else:
+            found = await _subscribe_by_number(ws, hub, number, options.history, numbers, prepare)
+            if found is None:
+                return  # it left while waiting
+            sub = found
     except ConnectionClosed:
         return
     except ProxyError as exc:
@@ -102,6 +139,71 @@ async def handle_client(
     finally:
         hub.unsubscribe(sub)
         logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
+
+
+async def _subscribe_by_number(
+    ws: ServerConnection,
+    hub: Hub,
+    number: PhoneNumber,
+    history: bool,
+    numbers: NumberOptions,
+    prepare: Prepare,
+) -> Subscription | None:
+    """Subscribe to the newest active call with `number`, or else to the next one to start
+    (from its first message); None if the client left while waiting. Raises NoCallInTime
+    after `numbers.wait_s`, and what `hub.subscribe` and `prepare` raise."""
+    peer = _peer(ws)
+    newest = phone_numbers.newest_with(hub.call_infos(), number, numbers.parameters)
+    if newest is not None:
+        logger.debug("client %s chose %s: newest call %s", peer, number, newest.call_sid)
+        await prepare(newest.call_sid)
+        return hub.subscribe(newest.call_sid, history=history)
+    # The number itself only at DEBUG: it is personal data, as the calls' parameters are.
+    logger.info("client %s waits up to %.0f s for a call with a number", peer, numbers.wait_s)
+    logger.debug("client %s waits for a call with %s", peer, number)
+    waiter = hub.wait_for_call(numbers.matcher(number), history=history)
+    served = False
+    try:
+        sub = await _until_served(ws, waiter, numbers.wait_s)
+        if sub is not None:
+            await prepare(sub.call_sid)  # a remote call: load it and follow its stream
+            served = True
+        return sub
+    finally:
+        hub.stop_waiting(waiter)
+        if not served and isinstance(waiter.result, Subscription):
+            hub.unsubscribe(waiter.result)  # it left, or `prepare` failed: leave that call
+
+
+async def _until_served(
+    ws: ServerConnection, waiter: CallWaiter, wait_s: float
+) -> Subscription | None:
+    """The waiter's subscription once the hub serves it; None if the client leaves first.
+    Raises NoCallInTime after `wait_s`, TooManySubscribers if the call it found is full."""
+    async with asyncio.TaskGroup() as tasks:
+        left = tasks.create_task(_discard_until_closed(ws))
+        found = tasks.create_task(waiter.found.wait())
+        await asyncio.wait({left, found}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        gone = left.done()
+        left.cancel()
+        found.cancel()
+    if gone:
+        return None
+    if isinstance(waiter.result, TooManySubscribers):
+        raise waiter.result
+    if waiter.result is None:
+        raise NoCallInTime(f"no call from or to that number within {wait_s:g} s")
+    return waiter.result
+
+
+async def _discard_until_closed(ws: ServerConnection) -> None:
+    """Read and ignore what the client sends (after its choice), until it closes: reading
+    is what notices the close."""
+    try:
+        async for _ in ws:
+            pass
+    except ConnectionClosed:
+        pass
 
 
 async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
@@ -181,44 +283,84 @@ async def _close_when_evicted(ws: ServerConnection, outbox: Outbox, watching: st
 
 
 async def handle_viewer(
-    ws: ServerConnection, hub: Hub, *, prepare: Prepare = _nothing_to_prepare
+    ws: ServerConnection,
+    hub: Hub,
+    *,
+    prepare: Prepare = _nothing_to_prepare,
+    numbers: NumberOptions = NumberOptions(),  # noqa: B008 - frozen, so shared safely
 ) -> None:
-    """Serve one /viewer/ws connection: the call list, then the calls it subscribes to."""
+    """Serve one /viewer/ws connection: the call list, then the calls it subscribes to,
+    and those with the numbers it follows (found with `numbers`)."""
     peer = _peer(ws)
     viewer = hub.add_viewer(now_ms=int(time.time() * 1000))
+    follows = NumberFollows(numbers.parameters)
+    hub.add_listener(follows.call_opened)
     logger.info("viewer %s connected", peer)
     try:
         async with asyncio.TaskGroup() as tasks:
-            reader = tasks.create_task(_read_commands(ws, hub, viewer, prepare))
+            reader = tasks.create_task(_read_commands(ws, hub, viewer, prepare, follows))
             watchdog = tasks.create_task(_close_when_evicted(ws, viewer, "the call list"))
+            joiner = tasks.create_task(_join_followed(ws, hub, viewer, prepare, follows))
             try:
                 await _forward(ws, viewer, hub)
             finally:
                 reader.cancel()
                 watchdog.cancel()
+                joiner.cancel()
     finally:
+        hub.remove_listener(follows.call_opened)
         hub.remove_viewer(viewer)
         logger.info("viewer %s left (%s)", peer, _close_code(ws))
 
 
+# A viewer follows at most this many numbers at once: each is checked on every call's start.
+MAX_FOLLOWED_NUMBERS = 20
+
+
+class NumberFollows:
+    """The phone numbers one viewer follows, and the calls with them that it should join
+    (queued as they start, or when it starts following: the I/O layer joins them)."""
+
+    def __init__(self, parameters: tuple[str, ...]) -> None:
+        self.parameters = parameters
+        self.numbers: dict[str, PhoneNumber] = {}  # by the number as the viewer is told it
+        self.to_join: asyncio.Queue[viewer_protocol.CallInfo] = asyncio.Queue()
+
+    def matches(self, info: viewer_protocol.CallInfo) -> bool:
+        """Whether the call has one of the numbers followed."""
+        return any(phone_numbers.call_has(info, n, self.parameters) for n in self.numbers.values())
+
+    def unfollow(self, number: PhoneNumber) -> None:
+        """Stop following `number`, however it was written (`phone_numbers.same_number`)."""
+        for key, followed in list(self.numbers.items()):
+            if phone_numbers.same_number(followed, number):
+                del self.numbers[key]
+
+    def call_opened(self, info: viewer_protocol.CallInfo, remote: bool) -> None:
+        """The hub's listener: queue a call that starts with a number followed."""
+        if self.numbers and self.matches(info):
+            self.to_join.put_nowait(info)
+
+
 async def _read_commands(
-    ws: ServerConnection, hub: Hub, viewer: ViewerFeed, prepare: Prepare
+    ws: ServerConnection,
+    hub: Hub,
+    viewer: ViewerFeed,
+    prepare: Prepare,
+    follows: NumberFollows,
 ) -> None:
     """Apply the viewer's commands until it leaves; a malformed one closes it (1008)."""
     peer = _peer(ws)
     try:
         async for message in ws:
             command = viewer_protocol.parse_command(message)
+            if command.action in ("follow", "unfollow"):
+                _follow_number(ws, hub, viewer, follows, command)
+                continue
             if command.action == "unsubscribe":
                 hub.unfollow(viewer, command.call_sid)
                 continue
-            try:
-                await prepare(command.call_sid)
-                hub.follow(viewer, command.call_sid)
-            except (UnknownCall, TooManySubscribers, BrokerUnavailable) as exc:
-                code, reason = close_frame_for(exc)
-                hub.tell(viewer, viewer_protocol.error(command.call_sid, code, reason))
-            else:
+            if await _join(hub, viewer, prepare, command.call_sid):
                 logger.info("viewer %s subscribed to %s", peer, command.call_sid)
     except ConnectionClosed:
         pass
@@ -229,6 +371,74 @@ async def _read_commands(
         viewer.end(Ending(code, reason))
         return
     viewer.end(CLIENT_LEFT)
+
+
+async def _join(hub: Hub, viewer: ViewerFeed, prepare: Prepare, call_sid: str) -> bool:
+    """Subscribe the viewer to the call (`hub.follow`); if that is refused, tell it why in an
+    `error` and return False."""
+    try:
+        await prepare(call_sid)
+        hub.follow(viewer, call_sid)
+    except (UnknownCall, TooManySubscribers, BrokerUnavailable) as exc:
+        code, reason = close_frame_for(exc)
+        hub.tell(viewer, viewer_protocol.error(call_sid, code, reason))
+        return False
+    return True
+
+
+def _follow_number(
+    ws: ServerConnection,
+    hub: Hub,
+    viewer: ViewerFeed,
+    follows: NumberFollows,
+    command: viewer_protocol.ViewerCommand,
+) -> None:
+    """Apply `follow` (answer `followed`, then queue the active calls with the number, oldest
+    first) or `unfollow` (of any followed number that matches; answer `unfollowed`). A
+    follow of something that is not a phone number, or of one number too many, is answered
+    with an `error` (1008)."""
+    number = phone_numbers.parse(command.number)
+    if command.action == "unfollow":
+        if number is not None:
+            follows.unfollow(number)
+        hub.tell(viewer, viewer_protocol.unfollowed(str(number or command.number[:40])))
+        return
+    if number is None:
+        problem = "not a phone number: digits, with an optional leading +"
+    elif str(number) not in follows.numbers and len(follows.numbers) >= MAX_FOLLOWED_NUMBERS:
+        problem = f"following {MAX_FOLLOWED_NUMBERS} numbers already"
+    else:
+        follows.numbers[str(number)] = number
+        hub.tell(viewer, viewer_protocol.followed(str(number)))
+        for info in hub.call_infos():
+            follows.call_opened(info, hub.is_remote(info.call_sid))
+        # The number itself only at DEBUG: it is personal data, as the calls' parameters are.
+        logger.info("viewer %s follows a number (%d in all)", _peer(ws), len(follows.numbers))
+        logger.debug("viewer %s follows %s", _peer(ws), number)
+        return
+    hub.tell(
+        viewer, viewer_protocol.number_error(command.number, CloseCode.POLICY_VIOLATION, problem)
+    )
+
+
+async def _join_followed(
+    ws: ServerConnection,
+    hub: Hub,
+    viewer: ViewerFeed,
+    prepare: Prepare,
+    follows: NumberFollows,
+) -> None:
+    """Subscribe the viewer to each call `follows` queues, unless it no longer has a number
+    followed or is subscribed already (a call that ended meanwhile is skipped: the viewer
+    was told `call_ended`)."""
+    while True:
+        info = await follows.to_join.get()
+        if info.call_sid in viewer.following or not follows.matches(info):
+            continue
+        if info.call_sid not in hub.active_calls():
+            continue
+        if await _join(hub, viewer, prepare, info.call_sid):
+            logger.info("viewer %s subscribed to %s (a followed number)", _peer(ws), info.call_sid)
 
 
 def _close_code(ws: ServerConnection) -> int | None:

@@ -336,6 +336,19 @@ class Settings:
         "and at most this many bytes of them per call: the oldest go first (0: none)",
         parse=number_in(int, 0, 1 << 30),
     )
+    # Watching by phone number (/client, the viewer's `follow`, `watch +15550100`).
+    number_parameters: tuple[str, ...] = setting(
+        "NUMBER_PARAMETERS",
+        ("From", "To"),
+        "custom parameters holding a call's phone numbers, for watchers that name a number",
+        parse=comma_separated,
+    )
+    number_wait_s: float = setting(
+        "NUMBER_WAIT_S",
+        3600.0,
+        "seconds a /client client that chose a number waits for a call with it",
+        parse=number_in(float, 0.1, 604_800.0),
+    )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", parse=level_name)
     direct_receive: bool = setting(
         "DIRECT_RECEIVE",

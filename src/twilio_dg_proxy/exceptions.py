@@ -60,6 +60,11 @@ class Unauthorized(ProxyError):
     """A stream did not carry the configured secret."""
 
 
+class NoCallInTime(ProxyError):
+    """A /client client waited for a call with its phone number, and none started in time:
+    a normal end (1000), not a fault."""
+
+
 class ClientProtocolError(ProxyError):
     """A /client peer sent something other than a callSid as text."""
 
@@ -132,6 +137,7 @@ CLOSE_CODES: tuple[tuple[type[BaseException], CloseCode], ...] = (
     (TooManySubscribers, CloseCode.TRY_AGAIN_LATER),
     (DeepgramError, CloseCode.BAD_GATEWAY),
     (BrokerUnavailable, CloseCode.TRY_AGAIN_LATER),
+    (NoCallInTime, CloseCode.NORMAL_CLOSURE),
 )
 
 

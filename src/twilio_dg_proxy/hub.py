@@ -65,6 +65,18 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
 
+    def replay_first(self, texts: Iterable[str]) -> None:
+        """Put `texts` before everything queued, as a replay (not counted towards `limit`):
+        what a call had sent before this client's feed could follow it."""
+        if self._ending is not None and not self._items:
+            return  # already ended (or evicted): nothing more for this client
+        texts = list(texts)
+        self._items.extendleft(reversed(texts))
+        self._arrivals.extendleft([0.0] * len(texts))
+        self._replay += len(texts)
+        if texts:
+            self._wakeup.set()
+
     def offer(self, text: str, arrived: float = 0.0) -> bool:
         """Queue `text` (a Deepgram message that `arrived` then, or 0.0 for other texts);
         False if the queue was full and the client is now evicted."""
@@ -119,6 +131,26 @@ class Subscription(Outbox):
     def __init__(self, call_sid: str, limit: int, history: Iterable[str] = ()) -> None:
         super().__init__(limit, history)
         self.call_sid = call_sid
+        # Joined a mirrored call before its stream was loaded (a client waiting for the next
+        # call with a number): the load gives it everything the call has sent so far.
+        self.catch_up = False
+
+
+# Told of each call as it opens, with whether it is remote; must not await (see `Hub`).
+CallListener = Callable[[CallInfo, bool], None]
+
+
+class CallWaiter:
+    """A /client client waiting for the next call that `matches`: the hub subscribes it to
+    the first one in the step that opens the call (so it misses none of its messages) and
+    sets `found`; `result` is then the subscription, or TooManySubscribers (the call is
+    full: MAX_SUBSCRIBERS_PER_CALL clients were waiting for it)."""
+
+    def __init__(self, matches: Callable[[CallInfo], bool], *, history: bool = False) -> None:
+        self.matches = matches
+        self.history = history
+        self.result: Subscription | TooManySubscribers | None = None
+        self.found = asyncio.Event()
 
 
 class ViewerFeed(Outbox):
@@ -257,6 +289,10 @@ class Hub:
         self.clock: Callable[[], float] = time.monotonic
         # Where the calls streamed here also go (the Redis broker, the transcript recorder).
         self.sinks: list[CallSink] = []
+        # Told of every call as it opens, local or remote: waiting clients, viewers that
+        # follow a number.
+        self._listeners: list[CallListener] = []
+        self._waiters: list[CallWaiter] = []  # /client clients waiting for a call, oldest first
 
     # Calls.
 
@@ -276,6 +312,20 @@ class Hub:
                 sink.call_opened(call.info)
         if self._viewers:
             self._tell_viewers(viewer_protocol.call_started(call.info))
+        for waiter in [w for w in self._waiters if w.matches(call.info)]:
+            self._serve(waiter, call_sid, remote)
+        for listener in list(self._listeners):  # a listener may remove itself
+            listener(call.info, remote)
+
+    def add_listener(self, listener: CallListener) -> None:
+        """Call `listener(info, remote)` in each `open_call` from now on, after the viewers
+        are told `call_started` and before any message of the call is published."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: CallListener) -> None:
+        """Stop calling `listener` (no error if it was not added, or already removed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def end_call(self, call_sid: str, ending: Ending = CALL_ENDED) -> int:
         """Forget the call: each subscriber gets `ending` after its queue, each viewer a
@@ -321,6 +371,10 @@ class Hub:
         """callSids of the calls streaming now, oldest first."""
         return list(self._calls)
 
+    def call_infos(self) -> list[CallInfo]:
+        """The active calls' descriptions, in the order the hub learnt of them."""
+        return [call.info for call in self._calls.values()]
+
     def local_calls(self) -> list[str]:
         """callSids of the calls this process streams (not mirrored from elsewhere)."""
         return [sid for sid, call in self._calls.items() if not call.remote]
@@ -337,10 +391,12 @@ class Hub:
 
     def replace_history(self, call_sid: str, messages: Iterable[str], truncated: bool) -> None:
         """Set a call's history from `messages` (a replay of everything it sent, filtered
-        and bounded as `publish` would have): a mirrored call's, read from Redis."""
+        and bounded as `publish` would have): a mirrored call's, read from Redis. The call's
+        subscribers with `catch_up` get all of `messages` before anything queued for them."""
         call = self._calls.get(call_sid)
         if call is None:
             return
+        messages = list(messages)  # read twice: the history, the subscribers catching up
         history = History(self._history_limit, self._history_bytes)
         if self._history_limit and self._history_bytes:
             for text in messages:
@@ -348,6 +404,10 @@ class Hub:
                     history.add(text)
         history.truncated = history.truncated or truncated
         call.history = history
+        for sub in call.subscribers:
+            if sub.catch_up:
+                sub.catch_up = False
+                sub.replay_first(messages)
 
     def subscriber_count(self) -> int:
         """Subscribers and viewers following calls, across all active calls."""
@@ -369,6 +429,21 @@ class Hub:
         call.subscribers.add(sub)
         self.counters.subscriptions += 1
         return sub
+
+    def wait_for_call(
+        self, matches: Callable[[CallInfo], bool], *, history: bool = False
+    ) -> CallWaiter:
+        """A waiter subscribed (`subscribe`, with `history`) to the next call to open that
+        `matches`, in the step that opens it; a remote call's subscription catches up with
+        what the call sent before its stream is loaded here. Call `stop_waiting` when done."""
+        waiter = CallWaiter(matches, history=history)
+        self._waiters.append(waiter)
+        return waiter
+
+    def stop_waiting(self, waiter: CallWaiter) -> None:
+        """Forget `waiter` (served or not); no error if it is already forgotten."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to `sub` (its client left or was closed)."""
@@ -427,6 +502,18 @@ class Hub:
         self._offer(viewer, text)
 
     # Internals.
+
+    def _serve(self, waiter: CallWaiter, call_sid: str, remote: bool) -> None:
+        """Subscribe `waiter` to the call just opened and wake it; it waits no more."""
+        self._waiters.remove(waiter)
+        try:
+            sub = self.subscribe(call_sid, history=waiter.history)
+        except TooManySubscribers as exc:
+            waiter.result = exc
+        else:
+            sub.catch_up = remote
+            waiter.result = sub
+        waiter.found.set()
 
     def _watchable(self, call_sid: str) -> _Call:
         call = self._calls.get(call_sid)

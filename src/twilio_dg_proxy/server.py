@@ -31,7 +31,7 @@ from .auth import (
 )
 from .call import START_MAX_MESSAGE_BYTES, START_TIMEOUT_S, handle_twilio
 from .calls_protocol import is_calls_path
-from .clients import CHOICE_TIMEOUT_S, handle_client, handle_viewer
+from .clients import CHOICE_TIMEOUT_S, NumberOptions, handle_client, handle_viewer
 from .config import Settings
 from .deepgram import DEFAULT_PINGS, Pings
 from .direct_connection import DirectConnection, Guard, GuardedConnection
@@ -144,14 +144,18 @@ class ProxyServer:
         if path != TWILIO_PATH:
             self._clients.add(ws)
             try:
+                numbers = NumberOptions(
+                    self.settings.number_parameters, self.settings.number_wait_s
+                )
                 if path == VIEWER_PATH:
-                    await handle_viewer(ws, self.hub, prepare=self._prepare)
+                    await handle_viewer(ws, self.hub, prepare=self._prepare, numbers=numbers)
                 else:
                     await handle_client(
                         ws,
                         self.hub,
                         choice_timeout_s=self.choice_timeout_s,
                         prepare=self._prepare,
+                        numbers=numbers,
                     )
             finally:
                 self._clients.discard(ws)

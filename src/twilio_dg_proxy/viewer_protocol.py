@@ -11,12 +11,17 @@ Server → viewer, one JSON object per text message, by `type`:
   answer to `subscribe`, with the call's final results so far.
 - `deepgram` {`callSid`, `message`}: one live Deepgram message of a followed call.
 - `unsubscribed` {`callSid`}: the answer to `unsubscribe`.
-- `error` {`callSid`, `code`, `reason`}: a `subscribe` that was refused (close-code values).
+- `error` {`callSid`, `code`, `reason`}: a `subscribe` that was refused (close-code values);
+  {`number`, `code`, `reason`} for a `follow` that was.
+- `followed` {`number`}, `unfollowed` {`number`}: the answers to `follow` and `unfollow`,
+  with the number as the server compares it (digits, and `+` if it was written with one).
 
 A call is {`callSid`, `customParameters`, `tracks`, `startedAt`}. A Deepgram message is
 embedded as the JSON object it is (verbatim, not re-encoded), or as a string if it is not one.
 
-Viewer → server: {"type": "subscribe" | "unsubscribe", "callSid": "CA..."}.
+Viewer → server: {"type": "subscribe" | "unsubscribe", "callSid": "CA..."};
+{"type": "follow" | "unfollow", "number": "+15550100"} (subscribe to each call with that
+number as it starts, and to those active now).
 """
 
 from __future__ import annotations
@@ -97,6 +102,22 @@ def error(call_sid: str, code: int, reason: str) -> str:
     return json.dumps({"type": "error", "callSid": call_sid, "code": int(code), "reason": reason})
 
 
+def followed(number: str) -> str:
+    """`followed`: each call with `number` is subscribed to as it starts."""
+    return json.dumps({"type": "followed", "number": number})
+
+
+def unfollowed(number: str) -> str:
+    """`unfollowed`: calls with `number` are no longer subscribed to as they start (those
+    already subscribed to go on)."""
+    return json.dumps({"type": "unfollowed", "number": number})
+
+
+def number_error(number: str, code: int, reason: str) -> str:
+    """`error` about a `follow` (`number` as the viewer sent it, cut to 40 characters)."""
+    return json.dumps({"type": "error", "number": number[:40], "code": int(code), "reason": reason})
+
+
 def embed(text: str) -> str:
     """A Deepgram message as a JSON value: the object itself (Deepgram's text, not parsed
     and re-encoded: it is sent on as it came), or a JSON string if it is not an object."""
@@ -108,15 +129,19 @@ def embed(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ViewerCommand:
-    """A command of the viewer protocol: start or stop following a call."""
+    """A command of the viewer protocol: start or stop following a call (`call_sid`), or
+    the calls of a phone number (`number`, as sent: the I/O layer parses it)."""
 
-    action: Literal["subscribe", "unsubscribe"]
-    call_sid: str
+    action: Literal["subscribe", "unsubscribe", "follow", "unfollow"]
+    call_sid: str = ""
+    number: str = ""
 
 
 def parse_command(message: str | bytes) -> ViewerCommand:
     """Parse `{"type": "subscribe" | "unsubscribe", "callSid": "CA..."}` (the callSid
-    stripped of whitespace); anything else raises ClientProtocolError."""
+    stripped of whitespace) or `{"type": "follow" | "unfollow", "number": "..."}` (any
+    non-empty string: whether it is a phone number is the caller's to say); anything else
+    raises ClientProtocolError."""
     if not isinstance(message, str):
         raise ClientProtocolError("expected a JSON command as a text message")
     try:
@@ -126,6 +151,11 @@ def parse_command(message: str | bytes) -> ViewerCommand:
     if not isinstance(command, dict):
         raise ClientProtocolError("expected a JSON object")
     action = command.get("type")
+    if action in ("follow", "unfollow"):
+        number = command.get("number")
+        if not isinstance(number, str) or not number.strip():
+            raise ClientProtocolError("expected number, a string")
+        return ViewerCommand(action, number=number.strip())
     call_sid = command.get("callSid")
     if not isinstance(call_sid, str) or not call_sid.strip():
         raise ClientProtocolError("expected callSid, a string")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 import socket
 
@@ -12,13 +13,13 @@ import pytest
 
 from twilio_dg_proxy.__main__ import main
 from twilio_dg_proxy.commands.terminal_transcript import TranscriptRenderer
-from twilio_dg_proxy.commands.watch import WatchError, WatchOptions, watch
+from twilio_dg_proxy.commands.watch import WatchError, WatchOptions, follow, watch
 from twilio_dg_proxy.engine.synthetic import SyntheticStream
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ...timing import S
-from ..helpers import RunningProxy, TwilioPeer, until
+from ..helpers import RunningProxy, TwilioPeer, running_proxy, until
 
 SECOND = 8000  # mu-law bytes per second per track
 
@@ -113,3 +114,55 @@ def test_the_command_says_plainly_when_no_proxy_listens(capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert status == 1
     assert f"ws://127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+# Following a number.
+
+
+async def test_following_a_number_watches_each_call_with_it_one_after_another(
+    proxy: RunningProxy, deepgram: FakeDeepgram, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    renderer = TranscriptRenderer(tty=False)
+    following = asyncio.create_task(
+        follow(options(proxy, number="+15550100"), out, renderer, calls=2)
+    )
+    hub = proxy.server.hub
+    await until(lambda: len(hub._waiters) == 1)
+    calls = [
+        SimulatedCall(custom_parameters={"From": "+1 555-0100"}),
+        SimulatedCall(custom_parameters={"To": "+15550100"}),
+    ]
+    for index, call in enumerate(calls):
+        async with TwilioPeer.started(proxy, call) as twilio:
+            await play(twilio)
+        if index == 0:  # it asks again after the first call's `close`
+            await until(lambda: len(hub._waiters) == 1)
+    assert await asyncio.wait_for(following, 10 * S) == 2
+    first, second = deepgram.streams
+    caller = printed_lines(out)[0]
+    said = " ".join(x.split(": ", 1)[1] for x in caller).split()
+    assert said == spoken(first, channel=0) + spoken(second, channel=0)
+    assert "waiting for the next call with +15550100" in capsys.readouterr().err
+
+
+async def test_following_a_number_asks_again_when_the_proxys_wait_runs_out(
+    deepgram: FakeDeepgram, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="twilio_dg_proxy")
+
+    def waits() -> int:
+        return sum("waits up to" in r.getMessage() for r in caplog.records)
+
+    async with running_proxy(deepgram.url, NUMBER_WAIT_S="0.2") as proxy:
+        following = asyncio.create_task(
+            follow(options(proxy, number="5550100"), io.StringIO(), TranscriptRenderer(tty=False))
+        )
+        hub = proxy.server.hub
+        await until(lambda: waits() >= 2)  # the proxy's first wait ended; it asked again
+        assert not following.done()
+        async with TwilioPeer.started(proxy, SimulatedCall(custom_parameters={"From": "5550100"})):
+            await until(lambda: hub.subscriber_count() == 1)
+        following.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await following
