@@ -149,6 +149,7 @@ async def test_a_followed_number_opens_each_of_its_calls_as_it_starts_until_unfo
             )
             await expect(page.locator("#follow-input")).to_have_attribute("aria-invalid", "true")
             await expect(page.locator("#follow-input")).to_have_value("alice")
+            await page.screenshot(path=ARTIFACTS / "viewer-follow-refused.png")
             assert await query(page) == ""
 
             # No longer followed: the number's next call is listed, not opened.
