@@ -1,5 +1,6 @@
-"""The viewer's pure JavaScript modules (transcript.js, calls.js, connection.js, recent.js),
-run in the browser against hand-made Deepgram messages and /calls answers."""
+"""The viewer's pure JavaScript modules (transcript.js, calls.js, connection.js, recent.js,
+follow.js), run in the browser against hand-made Deepgram messages, /calls answers and
+addresses."""
 
 from __future__ import annotations
 
@@ -441,3 +442,122 @@ async def test_a_stored_transcript_shows_one_line_per_segment_and_errors_say_wha
         "The transcript store is unavailable right now. Try again shortly.",
         "The proxy answered 500: oops.",
     ]
+
+
+async def test_the_followed_number_is_kept_in_the_query_beside_the_hash(page: Page) -> None:
+    result = await run(
+        page,
+        "follow.js",
+        """
+        const base = "http://h:5000/proxy/?x=a%20b#call/CA1";
+        const followed = m.urlFollowing(base, "+15550100");
+        return {
+          followed,
+          read: m.followedInUrl(followed),
+          again: m.urlFollowing(followed, "(555) 0100"),
+          stopped: m.urlFollowing(followed, ""),
+          none: m.urlFollowing("http://h:5000/#stored/CA2", ""),
+          typed: ["?follow=+15550100", "?follow=%2B1%20555%200100", "?follow= 5550100 &y",
+                  "?y=1", "?follow=%E0%A4%A", ""].map((q) => m.followedInUrl(`http://h/${q}`)),
+        };
+        """,
+    )
+    assert result == {
+        "followed": "http://h:5000/proxy/?x=a%20b&follow=+15550100#call/CA1",
+        "read": "+15550100",
+        "again": "http://h:5000/proxy/?x=a%20b&follow=(555)%200100#call/CA1",
+        "stopped": "http://h:5000/proxy/?x=a%20b#call/CA1",
+        "none": "http://h:5000/#stored/CA2",
+        "typed": ["+15550100", "+1 555 0100", "5550100", "", "%E0%A4%A", ""],
+    }
+
+
+async def test_numbers_match_by_the_proxy_rule_however_they_are_typed(page: Page) -> None:
+    result = await run(
+        page,
+        "follow.js",
+        """
+        const call = (From, To) => ({callSid: "CA1", customParameters: {From, To, Team: "+1"}});
+        return {
+          parsed: [" +1 (555) 010-0100 ", "555.0100", "12", "1".repeat(21), "CA123",
+                   "+", "+1\\t555", "client:alice"].map(m.parseNumber),
+          has: [
+            m.callHasNumber(call("+15550100", "+15550199"), "+1 555 0100"),
+            m.callHasNumber(call("+15550111", "+15550100"), "(555) 0100"),
+            m.callHasNumber(call("+15550100"), "+25550100"),
+            m.callHasNumber(call("+15550100"), "550100"),
+            m.callHasNumber(call("+15550100"), "0015550100"),
+            m.callHasNumber(call("client:alice"), "+15550100"),
+            m.callHasNumber({callSid: "CA2"}, "+15550100"),
+            m.callHasNumber(call("+15550100"), "not a number"),
+            m.callHasNumber(call("+19990000", "+19990001"), "+1", ["Team"]),
+          ],
+          typed: [" +1  555\\t0100 ", "", null].map(m.typedNumber),
+        };
+        """,
+    )
+    assert result == {
+        "parsed": [
+            {"digits": "15550100100", "international": True},
+            {"digits": "5550100", "international": False},
+            None,
+            None,
+            None,
+            None,
+            {"digits": "1555", "international": True},
+            None,
+        ],
+        "has": [True, True, False, False, True, False, False, False, False],
+        "typed": ["+1 555 0100", "", ""],
+    }
+
+
+async def test_the_newest_call_of_the_followed_number_takes_the_pane_once(page: Page) -> None:
+    result = await run(
+        page,
+        "follow.js",
+        """
+        const pane = (startedAt, ended = false, followed = true) => ({startedAt, ended, followed});
+        const call = {callSid: "CA2", startedAt: 2000};
+        return [
+          m.opensFollowed(null, call, false), // nothing shown
+          m.opensFollowed(pane(1000), call, false), // a newer call of the number
+          m.opensFollowed(pane(3000), call, false), // an older one: stays listed
+          m.opensFollowed(pane(3000, true), call, false), // the one shown ended
+          m.opensFollowed(pane(3000, false, false), call, false), // another number's call
+          m.opensFollowed(null, call, true), // offered again on a reconnect
+        ];
+        """,
+    )
+    assert result == [True, True, False, True, True, False]
+
+
+async def test_the_follow_is_described_as_it_stands(page: Page) -> None:
+    result = await run(
+        page,
+        "follow.js",
+        """
+        const detail = (connected, confirmed, shown, others) =>
+          m.followDetail({connected, confirmed, shown, others});
+        return {
+          details: [
+            detail(false, false, null, 0), detail(true, false, null, 0),
+            detail(true, true, null, 0), detail(true, true, null, 2),
+            detail(true, true, {ended: false}, 1), detail(true, true, {ended: true}, 0),
+          ],
+          error: m.followErrorText({type: "error", number: "abc", code: 1008,
+            reason: "not a phone number: digits, with an optional leading +"}),
+        };
+        """,
+    )
+    assert result == {
+        "details": [
+            "Resumes once connected.",
+            "Asking the proxy…",
+            "Waiting for a call with this number.",
+            "Waiting for a call with this number. 2 other calls with it are listed.",
+            "Its call is open. 1 other call with it is listed.",
+            "Its call ended. The next one will open here.",
+        ],
+        "error": "Cannot follow “abc”: not a phone number: digits, with an optional leading +.",
+    }

@@ -1,6 +1,6 @@
-// The page: the live call list and one call's conversation. The DOM lives here; what to
-// show comes from transcript.js and calls.js, the link from connection.js. The stored calls
-// (the recent list, a stored transcript) are recent-view.js's.
+// The page: the live call list, one call's conversation and the followed number. The DOM
+// lives here; what to show comes from transcript.js, calls.js and follow.js, the link from
+// connection.js. The stored calls (the recent list, a stored transcript) are recent-view.js's.
 
 import {
   callTitle,
@@ -11,6 +11,15 @@ import {
   speakerNames,
 } from "./calls.js";
 import { ViewerConnection } from "./connection.js";
+import {
+  callHasNumber,
+  followDetail,
+  followErrorText,
+  followedInUrl,
+  opensFollowed,
+  typedNumber,
+  urlFollowing,
+} from "./follow.js";
 import { RecentCalls, STORED_HASH } from "./recent-view.js";
 import { Transcript } from "./transcript.js";
 
@@ -48,6 +57,13 @@ const ui = {
   tokenInput: $("token-input"),
   tokenError: $("token-error"),
   tokenCancel: $("token-cancel"),
+  followForm: $("follow-form"),
+  followInput: $("follow-input"),
+  following: $("following"),
+  followNumber: $("follow-number"),
+  followDetail: $("follow-detail"),
+  unfollow: $("unfollow"),
+  followError: $("follow-error"),
 };
 
 const state = {
@@ -56,6 +72,15 @@ const state = {
   link: { name: "connecting" },
   view: null, // the call being watched: see openView()
   followLive: true,
+  asked: new Set(), // callSids subscribed to on this socket and not answered yet
+  follow: {
+    wanted: followedInUrl(location.href), // the number to follow ("": none), sent on connect
+    number: "", // as the proxy echoed it (`followed`)
+    confirmed: false, // the proxy follows it on this socket
+    awaiting: 0, // `follow` commands sent on this socket and not answered yet
+    error: "",
+    seen: new Set(), // callSids of the number's calls the proxy offered (newest shown)
+  },
 };
 
 // --- Token -----------------------------------------------------------------------------
@@ -114,7 +139,13 @@ const connection = new ViewerConnection({
       state.view.subscribed = false; // until the next `subscribed`
       renderView();
     }
+    if (link.name !== "open") {
+      state.asked.clear();
+      state.follow.confirmed = false; // a new socket follows again (`calls`)
+      state.follow.awaiting = 0;
+    }
     renderStatus();
+    renderFollow();
   },
 });
 
@@ -130,6 +161,7 @@ function handleMessage(message) {
       state.calls = new Map(message.calls.map((call) => [call.callSid, call]));
       renderCalls();
       resubscribe();
+      sendFollow();
       recent.refresh(); // (re)connected, so the token is good: calls may have ended meanwhile
       break;
     case "call_started":
@@ -144,6 +176,7 @@ function handleMessage(message) {
       if (state.view?.callSid === message.callSid) endView(message);
       break;
     case "subscribed":
+      if (!state.asked.delete(message.callSid)) joinedByFollow(message);
       if (state.view?.callSid === message.callSid) {
         const view = state.view;
         view.call = message.call;
@@ -157,6 +190,7 @@ function handleMessage(message) {
         view.transcript.clearInterims();
         view.transcript.applyAll(message.history);
         renderView();
+        renderFollow();
       }
       break;
     case "deepgram":
@@ -165,13 +199,21 @@ function handleMessage(message) {
       }
       break;
     case "error":
+      if (message.number !== undefined) {
+        followRefused(message);
+        break;
+      }
+      state.asked.delete(message.callSid);
       if (state.view?.callSid === message.callSid) {
         state.view.note = state.view.ended ? "" : message.reason;
         renderView();
       }
       break;
+    case "followed":
+      followConfirmed(message.number);
+      break;
     default:
-      break; // "unsubscribed", and types added later
+      break; // "unsubscribed", "unfollowed", and types added later
   }
 }
 
@@ -181,7 +223,7 @@ function resubscribe() {
   if (!view || view.ended || !connection.isOpen) return;
   view.subscribed = false;
   if (state.calls.has(view.callSid)) {
-    connection.send({ type: "subscribe", callSid: view.callSid });
+    if (connection.send({ type: "subscribe", callSid: view.callSid })) state.asked.add(view.callSid);
   } else if (view.everLive) {
     endView({ whileAway: true }); // it ended while the page was disconnected
   } else {
@@ -204,7 +246,9 @@ function storedSid() {
     : null;
 }
 
-function openView(callSid) {
+/** Open `callSid` in the main pane (null: none); `ask` false when the proxy has subscribed
+ * the page to it already (a followed number's call). */
+function openView(callSid, { ask = true } = {}) {
   const previous = state.view;
   if (previous?.callSid === callSid) return;
   if (previous && !previous.ended) connection.send({ type: "unsubscribe", callSid: previous.callSid });
@@ -225,7 +269,7 @@ function openView(callSid) {
       lineElements: new Map(),
     };
     state.followLive = true;
-    resubscribe();
+    if (ask) resubscribe();
   }
   document.body.classList.toggle("has-call", Boolean(callSid || recent.openSid));
   renderCalls();
@@ -244,6 +288,7 @@ function endView(event) {
   view.note = "";
   view.transcript.end();
   renderView();
+  renderFollow();
 }
 
 window.addEventListener("hashchange", () => {
@@ -312,7 +357,9 @@ function renderCalls() {
   });
   while (ui.calls.children.length > items.length) ui.calls.lastElementChild.remove();
   ui.noCalls.hidden = items.length > 0;
+  for (const [callSid, item] of callItems) item.querySelector(".followed-chip").hidden = !isFollowed(callSid);
   ui.callCount.textContent = items.length ? `(${items.length})` : "";
+  renderFollow(); // how many of them have the followed number
 }
 
 function callItem(call) {
@@ -335,7 +382,7 @@ function callItem(call) {
     for (const [name, value] of parameters) list.append(element("span", "chip", `${name}: ${value}`));
     link.append(list);
   }
-  link.append(when);
+  link.append(when, element("span", "chip followed-chip", "Followed number"));
   item.append(link);
   return item;
 }
@@ -501,9 +548,145 @@ setInterval(() => {
   if (state.link.name === "waiting") renderStatus();
 }, 1000);
 
+// --- Following a number ----------------------------------------------------------------
+
+/** Whether the call is one of the followed number's: the proxy joined the page to it, or
+ * (opened by its callSid, so not offered) its `From` or `To` is the number. */
+function isFollowed(callSid) {
+  const follow = state.follow;
+  if (!follow.wanted) return false;
+  if (follow.seen.has(callSid)) return true;
+  const call = state.calls.get(callSid) ?? (state.view?.callSid === callSid ? state.view.call : null);
+  return callHasNumber(call, follow.number || follow.wanted);
+}
+
+/** Ask the proxy to follow the wanted number (on each new socket, and when it changes). */
+function sendFollow() {
+  const follow = state.follow;
+  if (follow.wanted && connection.send({ type: "follow", number: follow.wanted })) follow.awaiting += 1;
+  renderFollow();
+}
+
+/** Keep the followed number in the address (a reload follows it again). */
+function keepInUrl(number) {
+  const url = urlFollowing(location.href, number);
+  if (url !== location.href) history.replaceState(history.state, "", url);
+}
+
+function followConfirmed(number) {
+  const follow = state.follow;
+  follow.awaiting = Math.max(0, follow.awaiting - 1);
+  if (follow.awaiting || !follow.wanted) return; // an answer to an earlier follow
+  follow.wanted = number; // as the proxy writes it: sent so on reconnect, kept so in the URL
+  follow.number = number;
+  follow.confirmed = true;
+  follow.error = "";
+  keepInUrl(number);
+  renderFollow();
+}
+
+function followRefused(message) {
+  const follow = state.follow;
+  follow.awaiting = Math.max(0, follow.awaiting - 1);
+  if (follow.awaiting || !follow.wanted) return;
+  const hadFocus = ui.following.contains(document.activeElement);
+  stopFollowing(false);
+  follow.error = followErrorText(message);
+  if (!ui.followInput.value) ui.followInput.value = message.number ?? "";
+  renderFollow();
+  if (hadFocus) ui.followInput.focus(); // the stop button went away: back to the box
+}
+
+/** Forget the followed number (telling the proxy when `tell`); its calls shown go on. */
+function stopFollowing(tell = true) {
+  const follow = state.follow;
+  const number = follow.number || follow.wanted;
+  if (tell && number && (follow.confirmed || follow.awaiting)) connection.send({ type: "unfollow", number });
+  follow.wanted = "";
+  follow.number = "";
+  follow.confirmed = false;
+  follow.error = "";
+  follow.seen = new Set();
+  keepInUrl("");
+  renderCalls();
+  renderFollow();
+}
+
+/**
+ * The proxy subscribed the page to a call it did not ask for: a call with the followed
+ * number. The newest of them takes the main pane; the others stay listed (unsubscribed).
+ */
+function joinedByFollow(message) {
+  const callSid = message.callSid;
+  const follow = state.follow;
+  if (!follow.wanted) {
+    // Joined just before an `unfollow` took effect.
+    if (state.view?.callSid !== callSid) connection.send({ type: "unsubscribe", callSid });
+    return;
+  }
+  if (!state.calls.has(callSid)) state.calls.set(callSid, message.call);
+  const seenBefore = follow.seen.has(callSid);
+  follow.seen.add(callSid);
+  renderCalls();
+  const view = state.view;
+  if (view?.callSid === callSid) return;
+  const shown = view && {
+    startedAt: view.call.startedAt,
+    ended: Boolean(view.ended),
+    followed: isFollowed(view.callSid),
+  };
+  if (!opensFollowed(shown, message.call, seenBefore)) {
+    connection.send({ type: "unsubscribe", callSid });
+    renderFollow();
+    return;
+  }
+  // Opened without moving the focus: the user did not ask for it now. The follow's status
+  // line (a live region) says what happened.
+  history.replaceState(history.state, "", CALL_HASH + encodeURIComponent(callSid));
+  recent.show(null);
+  openView(callSid, { ask: false });
+}
+
+function renderFollow() {
+  const follow = state.follow;
+  const following = Boolean(follow.wanted);
+  ui.followForm.hidden = following;
+  ui.following.hidden = !following;
+  ui.followError.hidden = !follow.error;
+  if (ui.followError.textContent !== follow.error) ui.followError.textContent = follow.error;
+  ui.followInput.setAttribute("aria-invalid", String(Boolean(follow.error)));
+  if (following) {
+    const number = follow.number || follow.wanted;
+    if (ui.followNumber.textContent !== number) ui.followNumber.textContent = number;
+    const view = state.view;
+    const shown = view && isFollowed(view.callSid) ? { ended: Boolean(view.ended) } : null;
+    const others = [...state.calls.keys()].filter((sid) => sid !== view?.callSid && isFollowed(sid)).length;
+    const detail = followDetail({ connected: connection.isOpen, confirmed: follow.confirmed, shown, others });
+    if (ui.followDetail.textContent !== detail) ui.followDetail.textContent = detail;
+  }
+}
+
+ui.followForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const number = typedNumber(ui.followInput.value);
+  if (!number) return;
+  if (state.follow.wanted) stopFollowing();
+  state.follow.wanted = number;
+  state.follow.error = "";
+  keepInUrl(number);
+  sendFollow();
+  ui.unfollow.focus(); // the form gave way to it
+});
+ui.unfollow.addEventListener("click", () => {
+  stopFollowing();
+  ui.followInput.focus();
+});
+
 // --- Start -----------------------------------------------------------------------------
 
 recent.show(storedSid());
 openView(selectedSid());
 renderStatus();
+if (state.follow.wanted) ui.followInput.value = state.follow.wanted;
+renderFollow();
 connection.connect();
