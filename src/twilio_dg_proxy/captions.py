@@ -17,14 +17,20 @@ stays in separate cues (legal in WebVTT; in SRT too, where players show both).
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
 
 from . import json_loads
-from .transcripts import FinishedCall, is_final_with_text, speaker_name, speakers
+from .transcripts import (
+    FinishedCall,
+    channel_of,
+    is_final_with_text,
+    is_time,
+    seconds,
+    speaker_name,
+    speakers,
+)
 
 __all__ = ["MAX_CUE_S", "MAX_LINES", "MAX_LINE_CHARS", "MIN_CUE_MS", "Cue", "cues", "srt", "webvtt"]
 
@@ -122,8 +128,8 @@ def _finals(texts: Sequence[str]) -> Iterator[_Final]:
         message = json_loads.object_or_none(text)
         if message is None or not is_final_with_text(message):
             continue
-        start = _seconds(message.get("start"))
-        end = start + max(0.0, _seconds(message.get("duration")))
+        start = seconds(message.get("start"))
+        end = start + max(0.0, seconds(message.get("duration")))
         alternative = message["channel"]["alternatives"][0]
         words = alternative["transcript"].split()
         timed = _word_times(alternative.get("words"), len(words))
@@ -132,19 +138,7 @@ def _finals(texts: Sequence[str]) -> Iterator[_Final]:
             if timed is not None
             else _spread(words, start, end)
         )
-        yield _Final(start, _channel(message), tokens)
-
-
-def _channel(message: Mapping[str, Any]) -> int:
-    index = message.get("channel_index")
-    if isinstance(index, list) and index and type(index[0]) is int:
-        return index[0]
-    return 0
-
-
-def _seconds(value: object) -> float:
-    """A time in seconds: a finite number, else 0."""
-    return float(value) if _is_time(value) else 0.0
+        yield _Final(start, channel_of(message), tokens)
 
 
 def _word_times(words: object, count: int) -> list[tuple[float, float]] | None:
@@ -157,20 +151,10 @@ def _word_times(words: object, count: int) -> list[tuple[float, float]] | None:
         if not isinstance(word, dict):
             return None
         start, end = word.get("start"), word.get("end")
-        if not _is_time(start) or not _is_time(end):
+        if not is_time(start) or not is_time(end):
             return None
-        times.append((_seconds(start), max(_seconds(start), _seconds(end))))
+        times.append((seconds(start), max(seconds(start), seconds(end))))
     return times
-
-
-def _is_time(value: object) -> TypeGuard[int | float]:
-    """Whether `value` is a finite JSON number (within a float's range)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond a float's range
-        return False
 
 
 def _spread(words: Sequence[str], start: float, end: float) -> tuple[_Token, ...]:

@@ -135,6 +135,10 @@ def redis_url(raw: str) -> str:
         raise ValueError("expected a redis://, rediss:// or unix:// URL")  # never echo it
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("expected redis://host[:port][/db]")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError("its port is not a number from 0 to 65535") from None
     return raw
 
 
@@ -152,7 +156,8 @@ def http_urls(raw: str) -> tuple[str, ...]:
     for url in found:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+            # Never echo it: a URL may carry credentials or a token.
+            raise ValueError(f"URL {found.index(url) + 1} is not an http:// or https:// URL")
     return found
 
 

@@ -14,6 +14,7 @@ who gets what and when; `viewer_protocol` writes the viewers' texts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections import deque
@@ -28,6 +29,9 @@ from .deepgram_protocol import result_transcript
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
 from .observations import NO_OBSERVER, Observer
 from .viewer_protocol import CallInfo
+
+# Only for a sink's bug (`_safely`): the hub itself has nothing to log.
+logger = logging.getLogger("twilio_dg_proxy.hub")
 
 DEFAULT_HISTORY_LIMIT = 1000
 DEFAULT_HISTORY_BYTES = 32 << 10
@@ -241,6 +245,15 @@ class HubCounters:
     store_errors: int = 0  # failed attempts to use the store (each save retried)
 
 
+def _safely(method: Callable[..., None], *args: object) -> None:
+    """Call a sink's method; a bug in one sink is logged, never the call's or its watchers'
+    problem (the others still get the event)."""
+    try:
+        method(*args)
+    except Exception:
+        logger.exception("a call sink failed (%s)", getattr(method, "__qualname__", method))
+
+
 # Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.
 _MAYBE_HISTORY = re.compile(r'"is_final"\s*:\s*true|"UtteranceEnd"')
 
@@ -309,7 +322,7 @@ class Hub:
         if not remote:
             self.counters.calls += 1
             for sink in self.sinks:
-                sink.call_opened(call.info)
+                _safely(sink.call_opened, call.info)
         if self._viewers:
             self._tell_viewers(viewer_protocol.call_started(call.info))
         for waiter in [w for w in self._waiters if w.matches(call.info)]:
@@ -333,15 +346,15 @@ class Hub:
         call = self._calls.pop(call_sid, None)
         if call is None:
             return 0
-        if not call.remote:
-            for sink in self.sinks:
-                sink.call_ended(call_sid, ending)
         for sub in call.subscribers:
             sub.end(ending)
         for viewer in call.viewers:
             viewer.following.discard(call_sid)
         if self._viewers:
             self._tell_viewers(viewer_protocol.call_ended(call_sid, ending.code, ending.reason))
+        if not call.remote:  # after the watchers: a sink's bug must not leave them hanging
+            for sink in self.sinks:
+                _safely(sink.call_ended, call_sid, ending)
         return call.watchers
 
     def publish(self, call_sid: str, text: str) -> None:
@@ -354,7 +367,7 @@ class Hub:
         arrived = self.clock()
         if self.sinks and not call.remote:
             for sink in self.sinks:
-                sink.message(call_sid, text)
+                _safely(sink.message, call_sid, text)
         if self._history_limit and self._history_bytes and is_history(text):
             call.history.add(text)
         if call.subscribers:

@@ -28,9 +28,18 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from . import broker_protocol as wire
 from .config import Settings
@@ -49,15 +58,25 @@ Entry = tuple[str, Mapping[str, str]]  # a stream entry as redis-py reads it: (i
 # redis-py's hints cover bytes and str at once; with decode_responses every reply is str.
 Fields = dict[Any, Any]
 
-# Redis could not answer: retry later. Other errors are about one write, which is dropped.
+# Redis could not do what was asked: retry later, in order. Any error reply counts (a
+# replica promoted, memory full, a permission removed), not only a lost connection: a loop
+# that let one escape would end the broker, and the calls with it.
 _UNREACHABLE = (
-    RedisConnectionError,
-    RedisTimeoutError,
+    RedisError,
     OSError,
-    ClusterError,  # a Cluster's slots moving or a node down
-    RedisClusterException,  # a Cluster client that cannot find its nodes
+    RedisClusterException,  # a Cluster client that cannot find its nodes (not a RedisError)
 )
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "OOM")
+# Replies to one write that a later attempt may not get: the whole batch is tried again.
+# Other error replies are about that write alone (e.g. a key of the wrong type): dropped.
+_TRANSIENT_REPLIES = (
+    ReadOnlyError,
+    OutOfMemoryError,
+    BusyLoadingError,
+    TryAgainError,
+    MasterDownError,
+    ClusterDownError,
+    NoPermissionError,
+)
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
 _RETRY = Backoff(max_attempts=1 << 30, budget_s=float("inf"), first_s=0.1, longest_s=2.0)
 WRITES_PER_ROUND_TRIP = 500
@@ -115,6 +134,8 @@ class RedisBroker:
         self._feed_last = "0-0"
         self._epoch = ""  # as the heartbeat last saw it
         self._written_epoch = ""  # the Redis the publisher last wrote to
+        self._check_epoch = False  # the heartbeat saw a new epoch: the publisher checks it
+        self._refused = 0  # writes Redis refused for good (logged now and then)
         self._recent: deque[wire.Publish] = deque(maxlen=RECENT_WRITES)
 
     # Life.
@@ -187,7 +208,7 @@ class RedisBroker:
                     self._mirror(record)
             await self._beat()
             self._written_epoch = self._epoch
-        except (RedisError, OSError) as exc:
+        except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"cannot reach Redis at {self.where}: {exc}") from None
         logger.info(
             "sharing calls through Redis at %s as instance %s (%d call(s) elsewhere)",
@@ -264,7 +285,8 @@ class RedisBroker:
                 await self._wake.wait()
                 continue
             try:
-                if attempt:
+                if attempt or self._check_epoch:
+                    self._check_epoch = False
                     await self._rewrite_if_restarted()
                 writes = self.queue.take(WRITES_PER_ROUND_TRIP)
                 try:
@@ -275,6 +297,11 @@ class RedisBroker:
             except _UNREACHABLE as exc:
                 attempt += 1
                 await self._pause(attempt, exc)
+                continue
+            except Exception:  # a bug: the calls must go on; try again later
+                logger.exception("publishing to Redis failed")
+                attempt += 1
+                await self._pause(attempt, None)
                 continue
             attempt = 0
             self.queue.done(writes)
@@ -306,11 +333,13 @@ class RedisBroker:
             self._queue_commands(pipe, write)
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
+            if isinstance(reply, _TRANSIENT_REPLIES):
+                raise reply  # the batch is tried again, as when Redis is away
             if isinstance(reply, ResponseError) and _DUPLICATE_ID not in str(reply):
-                if str(reply).startswith(_TRANSIENT_REPLIES):
-                    raise RedisConnectionError(str(reply))  # retried as when unreachable
                 self.hub.counters.redis_errors += 1
-                logger.error("Redis refused a write: %s", reply)
+                self._refused += 1
+                if self._refused == 1 or self._refused % 1000 == 0:
+                    logger.error("Redis refused %d write(s), the last: %s", self._refused, reply)
 
     def _queue_commands(self, pipe: Any, write: wire.Publish) -> None:
         key = self.keys.call(write.call_sid)
@@ -343,9 +372,11 @@ class RedisBroker:
                 len(self.queue),
             )
 
-    async def _pause(self, attempt: int, exc: BaseException) -> None:
-        """After failed attempt `attempt` (1-based): note that Redis is away, then wait."""
-        self._lost(exc)
+    async def _pause(self, attempt: int, exc: BaseException | None) -> None:
+        """After failed attempt `attempt` (1-based): note that Redis is away (`exc`: why;
+        None for a bug, already logged), then wait."""
+        if exc is not None:
+            self._lost(exc)
         await asyncio.sleep(_RETRY.delay(attempt, random.random()))
 
     def _found(self) -> None:
@@ -400,6 +431,11 @@ class RedisBroker:
             except _UNREACHABLE as exc:
                 attempt += 1
                 await self._pause(attempt, exc)
+                continue
+            except Exception:  # a bug: the calls must go on; try again later
+                logger.exception("reading from Redis failed")
+                attempt += 1
+                await self._pause(attempt, None)
                 continue
             attempt = 0
             self._found()
@@ -498,6 +534,9 @@ class RedisBroker:
                 self._lost(exc)
                 self.liveness.forgive()  # what we cannot see, we do not judge
                 continue
+            except Exception:  # a bug: the calls must go on; beat again next time
+                logger.exception("the Redis heartbeat failed")
+                continue
             self._found()
             self._settle_followed()
 
@@ -517,6 +556,7 @@ class RedisBroker:
         if previous is None and self._own:
             await self._register_again()
         if epoch != self._epoch:  # Redis restarted (or first beat): its keys were lost
+            self._check_epoch = bool(self._epoch)  # the publisher may have writes to redo
             self._epoch = epoch
             self.liveness.forgive()
         now = time.monotonic()

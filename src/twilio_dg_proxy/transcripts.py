@@ -11,15 +11,18 @@ both channels, the base of every format (`transcript_json`, `transcript_text`).
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from . import json_loads
 from .deepgram_protocol import result_transcript
 from .hub import Ending
 from .viewer_protocol import CallInfo
 
+_FINAL_OR_METADATA = re.compile(r'"is_final"\s*:\s*true|"Metadata"')
 #: Channel names: Deepgram's channel 0 is Twilio's inbound track (the caller).
 DEFAULT_SPEAKERS = ("Caller", "Callee")
 #: Custom parameters that name the speakers instead (as the viewer does).
@@ -131,8 +134,9 @@ class Recorder:
 
 
 def _may_matter(text: str) -> bool:
-    """Cheap filter before parsing: finals and the closing Metadata (request ids)."""
-    return '"is_final"' in text or '"Metadata"' in text
+    """Cheap filter before parsing: finals and the closing Metadata (request ids), not the
+    interim results (most messages)."""
+    return _FINAL_OR_METADATA.search(text) is not None
 
 
 def _request_id(message: Mapping[str, Any]) -> str:
@@ -189,24 +193,37 @@ def segments(call: FinishedCall) -> list[Segment]:
         message = json_loads.object_or_none(text)
         if message is None or not is_final_with_text(message):
             continue
-        channel = _channel_of(message)
-        start = _number(message.get("start"))
-        end = start + _number(message.get("duration"))
+        channel = channel_of(message)
+        start = seconds(message.get("start"))
+        end = start + max(0.0, seconds(message.get("duration")))
         found.append(
             Segment(start, end, channel, speaker_name(names, channel), result_transcript(message))
         )
     return sorted(found, key=lambda s: (s.start, s.channel))
 
 
-def _channel_of(message: Mapping[str, Any]) -> int:
+def channel_of(message: Mapping[str, Any]) -> int:
+    """The channel of a `Results` message (`channel_index`: [channel, count]); 0 if
+    malformed."""
     index = message.get("channel_index")
-    if isinstance(index, list) and index and isinstance(index[0], int):
+    if isinstance(index, list) and index and type(index[0]) is int:
         return index[0]
     return 0
 
 
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+def seconds(value: object) -> float:
+    """A time in seconds: a finite JSON number, else 0 (never infinity, NaN or a bool)."""
+    return float(value) if is_time(value) else 0.0
+
+
+def is_time(value: object) -> TypeGuard[int | float]:
+    """Whether `value` is a finite JSON number (within a float's range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        return False
 
 
 def transcript_json(call: FinishedCall) -> dict[str, Any]:

@@ -133,6 +133,7 @@ class WebhookSender:
             for index, url in enumerate(settings.webhook_urls, start=1)
         ]
         self._calls: dict[str, CallInfo] = {}  # the calls going on: speakers of their finals
+        self._building: set[asyncio.Future[Event]] = set()  # events built on a thread
         self._client: httpx.AsyncClient | None = None
 
     # The recorder's listener (transcripts.TranscriptListener): no awaiting.
@@ -150,7 +151,8 @@ class WebhookSender:
     def call_finished(self, call: FinishedCall) -> None:
         self._calls.pop(call.info.call_sid, None)
         if "call.ended" in self.events:
-            self._emit(lambda: webhook_protocol.call_ended(call, **self._stamp()))
+            stamp = self._stamp()
+            self._emit_from_thread(lambda: webhook_protocol.call_ended(call, **stamp))
 
     def health(self) -> list[dict[str, object]]:
         """Each endpoint's state for /healthz: events queued, whether it is failing."""
@@ -276,11 +278,14 @@ class WebhookSender:
         )
 
     async def _flush(self) -> None:
-        """Wait, up to `timing.flush_timeout_s`, until every queue is delivered."""
-        if all(e.idle.is_set() for e in self.endpoints):
+        """Wait, up to `timing.flush_timeout_s`, until every event being built is queued and
+        every queue is delivered."""
+        if not self._building and all(e.idle.is_set() for e in self.endpoints):
             return
         try:
             async with asyncio.timeout(self.timing.flush_timeout_s):
+                while self._building:
+                    await asyncio.wait(set(self._building))
                 for endpoint in self.endpoints:
                     await endpoint.idle.wait()
         except TimeoutError:
@@ -305,6 +310,26 @@ class WebhookSender:
         call's path (the hub's publish), which a bug here must not break."""
         try:
             event = build()
+        except Exception:
+            logger.exception("could not build a webhook event")
+            self.counters.webhooks_failed += 1
+            return
+        self._queue(event)
+
+    def _emit_from_thread(self, build: Callable[[], Event]) -> None:
+        """Build an event on a worker thread, then queue it: a whole transcript takes up to
+        a few hundred milliseconds for the longest calls, which the event loop (every other
+        call) must not wait for."""
+        future = asyncio.get_running_loop().run_in_executor(None, build)
+        self._building.add(future)
+        future.add_done_callback(self._built)
+
+    def _built(self, future: asyncio.Future[Event]) -> None:
+        self._building.discard(future)
+        if future.cancelled():
+            return
+        try:
+            event = future.result()
         except Exception:
             logger.exception("could not build a webhook event")
             self.counters.webhooks_failed += 1

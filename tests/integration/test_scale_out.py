@@ -307,3 +307,31 @@ async def test_an_instance_is_not_ready_while_redis_is_away_and_ready_again_afte
         redis_server.start()
         await until(lambda: a.server.broker is not None and a.server.broker.reachable, 10 * S)
         assert (await asyncio.to_thread(readyz, a.port))[0] == 200
+
+
+async def test_redis_refusing_writes_mid_call_stops_nothing_and_loses_nothing(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    call = SimulatedCall()
+    frames = call.frames(tracks(3.0))
+    third = len(frames) // 3
+    # A long heartbeat timeout: this test is about refused writes, not vanished instances.
+    async with instances(deepgram, redis_server, REDIS_HEARTBEAT_TIMEOUT_S="30") as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            await visible(b, call.call_sid)
+            local, remote = (
+                await Watcher.join(a, call.call_sid),
+                await Watcher.join(b, call.call_sid),
+            )
+            await twilio.send_all(frames[:third])
+            redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # every write: OOM
+            errors = a.server.hub.counters.redis_errors
+            await twilio.send_all(frames[third : 2 * third])
+            await until(lambda: a.server.hub.counters.redis_errors > errors)
+            redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+            await twilio.send_all(frames[2 * third :])
+            await twilio.stop()
+            seen = await asyncio.gather(local.transcript(), remote.transcript(within=20 * S))
+    (stream,) = deepgram.streams
+    assert seen[0] == stream.sent
+    assert seen[1] == stream.sent  # the refused writes were made again, in order

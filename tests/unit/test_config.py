@@ -144,3 +144,21 @@ def test_each_error_maps_to_one_close_code(exc: Exception, code: CloseCode) -> N
 def test_close_reasons_fit_in_a_close_frame() -> None:
     _, reason = close_frame_for(MalformedMessage("é" * 200))
     assert len(reason.encode()) <= 123
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "secret"),
+    [
+        ("REDIS_URL", "redis://:s3cretPW@localhost:63x79/0", "s3cretPW"),
+        ("REDIS_URL", "http://user:s3cretPW@localhost/0", "s3cretPW"),
+        ("WEBHOOK_URL", "https://ok.example/h,htps://user:tok3nSECRET@x/h", "tok3nSECRET"),
+        ("DATABASE_URL", "mysql://bob:s3cretPW@db/x", "s3cretPW"),
+    ],
+)
+def test_a_bad_url_setting_is_refused_without_echoing_its_credentials(
+    variable: str, value: str, secret: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value, "WEBHOOK_SECRET": "x" * 16})
+    assert variable in str(caught.value)
+    assert secret not in str(caught.value)

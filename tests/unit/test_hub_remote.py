@@ -73,3 +73,27 @@ def test_a_replaced_history_is_filtered_and_bounded_as_published_ones_are() -> N
     snapshot = json.loads(viewer._items.popleft())
     assert snapshot["historyTruncated"] is True
     assert [m["channel"]["alternatives"][0]["transcript"] for m in snapshot["history"]] == ["d"]
+
+
+class BrokenSink(RecordingSink):
+    def message(self, call_sid: str, text: str) -> None:
+        raise RuntimeError("a bug")
+
+    def call_ended(self, call_sid: str, ending: Ending) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_a_sink_that_fails_neither_stops_the_call_nor_the_other_sinks() -> None:
+    hub = Hub(queue_limit=10)
+    broken, working = BrokenSink(), RecordingSink()
+    hub.sinks += [broken, working]
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    hub.publish("CA1", "a")
+    hub.end_call("CA1")
+    assert sub.backlog == 1 and sub.ending == CALL_ENDED  # the watcher gets all, then its end
+    assert working.seen == [
+        ("opened", "CA1"),
+        ("message", "CA1", "a"),
+        ("ended", "CA1", "call ended"),
+    ]

@@ -9,9 +9,11 @@ lock held by the migration's transaction).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -37,6 +39,9 @@ T = TypeVar("T")
 #: Seconds to wait for a connection (from the pool, or a new one) before a call's save is
 #: retried later or an API request answers 503.
 CONNECT_TIMEOUT_S = 5.0
+# The longest one use of the store may take (a connection, then its statements): beyond, the
+# store counts as unavailable and the writer tries again later.
+STATEMENT_TIMEOUT_S = 30.0
 #: Connections to PostgreSQL per instance: one writer, the API's readers, the purge.
 POOL_SIZE = 4
 #: pg_advisory_xact_lock's key for migrations (any constant; "tdp" in ASCII).
@@ -75,9 +80,10 @@ class PostgresStore:
 
     kind = "postgresql"
 
-    def __init__(self, pool: AsyncConnectionPool[Any], timeout_s: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], timeout_s: float, url: str = "") -> None:
         self._pool = pool
         self._timeout_s = timeout_s
+        self._url = url  # only to keep its password out of error messages
 
     @classmethod
     @asynccontextmanager
@@ -102,8 +108,9 @@ class PostgresStore:
             try:
                 await pool.open(wait=True, timeout=timeout_s)
             except PoolTimeout as exc:
-                raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from None
-            store = cls(pool, timeout_s)
+                message = _first_line(exc, url)
+                raise StoreUnavailable(f"PostgreSQL cannot be reached: {message}") from None
+            store = cls(pool, timeout_s, url)
             await store._call(_migrate)
             yield store
         finally:
@@ -126,12 +133,18 @@ class PostgresStore:
         """`fn(connection, *args)` in one transaction, psycopg's errors as the store's:
         connection, resource (disk full), shutdown and lock errors are worth retrying."""
         try:
-            async with self._pool.connection() as connection, connection.transaction():
-                return await fn(connection, *args)
+            # A held lock or a half-open connection must not stall the writer for ever.
+            async with asyncio.timeout(STATEMENT_TIMEOUT_S):
+                async with self._pool.connection() as connection, connection.transaction():
+                    return await fn(connection, *args)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"PostgreSQL: no answer in {STATEMENT_TIMEOUT_S:.0f} s"
+            ) from None
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
+            raise StoreUnavailable(f"PostgreSQL: {_first_line(exc, self._url)}") from None
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {_first_line(exc)}") from exc
+            raise StoreError(f"PostgreSQL: {_first_line(exc, self._url)}") from None
 
 
 async def _probe(url: str, timeout_s: float) -> None:
@@ -142,12 +155,20 @@ async def _probe(url: str, timeout_s: float) -> None:
             url, connect_timeout=max(1, round(timeout_s))
         )
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"PostgreSQL cannot be reached: {_first_line(exc)}") from None
+        message = _first_line(exc, url)
+        raise StoreUnavailable(f"PostgreSQL cannot be reached: {message}") from None
     await connection.close()
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _first_line(exc: Exception, url: str) -> str:
+    """The first line of `exc`'s message, without DATABASE_URL's credentials: psycopg's
+    errors may quote the connection string (e.g. a bad percent-escape in the password)."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    for secret in {userinfo, userinfo.partition(":")[2], unquote(userinfo.partition(":")[2])}:
+        if len(secret) > 1:  # not a lone separator
+            line = line.replace(secret, "***")
+    return line
 
 
 async def _migrate(connection: psycopg.AsyncConnection[Any]) -> None:
