@@ -20,6 +20,7 @@ from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
 from .helpers import (
+    PROXY_ENV,
     RunningProxy,
     TwilioPeer,
     Watcher,
@@ -369,7 +370,9 @@ async def test_a_client_that_never_chooses_is_closed(deepgram: FakeDeepgram) -> 
     from twilio_dg_proxy.config import Settings
     from twilio_dg_proxy.server import ProxyServer, bound_port
 
-    settings = Settings.from_env({"DEEPGRAM_URL": deepgram.url, "HOST": "127.0.0.1", "PORT": "0"})
+    settings = Settings.from_env(
+        {"DEEPGRAM_URL": deepgram.url, "HOST": "127.0.0.1", "PORT": "0"} | PROXY_ENV
+    )
     async with ProxyServer(settings, choice_timeout_s=0.2).running() as server:
         async with connect(f"ws://127.0.0.1:{bound_port(server)}/client", proxy=None) as ws:
             await ws.recv()
