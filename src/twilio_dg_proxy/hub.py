@@ -366,8 +366,11 @@ class Hub:
         self.counters.published += 1
         arrived = self.clock()
         if self.sinks and not call.remote:
-            for sink in self.sinks:
-                _safely(sink.message, call_sid, text)
+            for sink in self.sinks:  # per Deepgram message: inline, not through `_safely`
+                try:
+                    sink.message(call_sid, text)
+                except Exception:
+                    logger.exception("a call sink failed (%s)", type(sink).__qualname__)
         if self._history_limit and self._history_bytes and is_history(text):
             call.history.add(text)
         if call.subscribers:
