@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -22,8 +23,15 @@ class Chunk(NamedTuple):
     since: float = 0.0
 
 
+# Sends a chunk at once if it can: False when it cannot, and the chunk is queued instead.
+DirectSend = Callable[[Chunk], bool]
+
+
 class AudioBuffer:
-    """Chunks in order; `get()` waits for the next one and returns None after `close()`."""
+    """Chunks in order; `get()` waits for the next one and returns None after `close()`.
+
+    While its consumer is idle (nothing queued), it may set `direct`: a chunk put then is
+    handed to it at once, in the producer's step, instead of waking the consumer's task."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -33,14 +41,19 @@ class AudioBuffer:
         self._held = 0  # bytes in _chunks
         self._closed = False
         self._wakeup = asyncio.Event()
+        self.direct: DirectSend | None = None
 
     def put(self, data: bytes, since: float = 0.0) -> None:
         """Append the call's next audio, whose first frame arrived at `since`; drop the
         oldest if over the bound."""
         if not data:
             return
-        self._chunks.append(Chunk(self.produced_bytes, data, since))
+        chunk = Chunk(self.produced_bytes, data, since)
         self.produced_bytes += len(data)
+        direct = self.direct
+        if direct is not None and not self._chunks and direct(chunk):
+            return
+        self._chunks.append(chunk)
         self._held += len(data)
         while self._held > self.max_bytes and len(self._chunks) > 1:
             oldest = self._chunks.popleft()

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
+from websockets.protocol import State
 
 from . import client_protocol, phone_numbers, viewer_protocol
 from .exceptions import (
@@ -57,7 +58,16 @@ from .exceptions import (
     UnknownCall,
     close_frame_for,
 )
-from .hub import CLIENT_LEFT, CallWaiter, Ending, Hub, Outbox, Subscription, ViewerFeed
+from .hub import (
+    CLIENT_LEFT,
+    CallWaiter,
+    DirectWrite,
+    Ending,
+    Hub,
+    Outbox,
+    Subscription,
+    ViewerFeed,
+)
 from .logs import get_logger
 from .observations import is_bad_input
 from .phone_numbers import PhoneNumber
@@ -235,11 +245,16 @@ async def _stream(ws: ServerConnection, sub: Subscription, hub: Hub) -> None:
 
 async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
     """Send what `outbox` gives until its ending; tell the hub's observer when each Deepgram
-    message is written (the fan-out latency: from its arrival in the hub)."""
+    message is written (the fan-out latency: from its arrival in the hub). While nothing is
+    queued, what the outbox is offered is written at once (`_writer`)."""
     observer, clock = hub.observer, hub.clock
+    write_now = _writer(ws, hub)
     try:
         while True:
+            if not outbox.backlog:
+                outbox.direct = write_now
             item = await outbox.get()
+            outbox.direct = None  # one writer at a time, in order: this task now
             if isinstance(item, Ending):
                 await _end(ws, item)
                 return
@@ -248,6 +263,30 @@ async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
                 observer.result_delivered(clock() - outbox.arrived)
     except ConnectionClosed:
         pass
+    finally:
+        outbox.direct = None
+
+
+def _writer(ws: ServerConnection, hub: Hub) -> DirectWrite:
+    """Write a text to `ws` at once, as `ws.send` would when its buffer is not full: False
+    (queue it) when the socket is backed up, closing, or a send is under way."""
+    observer, clock, protocol = hub.observer, hub.clock, ws.protocol
+
+    def write_now(text: str, arrived: float) -> bool:
+        if ws.paused or ws.send_in_progress is not None or protocol.state is not State.OPEN:
+            return False
+        protocol.send_text(text.encode())
+        try:
+            ws.send_data()
+        except Exception:  # noqa: BLE001 - as websockets' send: the connection is lost
+            logger.debug("client %s: write failed", _peer(ws), exc_info=True)
+            ws.transport.abort()
+            return True
+        if arrived:
+            observer.result_delivered(clock() - arrived)
+        return True
+
+    return write_now
 
 
 async def _end(ws: ServerConnection, ending: Ending) -> None:

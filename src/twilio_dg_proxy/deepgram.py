@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 
-from .audio_buffer import AudioBuffer
+from .audio_buffer import AudioBuffer, Chunk, DirectSend
 from .config import Settings
 from .deepgram_protocol import (
     CLOSE_STREAM,
@@ -119,6 +120,24 @@ class DeepgramLink:
         """Send one chunk of (interleaved) mu-law; never an empty frame."""
         if data:
             await self._send(data)
+
+    def write_audio_now(self, data: bytes) -> bool:
+        """Write one chunk at once, as `send_audio` would when the socket's buffer is not
+        full, without a coroutine; False (nothing written) when it is full, closing, or a
+        send is under way: then `send_audio` it."""
+        ws = self._ws
+        protocol = ws.protocol
+        if ws.paused or ws.send_in_progress is not None or protocol.state is not State.OPEN:
+            return False
+        if self._closing or not data:
+            return False
+        protocol.send_binary(data)
+        try:
+            ws.send_data()
+        except Exception:  # noqa: BLE001 - as websockets' send: the connection is lost
+            self._log.debug("writing to Deepgram failed", exc_info=True)
+            ws.transport.abort()  # the receiving side reports it; the chunk may be lost
+        return True
 
     async def keepalive(self) -> None:
         """Tell Deepgram the stream is alive while no audio flows."""
@@ -289,36 +308,78 @@ class DeepgramSession:
 
     async def deepgram_sender(self, link: DeepgramLink) -> None:
         """Send the waiting audio (no faster than Deepgram takes a backlog), KeepAlive after
-        KEEPALIVE_INTERVAL without any, and CloseStream once the call's audio has ended."""
+        KEEPALIVE_INTERVAL without any, and CloseStream once the call's audio has ended.
+
+        Once the first chunk is sent and nothing is waiting, each chunk the call puts is
+        written at once, in the step that mixed it (`AudioBuffer.direct`); this task then
+        only wakes for a backlog (a full socket buffer, a reconnect), the end, or KeepAlive.
+        """
         loop = asyncio.get_running_loop()
-        started, sent_s, first = loop.time(), 0.0, True
+        now = loop.time()
+        stream = _StreamSend(now, last=now)
         # Only a reopened stream starts with a backlog worth pacing; the first one's is what
         # waited while it opened, and pacing it would slow down tests and fast simulations.
         pace = self.streams > 1
+        direct: DirectSend | None = None  # from the second chunk on
+        try:
+            while True:
+                chunk = await self._next_chunk(link, stream, direct)
+                if chunk is None:
+                    await link.finish()
+                    return
+                if direct is None:  # this stream's time 0: this chunk's place on the timeline
+                    link.offset_s = chunk.position / self.bytes_per_s
+                    direct = self._writer(link, stream)
+                if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
+                    await asyncio.sleep(wait)
+                try:
+                    await link.send_audio(chunk.data)
+                except BaseException:
+                    self.audio.put_back(chunk)  # not sent: it goes first on the next stream
+                    raise
+                self._sent(chunk, stream, loop.time())
+        finally:
+            self.audio.direct = None
+
+    async def _next_chunk(
+        self, link: DeepgramLink, stream: _StreamSend, direct: DirectSend | None
+    ) -> Chunk | None:
+        """The next waiting chunk (None once the audio has ended). While none waits, chunks
+        go to `direct` as they come, and KeepAlive goes after KEEPALIVE_INTERVAL without
+        audio: one timer per wait, not one per chunk."""
+        audio, interval = self.audio, self.settings.keepalive_s
         while True:
+            audio.direct = direct
             try:
-                async with asyncio.timeout(self.settings.keepalive_s):
-                    chunk = await self.audio.get()
+                async with asyncio.timeout_at(stream.last + interval):
+                    return await audio.get()
             except TimeoutError:
-                await link.keepalive()
-                continue
-            if chunk is None:
-                await link.finish()
-                return
-            if first:  # this stream's time 0 is this chunk's place on the call's timeline
-                link.offset_s, first = chunk.position / self.bytes_per_s, False
-            if pace and (wait := replay_wait(sent_s, loop.time() - started)):
-                await asyncio.sleep(wait)
-            try:
-                await link.send_audio(chunk.data)
-            except BaseException:
-                self.audio.put_back(chunk)  # not sent: it goes first on the next stream
-                raise
-            self.sent_bytes += len(chunk.data)
-            sent_s += len(chunk.data) / self.bytes_per_s
-            # since 0.0: the mixer's flush at the end, whose frames are not timed.
-            waited = time.monotonic() - chunk.since if chunk.since else None
-            self.observer.audio_sent(len(chunk.data), waited)
+                if stream.last + interval <= asyncio.get_running_loop().time():
+                    await link.keepalive()
+                    stream.last = asyncio.get_running_loop().time()
+            finally:
+                audio.direct = None
+
+    def _writer(self, link: DeepgramLink, stream: _StreamSend) -> DirectSend:
+        """Write a chunk to `link` at once if its socket takes it (see `_next_chunk`)."""
+        loop = asyncio.get_running_loop()
+
+        def send_now(chunk: Chunk) -> bool:
+            if not link.write_audio_now(chunk.data):
+                return False
+            self._sent(chunk, stream, loop.time())
+            return True
+
+        return send_now
+
+    def _sent(self, chunk: Chunk, stream: _StreamSend, now: float) -> None:
+        size = len(chunk.data)
+        self.sent_bytes += size
+        stream.sent_s += size / self.bytes_per_s
+        stream.last = now
+        # since 0.0: the mixer's flush at the end, whose frames are not timed.
+        waited = time.monotonic() - chunk.since if chunk.since else None
+        self.observer.audio_sent(size, waited)
 
     async def wait_for_deepgram_end(self, link: DeepgramLink) -> None:
         """Return when the stream closes after CloseStream; raise `DeepgramClosed` if it
@@ -329,3 +390,13 @@ class DeepgramSession:
     def _publish(self, text: str) -> None:
         self.results += 1
         self.publish(text)
+
+
+@dataclass(slots=True)
+class _StreamSend:
+    """What one stream's sender has sent: since `started`, `sent_s` seconds of audio, the
+    last message (audio or KeepAlive) at `last` (the loop's clock)."""
+
+    started: float
+    last: float
+    sent_s: float = 0.0

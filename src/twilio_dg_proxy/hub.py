@@ -51,11 +51,20 @@ CALL_ENDED = Ending(CloseCode.NORMAL_CLOSURE, "call ended", say_close=True)
 CLIENT_LEFT = Ending(CloseCode.NORMAL_CLOSURE, "client left")
 
 
+# Writes a text to a client's socket at once, if it can (given when it arrived, as `offer`):
+# False when it cannot (the socket is backed up or closing), and the text is queued instead.
+DirectWrite = Callable[[str, float], bool]
+
+
 class Outbox:
     """One client's bounded queue of texts to send, then one `Ending`.
 
     `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
-    client asked for it, and only falling behind the live messages is too slow."""
+    client asked for it, and only falling behind the live messages is too slow.
+
+    While its sender is idle (nothing queued, nothing being sent), the I/O layer sets
+    `direct`: a text offered then is written at once, in the caller's step, instead of
+    waking the sender's task for it; the queue is kept for a socket that is backed up."""
 
     def __init__(self, limit: int, replay: Iterable[str] = ()) -> None:
         self._limit = limit
@@ -68,6 +77,7 @@ class Outbox:
         self._ending: Ending | None = None
         self._wakeup = asyncio.Event()
         self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
+        self.direct: DirectWrite | None = None
 
     def replay_first(self, texts: Iterable[str]) -> None:
         """Put `texts` before everything queued, as a replay (not counted towards `limit`):
@@ -85,6 +95,9 @@ class Outbox:
         """Queue `text` (a Deepgram message that `arrived` then, or 0.0 for other texts);
         False if the queue was full and the client is now evicted."""
         if self._ending is not None:
+            return True
+        direct = self.direct
+        if direct is not None and not self._items and direct(text, arrived):
             return True
         if len(self._items) - self._replay >= self._limit:
             self._items.clear()

@@ -172,3 +172,28 @@ async def test_get_waits_for_audio() -> None:
     assert not waiting.done()
     buffer.put(b"x")
     assert await waiting == Chunk(0, b"x")
+
+
+async def test_a_chunk_put_while_nothing_waits_goes_to_direct_if_it_takes_it() -> None:
+    """The sender's direct write takes chunks in order while nothing is queued; once it
+    refuses one (a full socket), that one and every later one are queued, in order."""
+    buffer = AudioBuffer(max_bytes=100)
+    taken: list[Chunk] = []
+    accept = True
+
+    def direct(chunk: Chunk) -> bool:
+        if accept:
+            taken.append(chunk)
+        return accept
+
+    buffer.direct = direct
+    buffer.put(b"ab", since=1.0)
+    buffer.put(b"cd")
+    accept = False
+    buffer.put(b"ef")
+    accept = True
+    buffer.put(b"gh")  # behind a queued chunk: queued too, never written ahead of it
+    buffer.close()
+    assert taken == [Chunk(0, b"ab", 1.0), Chunk(2, b"cd")]
+    assert [await buffer.get() for _ in range(3)] == [Chunk(4, b"ef"), Chunk(6, b"gh"), None]
+    assert (buffer.produced_bytes, buffer.held_bytes, buffer.dropped_bytes) == (8, 0, 0)

@@ -140,3 +140,31 @@ async def test_the_history_does_not_count_towards_the_queue_limit() -> None:
     assert sub.evicted.is_set() and sub.backlog == 0
     ending = await sub.get()
     assert isinstance(ending, Ending) and ending.code == CloseCode.TRY_AGAIN_LATER
+
+
+async def test_an_idle_outbox_writes_at_once_and_queues_behind_a_refusal() -> None:
+    """While `direct` is set, a message offered to an empty outbox is written at once (with
+    its arrival); one it refuses is queued, and so is everything after it, in order, and
+    none of them counts towards eviction until queued."""
+    hub = Hub(queue_limit=2)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    written: list[tuple[str, float]] = []
+    accept = True
+
+    def direct(text: str, arrived: float) -> bool:
+        if accept:
+            written.append((text, arrived))
+        return accept
+
+    sub.direct = direct
+    for i in range(5):
+        hub.publish("CA1", f"m{i}")
+    accept = False
+    hub.publish("CA1", "m5")
+    accept = True
+    hub.publish("CA1", "m6")
+    hub.end_call("CA1")
+    assert [text for text, _ in written] == [f"m{i}" for i in range(5)]
+    assert all(arrived > 0 for _, arrived in written)
+    assert [await sub.get() for _ in range(3)] == ["m5", "m6", CALL_ENDED]

@@ -420,3 +420,36 @@ def test_eof_sent_says_whether_websockets_still_parses() -> None:
     protocol.receive_data(ping)
     protocol.events_received()
     require(protocol.data_to_send() == [], "Protocol.fail", "nothing answered after it")
+
+
+async def test_a_write_without_send_is_what_send_writes_and_paused_says_when_to_stop() -> None:
+    """clients.py and deepgram.py write a message at once, without `send()`, while the
+    connection is open, not `paused` and no fragmented send is under way: the frame
+    `protocol.send_text` makes and `send_data` writes is the message the peer receives, and
+    `paused` follows asyncio's flow-control callbacks (`pause_writing` when the transport's
+    buffer is over its high-water mark; then they queue, and `send()` waits in `drain()`)."""
+    opened: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.set_result(ws)
+        await done.wait()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", proxy=None) as client:
+            ws = await opened
+            try:
+                require(ws.send_in_progress is None, "Connection.send_in_progress", "None")
+                require(ws.paused is False, "Connection.paused", "False while writes flow")
+                ws.protocol.send_text(b"at once")
+                ws.send_data()
+                found = await client.recv()
+                reliance = "the message send() would send"
+                require(found == "at once", "Protocol.send_text + send_data", reliance, found)
+                ws.pause_writing()
+                require(ws.paused is True, "Connection.paused", "True after pause_writing")
+                ws.resume_writing()
+                require(ws.paused is False, "Connection.paused", "False after resume_writing")
+            finally:
+                done.set()
