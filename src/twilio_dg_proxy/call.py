@@ -65,12 +65,13 @@ async def handle_twilio(
     start_deadlines: Deadlines,
     deepgram_pings: Pings = DEFAULT_PINGS,
     started: Callable[[ServerConnection], None] = _no_op,
+    ended: Callable[[ServerConnection], None] = _no_op,
 ) -> None:
     """Serve one Twilio Media Stream connection until the call ends: a `DirectConnection`
     directly, any other through `recv()`. A stream without `start` within
     `start_deadlines.delay_s` is closed (1008). `started(ws)`
     is called once its `start` is accepted (authenticated, and its call open);
-    TWILIO_MAX_MESSAGE_BYTES applies from then on.
+    TWILIO_MAX_MESSAGE_BYTES applies from then on. `ended(ws)` is called at the very end.
 
     Until `start`, this coroutine's frame, the intake and one future are all a stream holds
     here (issue 11): the wait is inline, timed by the server's shared `Deadlines`, and what
@@ -97,6 +98,7 @@ async def handle_twilio(
             await _serve_call(ws, intake, start, hub, settings, deepgram_pings, started)
     finally:
         hub.counters.unknown_events += intake.unknown_count
+        ended(ws)
 
 
 async def _not_started(

@@ -25,6 +25,7 @@ from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 _MAX_UNKNOWN_NAMES = 10  # unknown event names warned about, per stream
+_NO_NAMES: frozenset[str] = frozenset()  # one for all: an empty set is 0.2 KB
 
 
 class StreamIntake:
@@ -74,7 +75,7 @@ class StreamIntake:
         self.error: Exception | None = None  # a bad message (ProxyError) or a bug
         self.ended = False  # stop, error or closed connection: nothing more is taken
         self.unknown_count = 0  # unknown events ignored
-        self.unknown_names: set[str] = set()  # those warned about
+        self.unknown_names = _NO_NAMES  # those warned about (replaced, not added to)
         # What a task waits on, done at `start` and at the end (`waiter`): a future, made
         # when it waits; an asyncio.Event cost 0.8 KB per connection (its deque).
         self._waiter: asyncio.Future[None] | None = None
@@ -174,7 +175,7 @@ class StreamIntake:
         self.unknown_count += 1
         if name in self.unknown_names or len(self.unknown_names) > _MAX_UNKNOWN_NAMES:
             return
-        self.unknown_names.add(name)
+        self.unknown_names |= {name}  # at most 11 names
         if len(self.unknown_names) > _MAX_UNKNOWN_NAMES:
             self.log.warning("ignoring more unknown Twilio events (not named here)")
         else:
