@@ -69,9 +69,9 @@ async def handle_twilio(
 ) -> None:
     """Serve one Twilio Media Stream connection until the call ends: a `DirectConnection`
     directly, any other through `recv()`. A stream without `start` within
-    `start_deadlines.delay_s` is closed (1008). `started(ws)`
-    is called once its `start` is accepted (authenticated, and its call open);
-    TWILIO_MAX_MESSAGE_BYTES applies from then on. `ended(ws)` is called at the very end.
+    `start_deadlines.delay_s` is closed (1008). `started(ws)` is called once its `start` is
+    accepted (authenticated, and its call open), TWILIO_MAX_MESSAGE_BYTES applying from then
+    on; `ended(ws)` at the very end.
 
     Until `start`, this coroutine's frame, the intake and one future are all a stream holds
     here (issue 11): the wait is inline, timed by the server's shared `Deadlines`, and what
