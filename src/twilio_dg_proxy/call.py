@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from .auth import SECRET_PARAMETER, redacted, secret_matches
 from .config import Settings
+from .deadlines import Deadlines
 from .deepgram import DEFAULT_PINGS, DeepgramSession, Pings
 from .direct_connection import fail_connection, receiving
 from .exceptions import (
@@ -52,7 +53,7 @@ START_TIMEOUT_S = 10.0
 START_MAX_MESSAGE_BYTES = 16 << 10
 
 
-def _no_op() -> None:
+def _no_op(ws: ServerConnection) -> None:
     pass
 
 
@@ -61,14 +62,20 @@ async def handle_twilio(
     hub: Hub,
     settings: Settings,
     *,
-    start_timeout_s: float = START_TIMEOUT_S,
+    start_deadlines: Deadlines,
     deepgram_pings: Pings = DEFAULT_PINGS,
-    started: Callable[[], None] = _no_op,
+    started: Callable[[ServerConnection], None] = _no_op,
+    ended: Callable[[ServerConnection], None] = _no_op,
 ) -> None:
     """Serve one Twilio Media Stream connection until the call ends: a `DirectConnection`
     directly, any other through `recv()`. A stream without `start` within
-    `start_timeout_s` is closed (1008). `started()` is called once its `start` is accepted
-    (authenticated, and its call open); TWILIO_MAX_MESSAGE_BYTES applies from then on."""
+    `start_deadlines.delay_s` is closed (1008). `started(ws)` is called once its `start` is
+    accepted (authenticated, and its call open), TWILIO_MAX_MESSAGE_BYTES applying from then
+    on; `ended(ws)` at the very end.
+
+    Until `start`, this coroutine's frame, the intake and one future are all a stream holds
+    here (issue 11): the wait is inline, timed by the server's shared `Deadlines`, and what
+    follows `start` is made after it (`_serve_call`)."""
     intake = StreamIntake(
         chunk_ms=settings.chunk_ms,
         max_lag_ms=settings.max_track_lag_ms,
@@ -77,33 +84,45 @@ async def handle_twilio(
     )
     try:
         async with receiving(ws, intake):
-            await _serve_stream(ws, intake, hub, settings, start_timeout_s, deepgram_pings, started)
+            if intake.start is None and not intake.ended:  # (held messages may hold both)
+                waiter = intake.waiter()
+                start_deadlines.add(waiter)
+                try:
+                    await waiter  # done at `start`, at the end, or at the deadline
+                finally:
+                    start_deadlines.discard(waiter)
+            start = intake.start
+            if start is None:
+                await _not_started(ws, intake, hub, start_deadlines.delay_s)
+                return
+            await _serve_call(ws, intake, start, hub, settings, deepgram_pings, started)
     finally:
         hub.counters.unknown_events += intake.unknown_count
+        ended(ws)
 
 
-async def _serve_stream(
-    ws: ServerConnection,
-    intake: StreamIntake,
-    hub: Hub,
-    settings: Settings,
-    start_timeout_s: float,
-    deepgram_pings: Pings,
-    started: Callable[[], None],
+async def _not_started(
+    ws: ServerConnection, intake: StreamIntake, hub: Hub, start_timeout_s: float
 ) -> None:
-    try:
-        async with asyncio.timeout(start_timeout_s):
-            start = await intake.wait_for_start()
-    except TimeoutError:
+    """Answer a stream that ended, or timed out, before its `start`."""
+    if intake.error is not None:
+        await _refuse(ws, intake.error, logger, hub.observer)
+    elif intake.ended:
+        logger.info("Twilio stream closed before its start message")
+    else:
         error = TwilioProtocolError(f"no start within {start_timeout_s:.0f} s")
         await _refuse(ws, error, logger, hub.observer)
-        return
-    if start is None:
-        if intake.error is not None:
-            await _refuse(ws, intake.error, logger, hub.observer)
-        else:
-            logger.info("Twilio stream closed before its start message")
-        return
+
+
+async def _serve_call(
+    ws: ServerConnection,
+    intake: StreamIntake,
+    start: Start,
+    hub: Hub,
+    settings: Settings,
+    deepgram_pings: Pings,
+    started: Callable[[ServerConnection], None],
+) -> None:
     log = intake.log = CallLog(logger, start.call_sid)
     secret = settings.twilio_stream_secret
     if secret and not secret_matches(start.custom_parameters, secret):
@@ -116,7 +135,7 @@ async def _serve_stream(
         await _refuse(ws, exc, log, hub.observer)
         return
     ws.protocol.max_message_size = settings.twilio_max_message_bytes
-    started()
+    started(ws)
     session = CallSession(ws, intake, start, hub, settings, log, deepgram_pings=deepgram_pings)
     try:
         await session.run()

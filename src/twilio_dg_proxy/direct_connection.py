@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
@@ -40,6 +41,11 @@ from websockets.protocol import Event, State
 
 from .budget import TokenBucket
 from .frame_splitter import ControlGate, FrameSplitter, Message
+
+if TYPE_CHECKING:
+    from collections import deque
+
+    from websockets.asyncio.messages import Assembler
 
 _NO_LIMIT = 1 << 62
 
@@ -80,6 +86,9 @@ class _HeadFirst(Connection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # websockets' writers waiting for the write buffer to drain: it appends, removes and
+        # iterates, which a list does as well as its deque, for 56 bytes instead of 760.
+        self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
         # Until the end of the HTTP head ("\r\n\r\n") is found: the last bytes of the reads
         # so far, to find it even across reads.
         self._head_tail: bytes | None = b""
@@ -159,7 +168,7 @@ class GuardedConnection(_HeadFirst, ServerConnection):
 
     holds_early_frames = True
     guard: ClassVar[Guard | None] = None
-    __slots__ = ("_breached", "_control", "_gate", "_keepalive_due")
+    __slots__ = ("_breached", "_control", "_gate", "_keepalive_due", "_keepalive_held")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,6 +177,7 @@ class GuardedConnection(_HeadFirst, ServerConnection):
         self._gate: ControlGate | None = ControlGate()
         self._breached = False
         self._keepalive_due: asyncio.TimerHandle | None = None
+        self._keepalive_held = False
 
     @classmethod
     def configured(cls, **attributes: Any) -> type[Self]:
@@ -248,11 +258,26 @@ class GuardedConnection(_HeadFirst, ServerConnection):
 
         Its task sleeps ping_interval before anything else, and that task, its coroutine
         and its sleep were a tenth of what a connection holds (1.7 of 17 KB per pending
-        /twilio stream, which ends within 10 s, before any ping); a timer costs 0.2 KB.
+        /twilio stream, which ends within 10 s, before any ping); a timer costs 0.2 KB (0.6
+        under uvloop: a pending /twilio stream's is held until its `start`).
         The first ping comes after twice ping_interval (40 s by default), the next ones
-        every ping_interval as before."""
-        if self.ping_interval is not None:
+        every ping_interval as before. Not while held (`hold_keepalive`), nor twice."""
+        if self.ping_interval is None or self._keepalive_held:
+            return
+        if self._keepalive_due is None and self.keepalive_task is None:
             self._keepalive_due = self.loop.call_later(self.ping_interval, self._keepalive)
+
+    def hold_keepalive(self) -> None:
+        """Start keepalive at `release_keepalive`, not at the handshake (for a pending
+        /twilio stream, which the start timeout closes first if it does not start)."""
+        self._keepalive_held = True
+
+    def release_keepalive(self) -> None:
+        """Start keepalive now, if it was held and the connection is open."""
+        if self._keepalive_held:
+            self._keepalive_held = False
+            if self.protocol.state is State.OPEN:
+                self.start_keepalive()
 
     def _keepalive(self) -> None:
         self._keepalive_due = None
@@ -283,8 +308,8 @@ class _Direct(_HeadFirst):
         super().__init__(*args, **kwargs)
         self.direct = False
         self._sink: MessageSink | None = None
-        self._held: list[tuple[bytes, bool]] = []  # messages parsed before `attach`
-        self._parts: list[bytes] = []  # fragments of the message being received
+        self._held: list[tuple[bytes, bool]] | None = None  # messages parsed before `attach`
+        self._parts: list[bytes] | None = None  # fragments of the message being received
         self._text = False  # the message being received is text
         self._lost = False
         self._failed = False  # failed the connection itself: take nothing more
@@ -294,8 +319,8 @@ class _Direct(_HeadFirst):
         """Deliver to `sink` the messages held so far, then each one as it comes."""
         assert self.direct and self._sink is None
         self._sink = sink
-        held, self._held = self._held, []
-        for data, text in held:
+        held, self._held = self._held, None
+        for data, text in held or ():
             sink.message(data, text)
         if self._lost:
             sink.closed()
@@ -313,6 +338,8 @@ class _Direct(_HeadFirst):
         if self.direct:  # from the first frame on, the splitter reads them
             limit = self.protocol.max_message_size or _NO_LIMIT
             self._splitter = FrameSplitter(limit, masked=self.masked)
+            # Its messages go to the sink, none to websockets' queue for recv().
+            self.recv_messages = cast("Assembler", _TO_SINK)
 
     def _frames_received(self, data: bytes) -> None:
         splitter = self._splitter
@@ -343,30 +370,36 @@ class _Direct(_HeadFirst):
             return
         if frame.opcode is not Opcode.CONT:
             self._text = frame.opcode is Opcode.TEXT
+        parts = self._parts
         if not frame.fin:
-            self._parts.append(bytes(frame.data))
-            if len(self._parts) >= MAX_FRAGMENTS:  # recv() would refuse them too
+            if parts is None:
+                parts = self._parts = []
+            parts.append(bytes(frame.data))
+            if len(parts) >= MAX_FRAGMENTS:  # recv() would refuse them too
                 self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         data = bytes(frame.data)
-        if self._parts:
-            data = b"".join([*self._parts, data])
-            self._parts.clear()
+        if parts:
+            data = b"".join([*parts, data])
+            self._parts = None
         self._deliver(data, self._text)
 
     def _deliver(self, data: bytes, text: bool) -> None:
         if self._sink is not None:
             self._sink.message(data, text)
             return
-        self._held.append((data, text))
-        if len(self._held) >= (self.max_queue_high or 16):
+        held = self._held
+        if held is None:
+            held = self._held = []
+        held.append((data, text))
+        if len(held) >= (self.max_queue_high or 16):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         """Fail the connection as websockets' recv() would (`fail_connection`), and abort it
         if the peer has not closed within close_timeout."""
         self._failed = True
-        self._parts.clear()
+        self._parts = None
         fail_connection(self, code, reason)
         self.loop.call_later(self.close_timeout or 0.0, self._abort)
 
@@ -379,6 +412,26 @@ class _Direct(_HeadFirst):
         self._lost = True
         if self._sink is not None:
             self._sink.closed()
+
+
+class _ToSink:
+    """What a direct connection has for websockets' `recv_messages`, the queue `recv()` reads
+    (an `Assembler`: 1 KB per connection, most of it an empty deque): nothing, as its
+    messages go to its sink. websockets only closes it (`connection_lost`), and puts no data
+    frame in it (`_Direct._takes` takes them first). One for all."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        pass
+
+    def _misused(self, *args: object) -> NoReturn:
+        raise RuntimeError("a direct connection's messages go to its sink (`receiving`)")
+
+    get = get_iter = put = _misused
+
+
+_TO_SINK = _ToSink()
 
 
 class DirectConnection(_Direct, GuardedConnection):
@@ -420,11 +473,40 @@ def fail_connection(ws: Connection, code: CloseCode, reason: str) -> None:
         ws.send_data()
 
 
-@asynccontextmanager
-async def receiving(ws: Connection, sink: MessageSink, *, raw: bool = False) -> AsyncIterator[None]:
-    """Give `sink` the messages of `ws`, in order, and `closed()` when the connection closes:
-    from the socket callbacks if `ws` is direct; else (DIRECT_RECEIVE off) from a task
-    reading websockets' `recv()` while the block runs (its end cancels the task).
+class _NoHeaders(Headers):
+    """Headers that stay empty: those of every handshake `forget_handshake_headers` has
+    seen, one object for all."""
+
+    __slots__ = ()
+
+    def _dropped(self, *args: object) -> NoReturn:
+        raise TypeError("these handshake headers were dropped after the upgrade")
+
+    __setitem__ = __delitem__ = clear = set_insecure = _dropped  # type: ignore[assignment]
+
+
+_NO_HEADERS = _NoHeaders()
+
+
+def forget_handshake_headers(ws: Connection) -> None:
+    """Drop the headers of `ws`'s handshake request and response, which websockets keeps
+    (`ws.request`, `ws.response`) for the connection's life, each name and value a str:
+    3 KB per connection, a fifth of what an idle pending /twilio stream held (issue 11).
+    For a connection whose handler reads none after the upgrade; the path and status
+    stay. websockets reads them only during the handshake (test_websockets_contract)."""
+    for message in (ws.request, ws.response):
+        if message is not None:
+            message.headers = _NO_HEADERS
+
+
+def receiving(
+    ws: Connection, sink: MessageSink, *, raw: bool = False
+) -> AbstractAsyncContextManager[None]:
+    """Give `sink` the messages of `ws`, in order, and `closed()` when the connection closes,
+    for the time of an `async with` block: from the socket callbacks if `ws` is direct (the
+    sink is attached at once, and held until the connection closes: the block costs
+    nothing); else (DIRECT_RECEIVE off) from a task reading websockets' `recv()` while the
+    block runs (its end cancels the task).
 
     The fallback gives text as str: websockets has checked its UTF-8 and refuses bad UTF-8
     itself (1007, with its own reason), where a direct connection leaves that to the sink.
@@ -432,8 +514,17 @@ async def receiving(ws: Connection, sink: MessageSink, *, raw: bool = False) -> 
     a sink to which the kind does not matter, so that it sees what the direct path gives."""
     if isinstance(ws, _Direct) and ws.direct:
         ws.attach(sink)
-        yield
-        return
+        return _ATTACHED
+    return _reading(ws, sink, raw)
+
+
+# The block of a direct connection's `receiving`: stateless, so one for all (a generator's
+# context manager cost each pending /twilio stream 0.6 KB).
+_ATTACHED: AbstractAsyncContextManager[None] = nullcontext()
+
+
+@asynccontextmanager
+async def _reading(ws: Connection, sink: MessageSink, raw: bool) -> AsyncIterator[None]:
     async with asyncio.TaskGroup() as tasks:
         reader = tasks.create_task(_read(ws, sink, raw), name="recv_reader")
         try:

@@ -343,3 +343,63 @@ async def test_a_connection_that_ends_before_its_keepalive_is_not_held_by_the_ti
         gc.collect()
         assert gone() is None
     assert tasks == [False]
+
+
+async def test_a_direct_connection_keeps_no_recv_queue_and_recv_says_why() -> None:
+    """Its messages go to its sink: websockets' queue for recv() (1 KB per connection) is
+    not kept, and recv() says so rather than waiting for ever."""
+    guard = Guard(10.0, 50, 1 << 20, lambda ws, limit: None, lambda ws: None)
+    direct = DirectConnection.configured(direct_paths=frozenset({"/twilio"}), guard=guard)
+    errors: list[BaseException] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            await ws.recv()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=direct) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/twilio", proxy=None) as client:
+            await client.wait_closed()
+    assert len(errors) == 1 and "sink" in str(errors[0])
+    assert client.close_code == 1000  # the handler returned: websockets closed as always
+
+
+async def test_a_held_keepalive_starts_when_released() -> None:
+    """A pending /twilio stream's keepalive is held until its `start` (a timer is 0.6 KB):
+    nothing is scheduled until `release_keepalive`, then pings come as usual."""
+    scheduled: list[bool] = []
+    released = asyncio.Event()
+
+    def hold(ws: ServerConnection, request: object) -> None:
+        assert isinstance(ws, GuardedConnection)
+        ws.hold_keepalive()
+
+    async def handler(ws: ServerConnection) -> None:
+        assert isinstance(ws, GuardedConnection)
+        scheduled.append(ws._keepalive_due is not None or ws.keepalive_task is not None)
+        ws.start_keepalive()  # as websockets did: still held
+        scheduled.append(ws._keepalive_due is not None)
+        ws.release_keepalive()
+        scheduled.append(ws._keepalive_due is not None)
+        released.set()
+        await ws.wait_closed()
+
+    guard = Guard(10.0, 50, 1 << 20, lambda ws, limit: None, lambda ws: None)
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        create_connection=GuardedConnection.configured(guard=guard),
+        process_request=hold,
+        ping_interval=0.05 * S,
+    ) as server:
+        async with RawPeer.connected(server.sockets[0].getsockname()[1]) as peer:
+            peer.send(upgrade_request("/"))
+            assert await peer.status() == 101
+            await asyncio.wait_for(released.wait(), 5 * S)
+            async with asyncio.timeout(5 * S):
+                opcode, _ = await peer.frame()
+    assert scheduled == [False, False, True]
+    assert opcode == PING

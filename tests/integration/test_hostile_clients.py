@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.server import Server
 
 from twilio_dg_proxy.config import Settings
+from twilio_dg_proxy.direct_connection import GuardedConnection
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.server import ProxyServer, bound_port
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
@@ -343,6 +344,32 @@ async def test_pending_streams_are_bounded_and_the_next_is_refused_with_503() ->
                     await until(lambda: pending() == MAX_PENDING - 1, within=5 * S)
                     assert await status_of_one_more(proxy.port) == 101
             assert counters.refused_pending == 2
+
+
+async def test_a_pending_stream_holds_no_handshake_headers_nor_keepalive_until_its_start() -> None:
+    """Issue 11: until `start`, a stream holds a few KB. Its handshake's headers (3 KB)
+    are dropped once its handler runs, and its keepalive timer (0.6 KB) waits for `start`
+    (the start timeout ends a stream that never starts long before a first ping)."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(deepgram.url) as proxy:
+            call = SimulatedCall(tracks=("inbound",))
+            async with RawPeer.connected(proxy.port) as peer:
+                peer.send(upgrade_request("/twilio"))
+                assert await peer.status() == 101
+                await until(lambda: len(proxy.listening.connections) == 1)
+                [ws] = proxy.listening.connections
+                assert isinstance(ws, GuardedConnection)
+                request, response = ws.request, ws.response
+                assert request is not None and response is not None
+                await until(lambda: len(request.headers) == 0 == len(response.headers))
+                assert request.path == "/twilio" and response.status_code == 101
+                assert ws._keepalive_due is None and ws.keepalive_task is None
+                assert proxy.server.health()["pending"] == 1
+                peer.send(frame(TEXT, call.connected().encode()))
+                peer.send(frame(TEXT, call.start().encode()))
+                await until(lambda: proxy.server.hub.counters.calls == 1)
+                assert proxy.server.health()["pending"] == 0
+                assert ws._keepalive_due is not None
 
 
 async def status_of_one_more(port: int) -> int:

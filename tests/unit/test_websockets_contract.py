@@ -10,10 +10,12 @@ DIRECT_RECEIVE=false (websockets' own recv()) until it is adapted.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import pytest
@@ -27,6 +29,8 @@ from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+
+from ..timing import S
 
 VERSION = f"websockets {websockets.version.version}"
 
@@ -453,3 +457,102 @@ async def test_a_write_without_send_is_what_send_writes_and_paused_says_when_to_
                 require(ws.paused is False, "Connection.paused", "False after resume_writing")
             finally:
                 done.set()
+
+
+# --- what a connection holds (issue 11: a pending /twilio stream costs a few KB) ---------
+
+CONNECTION_MODULES = ("websockets.asyncio.connection", "websockets.asyncio.server")
+
+
+def calls_on(attribute: str) -> set[str]:
+    """The methods websockets' asyncio connections call on `self.<attribute>`."""
+    found: set[str] = set()
+    for module in (*CONNECTION_MODULES, "websockets.asyncio.client"):
+        source = inspect.getsource(importlib.import_module(module))
+        found.update(re.findall(rf"self\.{attribute}\.(\w+)", source))
+    return found
+
+
+def test_drain_waiters_are_only_appended_removed_and_iterated() -> None:
+    """direct_connection gives each connection a list there, not a deque (0.7 KB less)."""
+    found = calls_on("drain_waiters")
+    reliance = "append(), remove() and iteration only, which a list has too"
+    require(found <= {"append", "remove"}, "Connection.drain_waiters", reliance, found)
+
+
+def test_recv_messages_is_only_read_fed_and_closed() -> None:
+    """A direct connection replaces its `Assembler` (1 KB) with `_ToSink`, once its head is
+    read: websockets makes it at connection_made, and then only gets, puts and closes."""
+    found = calls_on("recv_messages")
+    reliance = "get(), get_iter(), put() and close() only (direct_connection._ToSink)"
+    require(found <= {"get", "get_iter", "put", "close"}, "Connection.recv_messages", reliance)
+    made = "self.recv_messages = Assembler(" in inspect.getsource(Connection.connection_made)
+    require(made, "Connection.connection_made", "making recv_messages, before any event")
+
+
+def functions_reading(attribute: str, module: str) -> set[str]:
+    """The names of the top-level functions and methods of `module` that read `.attribute`."""
+    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    found: set[str] = set()
+
+    def visit(node: ast.AST, owner: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = owner
+            if owner is None and isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = child.name
+            if isinstance(child, ast.Attribute) and child.attr == attribute and name:
+                found.add(name)
+            visit(child, name)
+
+    for top in tree.body:
+        visit(top if isinstance(top, ast.ClassDef) else ast.Module([top], []), None)
+    return found
+
+
+def test_handshake_headers_are_read_only_during_the_handshake() -> None:
+    """server.py drops a /twilio connection's handshake headers once its handler runs
+    (`forget_handshake_headers`: 3 KB); websockets must not read them after."""
+    found = set().union(*(functions_reading("headers", m) for m in CONNECTION_MODULES))
+    reliance = "headers read in handshake() (and basic_auth's process_request) only"
+    require(found <= {"handshake", "basic_auth"}, "ServerConnection", reliance, found)
+
+
+def test_headers_mutators_are_those_that_forgotten_headers_refuse() -> None:
+    """`direct_connection._NoHeaders`, one empty object for every forgotten handshake,
+    refuses the mutators of `Headers` (MutableMapping's others go through them)."""
+    own = {name for name, value in vars(websockets.Headers).items() if callable(value)}
+    known = {
+        "__contains__", "__delitem__", "__eq__", "__getitem__", "__init__", "__iter__",
+        "__len__", "__repr__", "__setitem__", "__str__", "clear", "copy", "get_all",
+        "raw_items", "serialize", "set_insecure", "update",
+    }  # fmt: skip
+    require(own <= known, "Headers", "no method but these (check any new one mutates)", own)
+
+
+def test_keepalive_task_is_none_until_keepalive_starts() -> None:
+    """GuardedConnection starts keepalive once, from a timer, unless `keepalive_task` is
+    already set."""
+    source = inspect.getsource(Connection.start_keepalive)
+    reliance = "start_keepalive() setting keepalive_task"
+    require("self.keepalive_task = " in source, "Connection.keepalive_task", reliance)
+
+
+async def test_a_handler_may_be_a_function_returning_its_coroutine() -> None:
+    """server.py's `route` returns the coroutine that serves a connection rather than
+    awaiting it (a coroutine frame less per connection): websockets awaits what it returns."""
+    served = asyncio.Event()
+
+    async def serve_it(ws: ServerConnection) -> None:
+        await ws.send(await ws.recv())
+        served.set()
+
+    def route(ws: ServerConnection) -> Awaitable[None]:
+        return serve_it(ws)
+
+    async with serve(route, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", proxy=None) as client:
+            await client.send("echo")
+            reply = await client.recv()
+            await asyncio.wait_for(served.wait(), 5 * S)
+    require(reply == "echo", "serve(handler)", "awaiting what the handler returns")
