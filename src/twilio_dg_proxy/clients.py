@@ -39,8 +39,9 @@ are written and read by `client_protocol` and `viewer_protocol`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
@@ -235,12 +236,11 @@ async def _stream(ws: ServerConnection, sub: Subscription, hub: Hub) -> None:
     """Forward the subscription until it ends, the client leaves, or it is evicted."""
     async with asyncio.TaskGroup() as tasks:
         reader = tasks.create_task(_read_until_closed(ws, sub))
-        watchdog = tasks.create_task(_close_when_evicted(ws, sub, sub.call_sid))
         try:
-            await _forward(ws, sub, hub)
+            with _closed_when_evicted(ws, sub, sub.call_sid, tasks):
+                await _forward(ws, sub, hub)
         finally:
             reader.cancel()
-            watchdog.cancel()
 
 
 async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
@@ -307,9 +307,27 @@ async def _read_until_closed(ws: ServerConnection, sub: Subscription) -> None:
     sub.end(CLIENT_LEFT)
 
 
-async def _close_when_evicted(ws: ServerConnection, outbox: Outbox, watching: str) -> None:
-    """Close a client that fell too far behind, even if it has stopped reading."""
-    await outbox.evicted.wait()
+@contextlib.contextmanager
+def _closed_when_evicted(
+    ws: ServerConnection, outbox: Outbox, watching: str, tasks: asyncio.TaskGroup
+) -> Iterator[None]:
+    """Within the block, close the client as soon as it falls too far behind, even if it
+    has stopped reading (a task started only then, not a watchdog per client)."""
+
+    def evicted() -> None:
+        outbox.on_evicted = None
+        tasks.create_task(_close_evicted(ws, outbox, watching))
+
+    outbox.on_evicted = evicted
+    if outbox.evicted:  # before the block began
+        evicted()
+    try:
+        yield
+    finally:
+        outbox.on_evicted = None
+
+
+async def _close_evicted(ws: ServerConnection, outbox: Outbox, watching: str) -> None:
     ending = outbox.ending
     assert ending is not None  # eviction always sets one
     logger.warning("client %s of %s disconnected: %s", _peer(ws), watching, ending.reason)
@@ -338,13 +356,12 @@ async def handle_viewer(
     try:
         async with asyncio.TaskGroup() as tasks:
             reader = tasks.create_task(_read_commands(ws, hub, viewer, prepare, follows))
-            watchdog = tasks.create_task(_close_when_evicted(ws, viewer, "the call list"))
             joiner = tasks.create_task(_join_followed(ws, hub, viewer, prepare, follows))
             try:
-                await _forward(ws, viewer, hub)
+                with _closed_when_evicted(ws, viewer, "the call list", tasks):
+                    await _forward(ws, viewer, hub)
             finally:
                 reader.cancel()
-                watchdog.cancel()
                 joiner.cancel()
     finally:
         hub.remove_listener(follows.call_opened)

@@ -64,19 +64,34 @@ class Outbox:
 
     While its sender is idle (nothing queued, nothing being sent), the I/O layer sets
     `direct`: a text offered then is written at once, in the caller's step, instead of
-    waking the sender's task for it; the queue is kept for a socket that is backed up."""
+    waking the sender's task for it; the queue is kept for a socket that is backed up.
+
+    Small, as there is one per watcher: slots, one deque, and a future only while `get()`
+    waits (an asyncio.Event holds a deque of its own); eviction calls `on_evicted`."""
+
+    __slots__ = (
+        "_ending",
+        "_items",
+        "_limit",
+        "_replay",
+        "_waiter",
+        "arrived",
+        "direct",
+        "evicted",
+        "on_evicted",
+    )
 
     def __init__(self, limit: int, replay: Iterable[str] = ()) -> None:
         self._limit = limit
-        self._items: deque[str] = deque(replay)
+        # Each text with when it arrived from Deepgram (the hub's clock), 0.0 for the others
+        # (the replay, viewer events): the fan-out latency is measured when it is sent.
+        self._items: deque[tuple[str, float]] = deque((text, 0.0) for text in replay)
         self._replay = len(self._items)  # how many of the first items are the replay
-        # When each item arrived from Deepgram (the hub's clock), 0.0 for the others (the
-        # replay, viewer events): the fan-out latency measured when it is sent.
-        self._arrivals: deque[float] = deque([0.0] * self._replay)
         self.arrived = 0.0  # the arrival of the item `get()` returned last (0.0: none)
         self._ending: Ending | None = None
-        self._wakeup = asyncio.Event()
-        self.evicted = asyncio.Event()  # set when too slow: the client layer must close now
+        self._waiter: asyncio.Future[None] | None = None  # while get() waits
+        self.evicted = False  # too slow: the client layer must close now
+        self.on_evicted: Callable[[], None] | None = None  # the client layer's, told once
         self.direct: DirectWrite | None = None
 
     def replay_first(self, texts: Iterable[str]) -> None:
@@ -84,12 +99,11 @@ class Outbox:
         what a call had sent before this client's feed could follow it."""
         if self._ending is not None and not self._items:
             return  # already ended (or evicted): nothing more for this client
-        texts = list(texts)
-        self._items.extendleft(reversed(texts))
-        self._arrivals.extendleft([0.0] * len(texts))
-        self._replay += len(texts)
-        if texts:
-            self._wakeup.set()
+        items = [(text, 0.0) for text in texts]
+        self._items.extendleft(reversed(items))
+        self._replay += len(items)
+        if items:
+            self._wake()
 
     def offer(self, text: str, arrived: float = 0.0) -> bool:
         """Queue `text` (a Deepgram message that `arrived` then, or 0.0 for other texts);
@@ -101,21 +115,21 @@ class Outbox:
             return True
         if len(self._items) - self._replay >= self._limit:
             self._items.clear()
-            self._arrivals.clear()
             self._replay = 0
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
-            self.evicted.set()
+            self.evicted = True
+            if self.on_evicted is not None:
+                self.on_evicted()
             return False
-        self._items.append(text)
-        self._arrivals.append(arrived)
-        self._wakeup.set()
+        self._items.append((text, arrived))
+        self._wake()
         return True
 
     def end(self, ending: Ending) -> None:
         """Deliver `ending` after what is queued; the first ending given wins."""
         if self._ending is None:
             self._ending = ending
-            self._wakeup.set()
+            self._wake()
 
     @property
     def ending(self) -> Ending | None:
@@ -130,20 +144,30 @@ class Outbox:
     async def get(self) -> str | Ending:
         """The next message, or the ending once every message has been taken."""
         while not self._items and self._ending is None:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if not self._items:
             assert self._ending is not None  # the loop ends on an item or an ending
             return self._ending
         if self._replay:
             self._replay -= 1
-        self.arrived = self._arrivals.popleft()
-        return self._items.popleft()
+        text, self.arrived = self._items.popleft()
+        return text
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class Subscription(Outbox):
     """One /client client's feed of one call: the `history` it asked for (none by default),
     then Deepgram's messages in order, then one `Ending`."""
+
+    __slots__ = ("call_sid", "catch_up")
 
     def __init__(self, call_sid: str, limit: int, history: Iterable[str] = ()) -> None:
         super().__init__(limit, history)
@@ -173,6 +197,8 @@ class CallWaiter:
 class ViewerFeed(Outbox):
     """One viewer connection's feed: call-list events and the calls it follows, in one queue
     (so one sender keeps them in order and one slow-client rule applies), then one `Ending`."""
+
+    __slots__ = ("following",)
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)

@@ -70,7 +70,7 @@ def test_a_replaced_history_is_filtered_and_bounded_as_published_ones_are() -> N
     hub.follow(viewer, "CA1")
     assert viewer.backlog == 2  # the call list, then `subscribed`
     viewer._items.popleft()
-    snapshot = json.loads(viewer._items.popleft())
+    snapshot = json.loads(viewer._items.popleft()[0])
     assert snapshot["historyTruncated"] is True
     assert [m["channel"]["alternatives"][0]["transcript"] for m in snapshot["history"]] == ["d"]
 

@@ -62,7 +62,7 @@ async def test_a_waiter_on_a_remote_call_catches_up_with_the_loaded_stream_first
     hub.publish("CA1", "live")  # followed from after what was loaded
     # What the call sent before it was followed here: more than the queue's limit, a replay.
     hub.replace_history("CA1", ["interim", FINAL, "interim 2"], truncated=False)
-    assert not sub.catch_up and not sub.evicted.is_set()
+    assert not sub.catch_up and not sub.evicted
     assert [await sub.get() for _ in range(4)] == ["interim", FINAL, "interim 2", "live"]
     assert list(hub._calls["CA1"].history.messages) == [FINAL]
 
