@@ -35,8 +35,8 @@ def test_the_queue_keeps_order_and_its_bound_and_accounts_for_every_event(
             continue
         if step == "start":
             live[n] = started = started + 1
-        elif n not in live:
-            continue
+        elif n not in live or any(e.call == live[n] and e.kind == "start" for e in dropped):
+            continue  # the writer queues nothing more of a call lost whole
         size = 1 + n  # events of several sizes
         entry: Entry = Waiting(f"{step} {n}", live[n], step, size)  # type: ignore[arg-type]
         if step == "end":
