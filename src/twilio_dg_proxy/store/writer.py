@@ -137,12 +137,12 @@ class StoreWriter:
 
     def health(self) -> dict[str, object]:
         """For /healthz: the store's kind, whether it answered last time, calls with events
-        waiting, and the bytes those hold."""
+        waiting (or being written), and the bytes those hold."""
         return {
             "kind": self.store.kind,
             "reachable": self.reachable,
             "queued": self._queued_calls,
-            "queued_bytes": self._pending.bytes,
+            "queued_bytes": self._pending.bytes + sum(e.size for e in self._in_flight),
         }
 
     def _queue(self, event: StoreEvent, writing: _Writing, kind: Kind, size: int) -> None:
