@@ -294,12 +294,12 @@ async def make_v1_store(store_env: dict[str, str], calls: list[FinishedCall]) ->
             )
             connection.executemany("INSERT INTO call_parameters VALUES (?, ?, ?)", parameters)
         return
-    async with await psycopg.AsyncConnection.connect(store_env["DATABASE_URL"]) as connection:
+    async with await psycopg.AsyncConnection.connect(store_env["DATABASE_URL"]) as postgres:
         for statement in postgres_store.MIGRATIONS[0]:
-            await connection.execute(statement)
-        await connection.execute("CREATE TABLE schema_version (version integer NOT NULL)")
-        await connection.execute("INSERT INTO schema_version VALUES (1)")
-        async with connection.cursor() as cursor:
+            await postgres.execute(statement)
+        await postgres.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        await postgres.execute("INSERT INTO schema_version VALUES (1)")
+        async with postgres.cursor() as cursor:
             await cursor.executemany(
                 f"INSERT INTO calls VALUES ({marks})", list(map(v1_row, calls))
             )
