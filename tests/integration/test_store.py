@@ -52,7 +52,9 @@ def finished(
     sid: str, ended_at_ms: int, parameters: dict[str, str] | None = None, words: int = 3
 ) -> FinishedCall:
     info = CallInfo(sid, parameters or {}, ("inbound", "outbound"), ended_at_ms - 60_000)
-    finals = tuple(final(f"word {i} of {sid} ünïcode", i % 2, float(i)) for i in range(words))
+    finals = tuple(
+        final(f'word {i} of {sid} ünïcode ☎ 𝄞 "q" \\', i % 2, float(i)) for i in range(words)
+    )
     return FinishedCall(info, ended_at_ms, 1000, "call ended", ("req-a", "req-b"), finals, True)
 
 

@@ -11,6 +11,7 @@ live: instances share the database, and none can tell whether another has stoppe
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from .base import (
     CallPage,
     CallQuery,
     CallStarted,
+    FinalResult,
     StoreEvent,
     call_from_row,
     events_of,
@@ -222,9 +224,22 @@ _STATEMENTS = write_statements("%s", "ON CONFLICT DO NOTHING")
 _INSERT_PARAMETER = "INSERT INTO call_parameters VALUES (%s, %s, %s)"
 
 
+# A run of finals as one JSON parameter: psycopg adapts and sends each row of an executemany
+# in Python, on the event loop: 11 us of the loop a final, against 3 us for json.dumps of the
+# batch (measured writing 60,000 finals in batches); Deepgram's texts come back verbatim.
+_INSERT_FINALS = """INSERT INTO finals (call_sid, seq, text)
+    SELECT f->>0, (f->>1)::integer, f->>2 FROM json_array_elements(%s::json) AS f
+    WHERE EXISTS (SELECT 1 FROM calls WHERE calls.call_sid = f->>0)
+    ON CONFLICT DO NOTHING"""
+
+
 async def _write(connection: psycopg.AsyncConnection[Any], events: Sequence[StoreEvent]) -> None:
     async with connection.cursor() as cursor:
         for run in runs(events):
+            if isinstance(run[0], FinalResult):
+                rows = [[e.call_sid, e.seq, e.text] for e in run if isinstance(e, FinalResult)]
+                await cursor.execute(_INSERT_FINALS, (json.dumps(rows),))
+                continue
             for index, statement in enumerate(_STATEMENTS[type(run[0])]):
                 await cursor.executemany(statement, [statement_args(e, index, Jsonb) for e in run])
             if isinstance(run[0], CallStarted):
