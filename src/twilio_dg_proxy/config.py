@@ -510,7 +510,7 @@ class Settings:
     store_transcripts: bool = setting(
         "STORE_TRANSCRIPTS",
         True,
-        "store each call's transcript when it ends (false: keep nothing after a call)",
+        "store each call's transcript as it goes (false: keep nothing after a call)",
         parse=boolean,
     )
     transcripts_file: str = setting(
@@ -538,11 +538,12 @@ class Settings:
         "final results kept per call for its stored transcript; beyond, it is truncated",
         parse=number_in(int, 64 << 10, 1 << 30),
     )
-    store_queue_calls: int = setting(
-        "STORE_QUEUE_CALLS",
-        1000,
-        "ended calls kept waiting while the store is down; beyond, they are lost and counted",
-        parse=number_in(int, 1, 1_000_000),
+    store_queue_bytes: int = setting(
+        "STORE_QUEUE_BYTES",
+        64 << 20,
+        "bytes of calls' events (mostly finals) kept waiting while the store is down; beyond,"
+        " the oldest finals are dropped and counted",
+        parse=number_in(int, 1 << 10, 1 << 40),
     )
     webhook_urls: tuple[str, ...] = setting(
         "WEBHOOK_URL",

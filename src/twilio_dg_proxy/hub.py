@@ -280,7 +280,8 @@ class HubCounters:
     webhooks_failed: int = 0  # webhook events given up: a 4xx, or every attempt failed
     webhooks_dropped: int = 0  # webhook events never sent: a full queue, or shutdown
     transcripts_stored: int = 0  # ended calls saved in the transcript store
-    transcripts_lost: int = 0  # ended calls never stored (queue full, store refused, shutdown)
+    transcripts_lost: int = 0  # calls never stored whole (queue full, store refused, shutdown)
+    transcript_finals_dropped: int = 0  # finals never stored: the store's queue was full
     store_errors: int = 0  # failed attempts to use the store (each save retried)
 
 

@@ -177,6 +177,7 @@ class ProxyMetrics(Observer):
             (self.transcripts.labels("stored"), c.transcripts_stored),
             (self.transcripts.labels("lost"), c.transcripts_lost),
             (self.store_errors, c.store_errors),
+            (self.finals_dropped, c.transcript_finals_dropped),
             (self.webhook_events.labels("delivered"), c.webhooks_delivered),
             (self.webhook_events.labels("retried"), c.webhooks_retried),
             (self.webhook_events.labels("failed"), c.webhooks_failed),
@@ -284,6 +285,10 @@ class ProxyMetrics(Observer):
             "transcripts", "Ended calls' transcripts: stored, or lost", ("outcome",)
         )
         self.store_errors = counter("store_errors", "Failed attempts to use the store (retried)")
+        self.finals_dropped = counter(
+            "transcript_finals_dropped",
+            "Final results never stored: the store's queue was full (the call is truncated)",
+        )
         self.webhook_events = counter(
             "webhook_events",
             "Webhook events: delivered, retried (a failed attempt), failed (given up), dropped",

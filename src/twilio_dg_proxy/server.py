@@ -460,7 +460,7 @@ class ProxyServer:
         writer = StoreWriter(
             store,
             self.hub.counters,
-            max_calls=self.settings.store_queue_calls,
+            max_bytes=self.settings.store_queue_bytes,
             retention_days=self.settings.retention_days,
             retry=self.store_retry,
             flush_timeout_s=self.store_flush_timeout_s,

@@ -1,11 +1,14 @@
 """A call's transcript after the call (pure): what is kept of each call streamed here, and
 how it reads.
 
-`Recorder` is one of the hub's sinks (`hub.CallSink`): it keeps every final result of each
-call streamed by this instance for the whole call (within `max_bytes`), and the Deepgram
-request ids; when the call ends it hands a `FinishedCall` to its listeners (the store, the
-webhooks). `segments` turns the finals into speaker-labelled lines in time order across
-both channels, the base of every format (`transcript_json`, `transcript_text`).
+`Recorder` is one of the hub's sinks (`hub.CallSink`): it tells its listeners (the store's
+writer, the webhooks) of each call streamed by this instance as it starts, of each of its
+final results as it arrives (within `max_bytes` per call), and, when it ends, hands them a
+`FinishedCall` with the Deepgram request ids. It keeps a call's finals in memory for the
+whole call only while a listener `needs_finals` (the webhooks' `call.ended` carries the
+whole transcript); the store writes them as they come. `segments` turns the finals into
+speaker-labelled lines in time order across both channels, the base of every format
+(`transcript_json`, `transcript_text`).
 """
 
 from __future__ import annotations
@@ -58,7 +61,12 @@ class FinishedCall:
 
 
 class TranscriptListener(Protocol):
-    """What consumes the recorder's output; methods must not await (queue the work)."""
+    """What consumes the recorder's output; methods must not await (queue the work).
+    `needs_finals`: whether `call_finished` needs the call's whole transcript (its
+    `finals`); if no listener does, the recorder keeps none and `finals` is empty."""
+
+    @property
+    def needs_finals(self) -> bool: ...
 
     def call_started(self, info: CallInfo) -> None: ...
     def final(self, call_sid: str, text: str) -> None: ...
@@ -68,7 +76,7 @@ class TranscriptListener(Protocol):
 @dataclass(slots=True)
 class _Recording:
     info: CallInfo
-    finals: list[str] = field(default_factory=list)
+    finals: list[str] | None  # kept only if a listener needs them at the end
     request_ids: dict[str, None] = field(default_factory=dict)  # ordered set
     size: int = 0
     truncated: bool = False
@@ -90,7 +98,8 @@ class Recorder:
         self._calls: dict[str, _Recording] = {}
 
     def call_opened(self, info: CallInfo) -> None:
-        self._calls[info.call_sid] = _Recording(info)
+        keep = any(listener.needs_finals for listener in self.listeners)
+        self._calls[info.call_sid] = _Recording(info, [] if keep else None)
         for listener in self.listeners:
             listener.call_started(info)
 
@@ -111,7 +120,8 @@ class Recorder:
                 recording.truncated = True
                 self.truncated_calls += 1
             return
-        recording.finals.append(text)
+        if recording.finals is not None:
+            recording.finals.append(text)
         recording.size += len(text)
         for listener in self.listeners:
             listener.final(call_sid, text)
@@ -126,7 +136,7 @@ class Recorder:
             int(ending.code),
             ending.reason,
             tuple(recording.request_ids),
-            tuple(recording.finals),
+            tuple(recording.finals or ()),
             recording.truncated,
         )
         for listener in self.listeners:

@@ -138,6 +138,11 @@ class WebhookSender:
 
     # The recorder's listener (transcripts.TranscriptListener): no awaiting.
 
+    @property
+    def needs_finals(self) -> bool:
+        """`call.ended` carries the whole transcript: the recorder keeps it for us."""
+        return "call.ended" in self.events
+
     def call_started(self, info: CallInfo) -> None:
         self._calls[info.call_sid] = info
         if "call.started" in self.events:

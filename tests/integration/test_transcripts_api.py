@@ -23,6 +23,7 @@ from twilio_dg_proxy.hub import CALL_ENDED
 from twilio_dg_proxy.store.base import CallQuery, Cursor
 from twilio_dg_proxy.store.policy import Backoff
 from twilio_dg_proxy.store.sqlite import SqliteStore
+from twilio_dg_proxy.store.writer import EVENT_OVERHEAD
 from twilio_dg_proxy.transcripts import FinishedCall
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 from twilio_dg_proxy.viewer_protocol import CallInfo
@@ -157,7 +158,12 @@ async def test_a_stored_transcript_is_what_the_watchers_received_in_every_format
         listed = (await get(proxy, "/calls?From=%2B15550100")).json()
         assert listed == {"calls": [summary], "next": None}
         health = proxy.server.health()
-        assert health["store"] == {"kind": proxy.server.store.kind, "reachable": True, "queued": 0}  # type: ignore[union-attr]
+        assert health["store"] == {
+            "kind": proxy.server.store.kind,  # type: ignore[union-attr]
+            "reachable": True,
+            "queued": 0,
+            "queued_bytes": 0,
+        }
 
 
 async def test_pages_and_filters_through_the_api(
@@ -281,11 +287,9 @@ async def test_sqlite_locked_mid_call_keeps_the_transcript_waiting_then_stores_i
         with locked(transcripts_file):
             received = await run_call(proxy, call)
             await until(lambda: counters.store_errors >= 2)
-            assert proxy.server.health()["store"] == {
-                "kind": "sqlite",
-                "reachable": False,
-                "queued": 1,
-            }
+            health = proxy.server.health()["store"]
+            assert isinstance(health, dict) and health.pop("queued_bytes") > 0
+            assert health == {"kind": "sqlite", "reachable": False, "queued": 1}
             assert counters.transcripts_stored == 0
         await until(lambda: counters.transcripts_stored == 1)
         assert counters.transcripts_lost == 0
@@ -325,8 +329,10 @@ async def test_postgresql_down_mid_call_keeps_the_transcript_waiting_then_stores
 async def test_beyond_the_queue_the_oldest_waiting_calls_are_lost_and_counted(
     deepgram: FakeDeepgram, transcripts_file: Path
 ) -> None:
+    # Without finals, only whole calls can go: each start or end counts EVENT_OVERHEAD.
+    assert EVENT_OVERHEAD == 200
     options = {"store_retry": FAST_RETRY}
-    async with running_proxy(deepgram.url, options, STORE_QUEUE_CALLS="2") as proxy:  # type: ignore[arg-type]
+    async with running_proxy(deepgram.url, options, STORE_QUEUE_BYTES="1024") as proxy:  # type: ignore[arg-type]
         hub, counters = proxy.server.hub, proxy.server.hub.counters
         with locked(transcripts_file):
             for i in range(5):  # all end at once, before the writer runs

@@ -36,7 +36,8 @@ def result(text: str, *, channel: int = 0, start: float = 0.0, final: bool = Tru
 
 
 class Listener:
-    def __init__(self) -> None:
+    def __init__(self, needs_finals: bool = True) -> None:
+        self.needs_finals = needs_finals
         self.events: list[Any] = []
 
     def call_started(self, info: CallInfo) -> None:
@@ -49,8 +50,10 @@ class Listener:
         self.events.append(call)
 
 
-def recording_hub(max_bytes: int = 1 << 20) -> tuple[Hub, Listener, Recorder]:
-    hub, listener = Hub(queue_limit=10), Listener()
+def recording_hub(
+    max_bytes: int = 1 << 20, needs_finals: bool = True
+) -> tuple[Hub, Listener, Recorder]:
+    hub, listener = Hub(queue_limit=10), Listener(needs_finals)
     recorder = Recorder(clock_ms=lambda: 5_000, listeners=[listener], max_bytes=max_bytes)
     hub.sinks.append(recorder)
     return hub, listener, recorder
@@ -81,6 +84,38 @@ def test_the_recorder_keeps_every_final_with_text_and_the_request_ids() -> None:
     )
     assert not finished.truncated
     assert [e[0] for e in listener.events[:-1]] == ["started", "final", "final"]
+
+
+def test_without_a_listener_that_needs_them_no_finals_are_kept_but_each_is_passed_on() -> None:
+    hub, listener, recorder = recording_hub(needs_finals=False)
+    hub.open_call("CA1", INFO)
+    for i in range(3):
+        hub.publish("CA1", result(f"hello {i}", start=float(i)))
+    assert recorder._calls["CA1"].finals is None  # nothing held for the whole call
+    hub.end_call("CA1", CALL_ENDED)
+    finished = listener.events[-1]
+    assert finished.finals == () and finished.request_ids == ("req-0",)
+    assert [e[0] for e in listener.events[:-1]] == ["started", "final", "final", "final"]
+
+
+def test_finals_are_kept_when_any_listener_needs_them() -> None:
+    hub, listener, recorder = recording_hub(needs_finals=False)
+    recorder.listeners.append(Listener(needs_finals=True))
+    hub.open_call("CA1", INFO)
+    hub.publish("CA1", result("hello"))
+    hub.end_call("CA1", CALL_ENDED)
+    assert listener.events[-1].finals == (result("hello"),)
+
+
+def test_beyond_max_bytes_finals_are_no_longer_passed_on_even_when_none_are_kept() -> None:
+    text = result("hello")
+    hub, listener, _ = recording_hub(max_bytes=2 * len(text), needs_finals=False)
+    hub.open_call("CA1", INFO)
+    for _ in range(5):
+        hub.publish("CA1", text)
+    hub.end_call("CA1", CALL_ENDED)
+    assert [e[0] for e in listener.events[:-1]] == ["started", "final", "final"]
+    assert listener.events[-1].truncated
 
 
 def test_calls_of_other_instances_are_not_recorded() -> None:

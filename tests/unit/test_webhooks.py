@@ -62,3 +62,20 @@ def test_a_whsec_secret_that_is_not_base64_is_refused_by_name() -> None:
     )
     with pytest.raises(ConfigError, match="^WEBHOOK_SECRET: "):
         WebhookSender(settings, HubCounters())
+
+
+@pytest.mark.parametrize(
+    ("events", "needs"),
+    [("call.started,call.ended", True), ("call.started,transcript.final", False)],
+)
+def test_only_call_ended_makes_the_recorder_keep_whole_transcripts(
+    events: str, needs: bool
+) -> None:
+    settings = Settings.from_env(
+        {
+            "WEBHOOK_URL": "http://127.0.0.1:9/",
+            "WEBHOOK_SECRET": "0123456789abcdef",
+            "WEBHOOK_EVENTS": events,
+        }
+    )
+    assert WebhookSender(settings, HubCounters()).needs_finals is needs

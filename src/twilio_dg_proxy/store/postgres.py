@@ -4,13 +4,15 @@ connections and a psycopg_pool pool, so that several instances keep one call log
 The schema is `base`'s in PostgreSQL's types: the call info's JSON columns as jsonb (an
 operator can query them), the finals as text (Deepgram's texts verbatim: jsonb would
 reorder their keys). Instances that start together migrate one at a time (an advisory
-lock held by the migration's transaction).
+lock held by the migration's transaction). Calls left live by an instance that stopped stay
+live: instances share the database, and none can tell whether another has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -23,15 +25,22 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..exceptions import StoreError, StoreUnavailable
 from ..transcripts import FinishedCall
 from .base import (
-    CALL_COLUMNS,
     SCHEMA_VERSION,
-    SUMMARY_COLUMNS,
     CallPage,
     CallQuery,
+    CallStarted,
+    FinalResult,
+    StoreEvent,
     call_from_row,
-    call_row,
+    events_of,
+    finals_query,
+    get_query,
     list_query,
     page_of,
+    parameter_rows,
+    runs,
+    statement_args,
+    write_statements,
 )
 
 T = TypeVar("T")
@@ -70,6 +79,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (call_sid, name)
         )""",
         "CREATE INDEX call_parameters_by_value ON call_parameters (name, value)",
+    ),
+    # Version 2: a call's row is written when it starts (ended_at_ms, end_code and
+    # end_reason NULL while it is live) and its finals are rows of their own, appended as
+    # they come; each call's JSON array of finals becomes its rows, verbatim (json, not
+    # jsonb: the elements are strings, returned as they were).
+    (
+        """ALTER TABLE calls ALTER COLUMN ended_at_ms DROP NOT NULL,
+            ALTER COLUMN end_code DROP NOT NULL, ALTER COLUMN end_reason DROP NOT NULL,
+            ADD COLUMN instance text NOT NULL DEFAULT ''""",
+        """CREATE TABLE finals (
+            call_sid text NOT NULL REFERENCES calls ON DELETE CASCADE,
+            seq integer NOT NULL,
+            text text NOT NULL,
+            PRIMARY KEY (call_sid, seq)
+        )""",
+        """INSERT INTO finals SELECT calls.call_sid, each.n - 1, each.text
+            FROM calls, json_array_elements_text(calls.finals::json) WITH ORDINALITY
+            AS each(text, n)""",
+        "ALTER TABLE calls DROP COLUMN finals",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -116,8 +144,11 @@ class PostgresStore:
         finally:
             await pool.close()
 
+    async def write(self, events: Sequence[StoreEvent]) -> None:
+        await self._call(_write, events)
+
     async def save(self, call: FinishedCall) -> None:
-        await self._call(_save, call)
+        await self.write(events_of(call))
 
     async def list_calls(self, query: CallQuery) -> CallPage:
         rows = await self._call(_list, query)
@@ -189,22 +220,30 @@ async def _migrate(connection: psycopg.AsyncConnection[Any]) -> None:
         await connection.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 
 
-_INSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in CALL_COLUMNS)})"
-)
+_STATEMENTS = write_statements("%s", "ON CONFLICT DO NOTHING")
+_INSERT_PARAMETER = "INSERT INTO call_parameters VALUES (%s, %s, %s)"
 
 
-async def _save(connection: psycopg.AsyncConnection[Any], call: FinishedCall) -> None:
-    sid = call.info.call_sid
-    row = call_row(call, as_json=Jsonb)
-    await connection.execute("DELETE FROM calls WHERE call_sid = %s", (sid,))  # and parameters
-    await connection.execute(_INSERT_CALL, row)
+# A run of finals as one JSON parameter: psycopg adapts and sends each row of an executemany
+# in Python, on the event loop: 11 us of the loop a final, against 3 us for json.dumps of the
+# batch (measured writing 60,000 finals in batches); Deepgram's texts come back verbatim.
+_INSERT_FINALS = """INSERT INTO finals (call_sid, seq, text)
+    SELECT f->>0, (f->>1)::integer, f->>2 FROM json_array_elements(%s::json) AS f
+    WHERE EXISTS (SELECT 1 FROM calls WHERE calls.call_sid = f->>0)
+    ON CONFLICT DO NOTHING"""
+
+
+async def _write(connection: psycopg.AsyncConnection[Any], events: Sequence[StoreEvent]) -> None:
     async with connection.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO call_parameters VALUES (%s, %s, %s)",
-            [(sid, name, value) for name, value in call.info.custom_parameters.items()],
-        )
+        for run in runs(events):
+            if isinstance(run[0], FinalResult):
+                rows = [[e.call_sid, e.seq, e.text] for e in run if isinstance(e, FinalResult)]
+                await cursor.execute(_INSERT_FINALS, (json.dumps(rows),))
+                continue
+            for index, statement in enumerate(_STATEMENTS[type(run[0])]):
+                await cursor.executemany(statement, [statement_args(e, index, Jsonb) for e in run])
+            if isinstance(run[0], CallStarted):
+                await cursor.executemany(_INSERT_PARAMETER, parameter_rows(run))
 
 
 async def _list(connection: psycopg.AsyncConnection[Any], query: CallQuery) -> list[FinishedCall]:
@@ -216,17 +255,20 @@ async def _list(connection: psycopg.AsyncConnection[Any], query: CallQuery) -> l
 async def _get(
     connection: psycopg.AsyncConnection[Any], call_sid: str, finals: bool
 ) -> FinishedCall | None:
-    columns = CALL_COLUMNS if finals else SUMMARY_COLUMNS
-    cursor = await connection.execute(
-        f"SELECT {', '.join(columns)} FROM calls WHERE call_sid = %s",
-        (call_sid,),
-    )
+    cursor = await connection.execute(get_query("%s"), (call_sid,))
     row = await cursor.fetchone()
-    return call_from_row(row) if row is not None else None
+    if row is None:
+        return None
+    texts: list[str] = []
+    if finals:
+        cursor = await connection.execute(finals_query("%s"), (call_sid,))
+        texts = [found["text"] for found in await cursor.fetchall()]
+    return call_from_row(row, texts)
 
 
 async def _purge(connection: psycopg.AsyncConnection[Any], ended_before_ms: int) -> int:
-    cursor = await connection.execute(
-        "DELETE FROM calls WHERE ended_at_ms < %s", (ended_before_ms,)
+    ended = await connection.execute("DELETE FROM calls WHERE ended_at_ms < %s", (ended_before_ms,))
+    left_live = await connection.execute(
+        "DELETE FROM calls WHERE ended_at_ms IS NULL AND started_at_ms < %s", (ended_before_ms,)
     )
-    return cursor.rowcount
+    return ended.rowcount + left_live.rowcount

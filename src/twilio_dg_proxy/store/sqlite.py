@@ -9,24 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailable
+from ..logs import get_logger
 from ..transcripts import FinishedCall
 from .base import (
-    CALL_COLUMNS,
+    INTERRUPTED_CODE,
+    INTERRUPTED_REASON,
     SCHEMA_VERSION,
-    SUMMARY_COLUMNS,
     CallPage,
     CallQuery,
+    CallStarted,
+    StoreEvent,
     call_from_row,
-    call_row,
+    events_of,
+    finals_query,
+    get_query,
     list_query,
     page_of,
+    parameter_rows,
+    runs,
+    statement_args,
+    write_statements,
 )
+from .instance import is_gone
+
+logger = get_logger("store")
 
 T = TypeVar("T")
 
@@ -61,6 +73,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX call_parameters_by_value ON call_parameters (name, value)",
     ),
+    # Version 2: a call's row is written when it starts (ended_at_ms, end_code and
+    # end_reason NULL while it is live) and its finals are rows of their own, appended as
+    # they come. SQLite cannot drop a NOT NULL: `calls` is rebuilt (with foreign keys off,
+    # `_migrate`), and each call's JSON array of finals becomes its rows, verbatim.
+    (
+        """CREATE TABLE calls_v2 (
+            call_sid TEXT PRIMARY KEY,
+            started_at_ms INTEGER NOT NULL,
+            ended_at_ms INTEGER,
+            end_code INTEGER,
+            end_reason TEXT,
+            tracks TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            request_ids TEXT NOT NULL,
+            truncated INTEGER NOT NULL,
+            instance TEXT NOT NULL DEFAULT ''
+        )""",
+        """INSERT INTO calls_v2 SELECT call_sid, started_at_ms, ended_at_ms, end_code,
+            end_reason, tracks, parameters, request_ids, truncated, '' FROM calls""",
+        """CREATE TABLE finals (
+            call_sid TEXT NOT NULL REFERENCES calls ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (call_sid, seq)
+        )""",
+        """INSERT INTO finals SELECT calls.call_sid, CAST(each.key AS INTEGER), each.value
+            FROM calls, json_each(calls.finals) AS each""",
+        "DROP TABLE calls",
+        "ALTER TABLE calls_v2 RENAME TO calls",
+        "CREATE INDEX calls_newest ON calls (ended_at_ms DESC, call_sid DESC)",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -90,6 +133,7 @@ class SqliteStore:
             store = cls(connection, runner)
             try:
                 await store._call(_migrate, connection)
+                await store._call(_end_interrupted, connection)
                 yield store
             finally:
                 await _run(runner, connection.close)
@@ -97,8 +141,11 @@ class SqliteStore:
             if own:
                 runner.shutdown(wait=False)  # its last job (the close) is done: it is idle
 
+    async def write(self, events: Sequence[StoreEvent]) -> None:
+        await self._call(_write, self._connection, events)
+
     async def save(self, call: FinishedCall) -> None:
-        await self._call(_save, self._connection, call)
+        await self.write(events_of(call))
 
     async def list_calls(self, query: CallQuery) -> CallPage:
         rows = await self._call(_list, self._connection, query)
@@ -155,6 +202,16 @@ def _migrate(connection: sqlite3.Connection) -> None:
     another connection is writing to still opens."""
     if _version(connection) == SCHEMA_VERSION:
         return
+    # Off while tables are rebuilt (dropping `calls` would delete its children's rows);
+    # checked before the commit. The pragma does nothing inside a transaction.
+    connection.execute("PRAGMA foreign_keys = OFF")
+    try:
+        _migrate_steps(connection)
+    finally:
+        connection.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate_steps(connection: sqlite3.Connection) -> None:
     with _transaction(connection):
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = _version(connection)
@@ -168,6 +225,8 @@ def _migrate(connection: sqlite3.Connection) -> None:
         if version < SCHEMA_VERSION:
             connection.execute("DELETE FROM schema_version")
             connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        if connection.execute("PRAGMA foreign_key_check").fetchone() is not None:
+            raise sqlite3.IntegrityError("the migration broke a foreign key")
 
 
 def _version(connection: sqlite3.Connection) -> int:
@@ -194,41 +253,84 @@ class _transaction:
         self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-_INSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)})"
-)
+_STATEMENTS = write_statements("?", "ON CONFLICT DO NOTHING")
+_INSERT_PARAMETER = "INSERT INTO call_parameters VALUES (?, ?, ?)"
 
 
-def _save(connection: sqlite3.Connection, call: FinishedCall) -> None:
-    sid = call.info.call_sid
+def _write(connection: sqlite3.Connection, events: Sequence[StoreEvent]) -> None:
     with _transaction(connection):
-        connection.execute("DELETE FROM calls WHERE call_sid = ?", (sid,))  # and its parameters
-        connection.execute(_INSERT_CALL, call_row(call))
-        connection.executemany(
-            "INSERT INTO call_parameters VALUES (?, ?, ?)",
-            ((sid, name, value) for name, value in call.info.custom_parameters.items()),
-        )
+        for run in runs(events):
+            for index, statement in enumerate(_STATEMENTS[type(run[0])]):
+                connection.executemany(statement, (statement_args(e, index) for e in run))
+            if isinstance(run[0], CallStarted):
+                connection.executemany(_INSERT_PARAMETER, parameter_rows(run))
+
+
+def _end_interrupted(connection: sqlite3.Connection) -> None:
+    """Mark ended the calls left live by a process of this host that has stopped (killed,
+    crashed): a file belongs to one instance. They end when their last final did (the
+    latest the store knows them alive), with `INTERRUPTED_REASON`. Best effort: a file
+    locked now is tried again at the next start."""
+    rows = connection.execute(
+        "SELECT call_sid, instance FROM calls WHERE ended_at_ms IS NULL"
+    ).fetchall()
+    gone = [(row["call_sid"],) for row in rows if is_gone(row["instance"])]
+    if not gone:
+        return
+    try:
+        with _transaction(connection):
+            connection.executemany(_END_INTERRUPTED, gone)
+    except sqlite3.OperationalError as exc:
+        logger.warning("could not mark %d interrupted call(s) ended: %s", len(gone), exc)
+        return
+    logger.warning(
+        "%d call(s) left live by a proxy that stopped marked ended (%s)",
+        len(gone),
+        INTERRUPTED_REASON,
+    )
+
+
+# The call's end: its start plus the end of its last final (Deepgram's seconds on the
+# call's timeline), or its start if it had none.
+_END_INTERRUPTED = f"""UPDATE calls SET
+    ended_at_ms = started_at_ms + max(0, coalesce((
+        SELECT CAST(max(json_extract(text, '$.start') + json_extract(text, '$.duration'))
+            * 1000 AS INTEGER)
+        FROM finals WHERE finals.call_sid = calls.call_sid AND json_valid(text)), 0)),
+    end_code = {INTERRUPTED_CODE}, end_reason = '{INTERRUPTED_REASON}'
+    WHERE call_sid = ? AND ended_at_ms IS NULL"""
 
 
 def _list(connection: sqlite3.Connection, query: CallQuery) -> list[FinishedCall]:
     sql, args = list_query(query, "?")
-    return _calls(connection.execute(sql, args))
+    return [call_from_row(_dict(row)) for row in connection.execute(sql, args)]
 
 
 def _get(connection: sqlite3.Connection, call_sid: str, finals: bool) -> FinishedCall | None:
-    columns = CALL_COLUMNS if finals else SUMMARY_COLUMNS
-    cursor = connection.execute(
-        f"SELECT {', '.join(columns)} FROM calls WHERE call_sid = ?", (call_sid,)
-    )
-    found = _calls(cursor)
-    return found[0] if found else None
+    connection.execute("BEGIN")  # one snapshot for the row and its finals
+    try:
+        row = connection.execute(get_query("?"), (call_sid,)).fetchone()
+        if row is None:
+            return None
+        texts = (
+            [text for (text,) in connection.execute(finals_query("?"), (call_sid,))]
+            if finals
+            else []
+        )
+    finally:
+        connection.execute("COMMIT")
+    return call_from_row(_dict(row), texts)
 
 
-def _calls(rows: Iterable[sqlite3.Row]) -> list[FinishedCall]:
-    return [call_from_row({key: row[key] for key in row.keys()}) for row in rows]
+def _dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {key: row[key] for key in row.keys()}
 
 
 def _purge(connection: sqlite3.Connection, ended_before_ms: int) -> int:
     with _transaction(connection):
-        cursor = connection.execute("DELETE FROM calls WHERE ended_at_ms < ?", (ended_before_ms,))
-    return cursor.rowcount
+        ended = connection.execute("DELETE FROM calls WHERE ended_at_ms < ?", (ended_before_ms,))
+        left_live = connection.execute(
+            "DELETE FROM calls WHERE ended_at_ms IS NULL AND started_at_ms < ?",
+            (ended_before_ms,),
+        )
+    return ended.rowcount + left_live.rowcount
