@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from . import backoff
 from .config import Settings
 from .exceptions import DeepgramClosed, DeepgramError, DeepgramNotConfigured, DeepgramRefused
 
@@ -80,9 +81,9 @@ class Backoff:
     longest_s: float = 4.0
 
     def delay(self, attempt: int, jitter: float) -> float:
-        """Seconds to wait before attempt `attempt` (1-based); `jitter` is uniform in [0, 1)."""
-        ceiling = min(self.longest_s, self.first_s * 2.0 ** (attempt - 1))
-        return ceiling * (0.5 + jitter / 2)  # "equal jitter": never zero, never above ceiling
+        """Seconds to wait before attempt `attempt` (1-based); `jitter` is uniform in [0, 1).
+        Equal jitter (`backoff`): never zero, never above the ceiling."""
+        return backoff.Backoff(self.first_s, self.longest_s).delay(attempt, jitter)
 
     def gives_up(self, attempt: int, outage_s: float) -> bool:
         """True when attempt `attempt` would exceed the attempts or the outage budget."""

@@ -42,8 +42,8 @@ from redis.exceptions import (
 )
 
 from . import broker_protocol as wire
+from .backoff import Backoff
 from .config import Settings
-from .deepgram_protocol import Backoff
 from .exceptions import BrokerUnavailable, DuplicateCall
 from .hub import Ending, Hub
 from .logs import get_logger
@@ -78,7 +78,7 @@ _TRANSIENT_REPLIES = (
     NoPermissionError,
 )
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
-_RETRY = Backoff(max_attempts=1 << 30, budget_s=float("inf"), first_s=0.1, longest_s=2.0)
+_RETRY = Backoff(0.1, 2.0)
 WRITES_PER_ROUND_TRIP = 500
 READ_COUNT = 1000  # entries per stream per XREAD
 FEED_MAX = 10_000  # call feed entries kept (starts and ends of calls)

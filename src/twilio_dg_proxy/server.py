@@ -29,6 +29,7 @@ from .auth import (
     twilio_signature_check,
     unauthenticated_endpoints,
 )
+from .backoff import Backoff
 from .call import START_MAX_MESSAGE_BYTES, START_TIMEOUT_S, handle_twilio
 from .calls_protocol import is_calls_path
 from .clients import CHOICE_TIMEOUT_S, NumberOptions, handle_client, handle_viewer
@@ -46,7 +47,7 @@ from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
 from .observability import METRICS_PATH, READY_PATH, Observability
-from .store.policy import DEFAULT_BACKOFF, Backoff
+from .store.policy import DEFAULT_BACKOFF
 from .store.writer import FLUSH_TIMEOUT_S, StoreWriter, wall_clock_ms
 from .transcripts import Recorder
 from .viewer import INDEX, Asset, load_assets

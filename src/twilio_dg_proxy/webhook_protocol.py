@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+from .backoff import Backoff
 from .exceptions import InvalidWebhook
 from .transcripts import FinishedCall, Segment, segments, transcript_json
 from .viewer_protocol import CallInfo
@@ -246,8 +247,7 @@ def is_retryable(outcome: Outcome) -> bool:
 def backoff_s(attempt: int, timing: Timing, random: Callable[[], float]) -> float:
     """Full jitter: a uniform delay up to `backoff_base_s * 2**(attempt - 1)`, capped at
     `backoff_max_s` (`random()` is in [0, 1))."""
-    exponent = min(max(attempt - 1, 0), 62)  # beyond, the cap applies anyway
-    return random() * min(timing.backoff_max_s, timing.backoff_base_s * 2.0**exponent)
+    return Backoff(timing.backoff_base_s, timing.backoff_max_s, "full").delay(attempt, random())
 
 
 def retry_after_s(value: str | None, now: float) -> float | None:

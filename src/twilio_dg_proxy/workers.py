@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .backoff import Backoff
 from .logs import get_logger
 
 __all__ = [
@@ -66,17 +67,14 @@ class RestartBackoff:
     def __init__(
         self, first_s: float = 0.5, longest_s: float = 10.0, reset_after_s: float = 30.0
     ) -> None:
-        self.first_s = first_s
-        self.longest_s = longest_s
+        self.backoff = Backoff(first_s, longest_s, "none")
         self.reset_after_s = reset_after_s
-        self._next_s = first_s
+        self._deaths = 0  # in a row, each before reset_after_s
 
     def delay(self, ran_for_s: float) -> float:
         """Seconds to wait before restarting a worker that died after running `ran_for_s`."""
-        if ran_for_s >= self.reset_after_s:
-            self._next_s = self.first_s
-        delay, self._next_s = self._next_s, min(self.longest_s, self._next_s * 2)
-        return delay
+        self._deaths = 1 if ran_for_s >= self.reset_after_s else self._deaths + 1
+        return self.backoff.delay(self._deaths)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from twilio_dg_proxy.backoff import Backoff
 from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.deepgram import Pings
 from twilio_dg_proxy.server import ProxyServer, bound_port
-from twilio_dg_proxy.store.policy import Backoff
 from twilio_dg_proxy.twilio_simulator import SimulatedCall
 from twilio_dg_proxy.webhook_protocol import Timing
 

@@ -17,11 +17,11 @@ from urllib.parse import quote
 import srt as srt_parser  # type: ignore[import-untyped]  # srt ships no type hints
 import webvtt
 
+from twilio_dg_proxy.backoff import Backoff
 from twilio_dg_proxy.calls_protocol import encode_cursor
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.hub import CALL_ENDED
 from twilio_dg_proxy.store.base import CallQuery, Cursor
-from twilio_dg_proxy.store.policy import Backoff
 from twilio_dg_proxy.store.sqlite import SqliteStore
 from twilio_dg_proxy.store.writer import EVENT_OVERHEAD
 from twilio_dg_proxy.transcripts import FinishedCall

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twilio_dg_proxy.store.policy import Backoff, PendingEvents, Waiting
+from twilio_dg_proxy.store.policy import PendingEvents, Waiting
 
 Entry = Waiting[str, int]
 
@@ -103,24 +103,3 @@ def test_a_long_outage_leaves_no_husks_behind() -> None:
 def test_a_queue_without_room_is_refused() -> None:
     with pytest.raises(ValueError):
         PendingEvents(0)
-
-
-@given(
-    attempt=st.integers(-5, 10_000),
-    jitter=st.floats(-1.0, 2.0),
-    first=st.floats(0.001, 5.0),
-    cap=st.floats(5.0, 120.0),
-)
-def test_a_backoff_wait_is_within_half_and_all_of_its_capped_exponential(
-    attempt: int, jitter: float, first: float, cap: float
-) -> None:
-    backoff = Backoff(first, cap)
-    delay = backoff.delay(attempt, jitter)
-    envelope = min(cap, first * 2.0 ** min(max(attempt, 0), 64))
-    assert envelope / 2 <= delay <= envelope
-
-
-def test_backoff_doubles_then_holds_at_its_cap() -> None:
-    backoff = Backoff(0.5, 4.0)
-    assert [backoff.delay(n, 1.0) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert backoff.delay(0, 0.0) == 0.25

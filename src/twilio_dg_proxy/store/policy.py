@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
+from ..backoff import Backoff
+
 E = TypeVar("E")  # an event
 K = TypeVar("K")  # the call it belongs to, compared by identity
 
@@ -129,21 +131,5 @@ class PendingEvents(Generic[E, K]):
         return gone
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: the n-th wait (from 0) is `first_s * 2**n`, capped
-    at `max_s`, times a factor from 0.5 to 1 given by `jitter` in [0, 1], so that instances that
-    lost the same store do not retry in step."""
-
-    first_s: float = 0.5
-    max_s: float = 30.0
-
-    def delay(self, attempt: int, jitter: float) -> float:
-        exponent = min(max(attempt, 0), 64)  # 2**64 * first_s is past any cap
-        return min(self.max_s, self.first_s * 2.0**exponent) * (
-            0.5 + min(max(jitter, 0.0), 1.0) / 2
-        )
-
-
-#: The writer's default: 0.5 s doubling to 30 s.
-DEFAULT_BACKOFF = Backoff()
+#: The writer's default: 0.5 s doubling to 30 s, equal jitter.
+DEFAULT_BACKOFF = Backoff(0.5, 30.0)

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 
+from ..backoff import Backoff
 from ..exceptions import StoreUnavailable
 from ..hub import HubCounters
 from ..logs import get_logger
@@ -30,7 +31,7 @@ from ..transcripts import FinishedCall
 from ..viewer_protocol import CallInfo
 from .base import CallEnded, CallStarted, FinalResult, StoreEvent, TranscriptStore
 from .instance import this_instance
-from .policy import DEFAULT_BACKOFF, Backoff, Kind, PendingEvents, Waiting
+from .policy import DEFAULT_BACKOFF, Kind, PendingEvents, Waiting
 
 logger = get_logger("store")
 
@@ -278,7 +279,7 @@ class StoreWriter:
                 await self.store.write(events)
             except StoreUnavailable as exc:
                 self._failed(exc, attempt)
-                await asyncio.sleep(self.retry.delay(attempt, random.random()))
+                await asyncio.sleep(self.retry.delay(attempt + 1, random.random()))
                 attempt += 1
                 continue
             except Exception:  # StoreError, or a bug: these events cannot be written
