@@ -78,8 +78,9 @@ class StereoMixer:
         # then holds a chunk's worth. Most pushes do not, and `pop_chunks` returns at once.
         self._may_be_ready = False
 
-    def push(self, track: Track, timestamp_ms: int, payload: bytes) -> None:
-        """Place `payload` (mu-law samples) on `track` at `timestamp_ms`."""
+    def push(self, track: Track, timestamp_ms: int, payload: bytes) -> bool:
+        """Place `payload` (mu-law samples) on `track` at `timestamp_ms`. Returns whether a
+        chunk may be ready: if not, `pop_chunks` would return nothing."""
         state = self._buffers[track]  # KeyError: the caller checked the track was announced
         self.stats.packets += 1
         buf = state.buf
@@ -95,7 +96,7 @@ class StereoMixer:
             self.stats.late_samples += late
             if late == len(payload):
                 self.stats.late_packets += 1
-                return
+                return self._may_be_ready
             payload = payload[late:]
             index = 0
         if index > len(buf):
@@ -106,6 +107,7 @@ class StereoMixer:
         buf[index : index + len(payload)] = payload
         if len(buf) >= self.chunk_samples:
             self._may_be_ready = True
+        return self._may_be_ready
 
     def pop_chunks(self) -> list[bytes]:
         """Hand out every full chunk that is ready (`chunk_ms` of audio per chunk)."""
