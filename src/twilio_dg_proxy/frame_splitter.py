@@ -84,6 +84,7 @@ class FrameSplitter:
         start = 0  # of the bytes not yet handed out
         pos = 0  # of the next frame
         end = len(data)
+        masked = self.masked
         while pos < end:
             head = _header(data, pos)
             if head is None:  # incomplete header: wait for more
@@ -95,9 +96,12 @@ class FrameSplitter:
                     break
                 if pos > start:
                     pieces.append(Passed(bytes(data[start:pos])))
-                payload = bytes(data[payload_at:frame_end])
-                if self.masked:
-                    payload = apply_mask(payload, data[payload_at - 4 : payload_at])
+                if masked:  # apply_mask takes any buffer and returns bytes
+                    payload = apply_mask(
+                        data[payload_at:frame_end], data[payload_at - 4 : payload_at]
+                    )
+                else:
+                    payload = bytes(data[payload_at:frame_end])
                 pieces.append(Message(payload, first == _FIN_TEXT))
                 start = pos = frame_end
                 continue
@@ -109,9 +113,10 @@ class FrameSplitter:
             pos = frame_end
         if pos > start:
             pieces.append(Passed(bytes(data[start:pos])))
-        if pos == 0 and isinstance(data, bytearray):
-            pass  # all of it is still pending, where it is
-        else:
+        if pos == end:  # whole frames, the usual read: no new buffer unless one was pending
+            if self._pending:
+                self._pending = bytearray()
+        elif pos or not isinstance(data, bytearray):  # else all of it is pending, where it is
             self._pending = bytearray(data[pos:])
 
     def release(self) -> bytes:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from .audio_buffer import AudioBuffer
 from .exceptions import UnsupportedFrame
 from .mixer import StereoMixer
-from .twilio_events import Dtmf, Media, Start, Stop, TwilioStream, UnknownEvent
+from .twilio_events import Dtmf, Media, Start, Stop, TwilioEvent, TwilioStream, UnknownEvent
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -99,29 +99,40 @@ class StreamIntake:
         try:
             if not text:
                 raise UnsupportedFrame("binary frames are not part of the Media Streams protocol")
-            event = self.stream.receive(data)
-            if type(event) is Media:  # ~100 per second per call: first, and nothing else
-                mixer, audio = self.mixer, self.audio
-                assert mixer is not None and audio is not None  # TwilioStream: after start
-                if not self._chunk_since:  # one clock read per chunk, not per frame
-                    self._chunk_since = self._clock()
-                mixer.push(event.track, event.timestamp_ms, event.payload)
+            stream = self.stream
+            # ~100 media messages per second per call: Twilio's own layout first, read
+            # without a JSON parser or an event object; anything else the whole way.
+            media = stream.media(data)
+            if media is None:
+                event = stream.receive(data)
+                if type(event) is not Media:
+                    self._other(event)
+                    return
+                media = event.track, event.timestamp_ms, event.payload
+            mixer, audio = self.mixer, self.audio
+            assert mixer is not None and audio is not None  # TwilioStream: after start
+            if not self._chunk_since:  # one clock read per chunk, not per frame
+                self._chunk_since = self._clock()
+            if mixer.push(*media):  # a chunk may be ready (one push in five, at 100 ms)
                 since = self._chunk_since
                 for chunk in mixer.pop_chunks():
                     audio.put(chunk, since)
                     self._chunk_since = 0.0
-            elif type(event) is Start:
-                self._open(event)
-            elif type(event) is Stop:
-                self._end()
-            elif type(event) is Dtmf:
-                # Digits can be card numbers or PINs: not at INFO.
-                self.log.debug("DTMF %s on %s", event.digit, event.track)
-            elif type(event) is UnknownEvent:
-                self._note_unknown(event.name)
         except Exception as exc:  # noqa: BLE001 - a ProxyError or a bug: the call's task decides
             self.error = exc
             self._end()
+
+    def _other(self, event: TwilioEvent) -> None:
+        """Any event but media."""
+        if type(event) is Start:
+            self._open(event)
+        elif type(event) is Stop:
+            self._end()
+        elif type(event) is Dtmf:
+            # Digits can be card numbers or PINs: not at INFO.
+            self.log.debug("DTMF %s on %s", event.digit, event.track)
+        elif type(event) is UnknownEvent:
+            self._note_unknown(event.name)
 
     def closed(self) -> None:
         """The connection closed: end the stream if it has not ended yet."""

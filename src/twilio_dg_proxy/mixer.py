@@ -78,13 +78,26 @@ class StereoMixer:
         # then holds a chunk's worth. Most pushes do not, and `pop_chunks` returns at once.
         self._may_be_ready = False
 
-    def push(self, track: Track, timestamp_ms: int, payload: bytes) -> None:
-        """Place `payload` (mu-law samples) on `track` at `timestamp_ms`."""
+    def push(self, track: Track, timestamp_ms: int, payload: bytes) -> bool:
+        """Place `payload` (mu-law samples) on `track` at `timestamp_ms`. Returns whether a
+        chunk may be ready: if not, `pop_chunks` would return nothing."""
         state = self._buffers[track]  # KeyError: the caller checked the track was announced
         self.stats.packets += 1
         buf = state.buf
-        head = self.emitted + len(buf)
         pos = timestamp_ms * SAMPLES_PER_MS + state.offset
+        if pos - self.emitted == len(buf):  # the next packet, in order: nothing to repair
+            buf += payload
+        else:
+            self._place(state, pos, payload)
+        if len(buf) >= self.chunk_samples:
+            self._may_be_ready = True
+        return self._may_be_ready
+
+    def _place(self, state: _TrackBuffer, pos: int, payload: bytes) -> None:
+        """Place `payload` at timeline position `pos` of a track whose audio does not end
+        there: across a discontinuity, after a gap, or over audio already there or sent."""
+        buf = state.buf
+        head = self.emitted + len(buf)
         if pos - head > self.max_gap or pos + len(payload) < self.emitted - self.max_gap:
             self.stats.discontinuities += 1
             state.offset += head - pos
@@ -104,8 +117,6 @@ class StereoMixer:
         # A slice assignment past the end grows the buffer; inside it, a re-sent or
         # reordered packet overwrites what stood there (silence from a gap, usually).
         buf[index : index + len(payload)] = payload
-        if len(buf) >= self.chunk_samples:
-            self._may_be_ready = True
 
     def pop_chunks(self) -> list[bytes]:
         """Hand out every full chunk that is ready (`chunk_ms` of audio per chunk)."""

@@ -251,3 +251,37 @@ def test_any_sequence_of_messages_never_raises_and_ends_at_most_once(kinds: list
     if taker.audio is not None:
         taker.closed()
         assert len(audio_of(taker)) % 160 == 0
+
+
+@given(
+    st.lists(
+        st.sampled_from(["media", "media", "media", "start", "stop", "junk", "compact"])
+        | st.integers(min_value=0, max_value=400),
+        max_size=40,
+    )
+)
+def test_the_fast_path_of_media_changes_nothing_but_the_cost(steps: list[str | int]) -> None:
+    """An intake whose stream never takes the fast path (`TwilioStream.media`) ends with
+    the same audio, error and state. Integers mutate the next media message at that index."""
+    call = SimulatedCall()
+    media = iter([m for _, m in call.frames({"inbound": pattern("inbound", 160 * 40)})])
+    fast, full = intake(chunk_ms=40), intake(chunk_ms=40)
+    full.stream.media = lambda text: None  # type: ignore[method-assign]
+    for step in steps:
+        if step in ("media", "compact") or isinstance(step, int):
+            message = next(media, call.stop())
+            if step == "compact":
+                message = json.dumps(json.loads(message), separators=(",", ":"))
+            elif isinstance(step, int):
+                at = step % len(message)
+                message = message[:at] + "0\\"[step % 2] + message[at + 1 :]
+        else:
+            message = call.start() if step == "start" else call.stop() if step == "stop" else "[]"
+        feed(fast, message)
+        feed(full, message)
+        state = (fast.ended, fast.stopped, repr(fast.error))
+        assert state == (full.ended, full.stopped, repr(full.error))
+    if fast.audio is not None:
+        fast.closed()
+        full.closed()
+        assert audio_of(fast) == audio_of(full)

@@ -338,3 +338,20 @@ def test_pop_chunks_hands_out_every_ready_chunk_however_rarely_it_is_called(
         if call_now:
             pop_and_check()
     pop_and_check()
+
+
+@given(call_audio(), st.integers(20, 400), st.sampled_from([20, 100]))
+@settings(max_examples=300, deadline=None)
+def test_push_says_when_a_chunk_may_be_ready(
+    case: tuple[list[tuple[Track, int, bytes]], dict[Track, bytes]], max_lag_ms: int, chunk_ms: int
+) -> None:
+    """Popping only after a push that says a chunk may be ready (as the intake does) hands
+    out the same chunks, at the same pushes, as popping after every push."""
+    arrivals, _ = case
+    every = StereoMixer(TRACKS, chunk_ms=chunk_ms, max_lag_ms=max_lag_ms)
+    told = StereoMixer(TRACKS, chunk_ms=chunk_ms, max_lag_ms=max_lag_ms)
+    for track, timestamp, payload in arrivals:
+        every.push(track, timestamp, payload)
+        ready = told.push(track, timestamp, payload)
+        assert every.pop_chunks() == (told.pop_chunks() if ready else [])
+    assert every.flush() == told.flush()
