@@ -123,9 +123,10 @@ def window_range(times: Sequence[float], start: float, end: float) -> range:
     return range(bisect_left(times, start), bisect_left(times, end))
 
 
-# The fake stamps every Results as its last field: `"fake": {"sent_at": <float>, "seq": <int>}`.
-_STAMP = re.compile(rb'"fake": \{"sent_at": ([-+.0-9eE]+), "seq": ([0-9]+)\}\}')
-_STAMP_KEY = b'"fake": {'
+# The fake stamps every Results as its last field: `"fake": {"sent_at": <float>, "seq": <int>}`
+# (json.dumps's spacing, or orjson's none).
+_STAMP = re.compile(rb'"fake": ?\{"sent_at": ?([-+.0-9eE]+), ?"seq": ?([0-9]+)\}\}')
+_STAMP_KEY = b'"fake":'
 
 
 def fake_stamp(message: bytes) -> tuple[float, int] | None:
