@@ -93,16 +93,15 @@ class StreamRecord:
         )
 
 
-def _dumps(message: JSONDict) -> str:
-    return _orjson_dumps(message).decode()
-
-
 try:
     from orjson import dumps as _orjson_dumps
 except ImportError:  # pragma: no cover - orjson installs wherever CPython does
     _serialise: Callable[[JSONDict], str] = json.dumps
 else:
-    _serialise = _dumps
+
+    def _serialise(message: JSONDict) -> str:
+        """`message` as JSON text, by orjson (several times json.dumps's speed)."""
+        return _orjson_dumps(message).decode()
 
 
 class _Stream(asyncio.Protocol):
@@ -206,8 +205,11 @@ class _Stream(asyncio.Protocol):
             self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
             return
         replies, close = session.receive(decoded)
-        for reply in replies:
-            self.protocol.send_text(session.render(reply).encode())
+        if replies:
+            for reply in replies:
+                self.protocol.send_text(session.render(reply).encode())
+            # Written now, right after their stamps, not after the rest of the read.
+            flush(self.protocol, self._transport)
         if close is not None:
             session.stream.close_code, session.stream.close_reason = close
             self.protocol.send_close(*close)
