@@ -22,9 +22,10 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeAlias
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -53,6 +54,7 @@ from ..listening import Listening, watch_deadline
 __all__ = [
     "MULAW_SILENCE",
     "SyntheticEngine",
+    "SyntheticSession",
     "SyntheticStream",
     "SyntheticTranscriber",
     "audio_digest",
@@ -292,6 +294,99 @@ class SyntheticStream:
             self.sent.append(text)
 
 
+#: How a stream ends after a message: (close code, reason), or None to read on.
+Close: TypeAlias = tuple[int, str] | None
+
+
+class SyntheticSession:
+    """What a synthetic stream answers to each message, without sockets: used by
+    `SyntheticEngine` on websockets' connection and by the benchmark's lean fake Deepgram
+    (`commands.bench.fake_server`) on websockets' Sans-I/O protocol.
+
+    `receive` takes one message and returns the messages to send, in order, and the close
+    that then ends the stream; `render` serialises each of them right before it is sent and
+    records it on the stream. `dumps` serialises a message to JSON text (`json.dumps` by
+    default; the benchmark's fake passes a faster one).
+    """
+
+    __slots__ = ("_dumps", "stream", "transcriber")
+
+    def __init__(
+        self,
+        stream: SyntheticStream,
+        transcriber: SyntheticTranscriber,
+        dumps: Callable[[JSONDict], str] = json.dumps,
+    ) -> None:
+        self.stream = stream
+        self.transcriber = transcriber
+        self._dumps = dumps
+
+    @classmethod
+    def opened(
+        cls,
+        request: Request,
+        request_id: str,
+        *,
+        result_ms: int,
+        record: bool,
+        dumps: Callable[[JSONDict], str] = json.dumps,
+    ) -> Self:
+        """The session of an upgrade accepted under `request_id` (`check_upgrade` passed)."""
+        params = parse_query(request.path)
+        stream = SyntheticStream(
+            request_id=request_id,
+            path=request.path,
+            params=params,
+            headers=request.headers,
+            channels=int(params["channels"]),  # validated by check_upgrade
+            record=record,
+        )
+        transcriber = SyntheticTranscriber(
+            channels=stream.channels,
+            result_ms=result_ms,
+            interim_results=params.get("interim_results") == "true",
+            request_id=request_id,
+        )
+        return cls(stream, transcriber, dumps)
+
+    def receive(self, message: bytes | str) -> tuple[list[JSONDict], Close]:
+        """The answer to one message from the client: what to send, then how to end."""
+        stream = self.stream
+        if isinstance(message, bytes):
+            if not message:
+                # The deprecated end-of-stream signal: recorded, so that tests can assert
+                # that the proxy never sends one.
+                stream.empty_frames += 1
+                return [], (CloseCode.INTERNAL_ERROR, EMPTY_FRAME_REASON)
+            stream._note_audio(message)
+            return self.transcriber.feed(message), None
+        kind = control_type(message)
+        if kind is None:
+            stream.invalid_texts.append(message)
+            return [], (CloseCode.POLICY_VIOLATION, DATA_REASON)
+        stream.controls.append(kind)
+        # Deepgram words NET-0001 as no "audio data or a text message": any control counts.
+        stream.last_activity = time.monotonic()
+        if kind == "Finalize":
+            return self.transcriber.finalize(), None
+        if kind == "CloseStream":
+            created = iso_timestamp(datetime.now(UTC))
+            return self.transcriber.close_stream(created=created), (CloseCode.NORMAL_CLOSURE, "")
+        return [], None
+
+    def render(self, message: JSONDict) -> str:
+        """`message` as JSON text, recorded as sent; a Results is stamped first."""
+        stream = self.stream
+        if message["type"] == "Results":
+            # Not a Deepgram field: the send time and sequence number, stamped as late as
+            # possible, so that a benchmark measures the proxy's fan-out latency
+            # (bench.measure.fake_stamp); last, where the benchmark looks for it.
+            message["fake"] = {"sent_at": time.monotonic(), "seq": stream.sent_count}
+        text = self._dumps(message)
+        stream._note_sent(text)
+        return text
+
+
 class SyntheticEngine(Listening):
     """A synthetic Deepgram live endpoint on 127.0.0.1, started and closed as an async context
     manager.
@@ -379,22 +474,13 @@ class SyntheticEngine(Listening):
     async def _handle(self, ws: ServerConnection) -> None:
         """Own one connection: its receiver task and its deadline watch, until it is closed."""
         assert ws.request is not None and ws.response is not None  # set by the handshake
-        params = parse_query(ws.request.path)
-        request_id = ws.response.headers[REQUEST_ID_HEADER]
-        stream = SyntheticStream(
-            request_id=request_id,
-            path=ws.request.path,
-            params=params,
-            headers=ws.request.headers,
-            channels=int(params["channels"]),  # validated in _refusal
+        session = SyntheticSession.opened(
+            ws.request,
+            ws.response.headers[REQUEST_ID_HEADER],
+            result_ms=self.result_ms,
             record=self.record,
         )
-        transcriber = SyntheticTranscriber(
-            channels=stream.channels,
-            result_ms=self.result_ms,
-            interim_results=params.get("interim_results") == "true",
-            request_id=request_id,
-        )
+        stream = session.stream
         self.streams.append(stream)
         self._connections[stream] = ws
         self._accepted.put_nowait(stream)
@@ -404,7 +490,7 @@ class SyntheticEngine(Listening):
 
         try:
             async with asyncio.TaskGroup() as tg:
-                receiver = tg.create_task(self._receive(ws, stream, transcriber))
+                receiver = tg.create_task(self._receive(ws, session))
                 await watch_deadline(receiver, lambda: self._deadline(stream), close_idle)
         finally:
             # A no-op when already closed; after a bug or a cancellation it closes the connection
@@ -416,52 +502,18 @@ class SyntheticEngine(Listening):
             stream.closed.set()
             self._connections.pop(stream, None)
 
-    async def _receive(
-        self, ws: ServerConnection, stream: SyntheticStream, transcriber: SyntheticTranscriber
-    ) -> None:
+    async def _receive(self, ws: ServerConnection, session: SyntheticSession) -> None:
         """Read and answer messages until the connection closes or the engine closes it."""
         try:
             while True:
-                message = await ws.recv()
-                if isinstance(message, bytes):
-                    if not message:
-                        # The deprecated end-of-stream signal: record it so tests can assert
-                        # that the proxy never sends one.
-                        stream.empty_frames += 1
-                        await self._close(ws, stream, CloseCode.INTERNAL_ERROR, EMPTY_FRAME_REASON)
-                        return
-                    stream._note_audio(message)
-                    for result in transcriber.feed(message):
-                        await self._send(ws, stream, result)
-                    continue
-                kind = control_type(message)
-                if kind is None:
-                    stream.invalid_texts.append(message)
-                    await self._close(ws, stream, CloseCode.POLICY_VIOLATION, DATA_REASON)
-                    return
-                stream.controls.append(kind)
-                # Deepgram words NET-0001 as no "audio data or a text message": any control counts.
-                stream.last_activity = time.monotonic()
-                if kind == "Finalize":
-                    for result in transcriber.finalize():
-                        await self._send(ws, stream, result)
-                elif kind == "CloseStream":
-                    created = iso_timestamp(datetime.now(UTC))
-                    for result in transcriber.close_stream(created=created):
-                        await self._send(ws, stream, result)
-                    await self._close(ws, stream, CloseCode.NORMAL_CLOSURE, "")
+                replies, close = session.receive(await ws.recv())
+                for reply in replies:
+                    await ws.send(session.render(reply))
+                if close is not None:
+                    await self._close(ws, session.stream, *close)
                     return
         except ConnectionClosed:
             return
-
-    async def _send(self, ws: ServerConnection, stream: SyntheticStream, message: JSONDict) -> None:
-        if message["type"] == "Results":
-            # Not a Deepgram field: the send time and sequence number, stamped as late as possible
-            # so a benchmark measures the proxy's fan-out latency (bench.measure.fake_stamp).
-            message["fake"] = {"sent_at": time.monotonic(), "seq": stream.sent_count}
-        text = json.dumps(message)
-        stream._note_sent(text)
-        await ws.send(text)
 
     @staticmethod
     async def _close(ws: ServerConnection, stream: SyntheticStream, code: int, reason: str) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ... import config, event_loop
 from ..arguments import argument, count, name_value
-from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
+from .measure import LOAD_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
 from .procfs import wait_until_quiet
 
 if TYPE_CHECKING:
@@ -45,8 +45,10 @@ Figures, over the measured window:
   fan-out latency  from the fake Deepgram sending a result to each subscriber receiving it
   completeness     audio bytes at Deepgram vs sent, both channels byte-exact (SHA-256 of the
                    stream against the expected interleaving), every result to every watcher
-  load             the generator's and the fake Deepgram's CPU, and the ticker's lateness;
-                   above {GENERATOR_SATURATED:.0%} of a core the figures may be the load's
+  load             the generator's and the fake Deepgram's CPU, and the ticker's lateness
+  load saturated   YES when either used over {LOAD_SATURATED:.0%} of a core, or both together
+                   over {LOAD_SATURATED:.0%} of the load's CPUs: the latencies may then be the
+                   load's, and the figures are lower bounds (JSON: load_saturated)
   other activity   CPU the run's CPUs spent on anything else (/proc/stat): the noise
   Deepgram         streams the fake saw, and the proxy's Deepgram reconnects (/healthz)
   floods           with --ping-floods N: N connections flooding /client with pings over
@@ -71,7 +73,9 @@ chunking wait), p99 fan-out, memory per call, completeness; with --sweep, both s
 (their sizes alternating) and the ratio of their largest N.
 
 A run HOLDS REAL TIME when its p99 added latency is at most CHUNK_MS + {REAL_TIME_MARGIN_MS} ms and
-nothing was lost. --sweep raises N (doubling, then bisecting) to the largest N that holds.
+nothing was lost. --sweep raises N (doubling, then bisecting) to the largest N that holds,
+and says what limited it: the proxy (the next size failed with the load not saturated) or
+the load (it saturated there: the largest N is a lower bound).
 Other processes on the machine skew every figure: compare runs made side by side.
 """
 
@@ -278,7 +282,7 @@ class _Sweep:
             # Noise can sink a size the proxy holds; never the other way round.
             if report.held or not report.noisy:
                 break
-        if self.reports and self.reports[-1].generator_saturated and not self.reports[-1].held:
+        if self.reports and self.reports[-1].load_saturated and not self.reports[-1].held:
             # Its failure may be the load's: it bounds the search (nothing larger is
             # tried), and the sweep bisects below it, where the load keeps up.
             print(

@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .report import BenchReport, format_report, format_sweep, largest_held, report_json
+from .report import (
+    BenchReport,
+    format_report,
+    format_sweep,
+    largest_held,
+    report_json,
+    sweep_limit,
+)
 
 __all__ = [
     "FIGURES",
@@ -144,6 +151,14 @@ def _side_by_side(r: Round) -> list[str]:
     )
     rows.append(
         (
+            "load saturated",
+            _saturated(r.proxy),
+            _saturated(r.baseline),
+            "(YES: that side's figures are lower bounds)",
+        )
+    )
+    rows.append(
+        (
             "other activity",
             f"{r.proxy.others_on_proxy_cpu:.0%} / {r.proxy.others_on_load_cpu:.0%}",
             f"{r.baseline.others_on_proxy_cpu:.0%} / {r.baseline.others_on_load_cpu:.0%}",
@@ -154,6 +169,10 @@ def _side_by_side(r: Round) -> list[str]:
     return [
         f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows
     ]
+
+
+def _saturated(r: BenchReport) -> str:
+    return "YES" if r.load_saturated else "no"
 
 
 def _standing(met: dict[str, bool]) -> str:
@@ -213,34 +232,49 @@ class BaselineSweep:
 
 
 def format_baseline_sweep(s: BaselineSweep) -> str:
-    """Both sweeps' tables, then the ratio of their largest N against the target."""
+    """Both sweeps' tables, then the ratio of their largest N against the target, and what
+    limited each."""
     held = s.largest_held_ratio
     target = TARGETS["largest_held_ratio_min"]
     verdict = "met" if held is not None and held >= target else "NOT met"
+    limits = [_LIMITS[sweep_limit(reports)[0]] for _, reports in _sides(s)]
     return "\n".join(
         [
             "proxy:",
             format_sweep(s.proxy),
             "",
             "tutorial baseline (its criterion uses its own 400 ms chunk):",
-            format_sweep(s.baseline),
+            format_sweep(s.baseline, server="the tutorial baseline"),
             "",
             f"largest N held: proxy {largest_held(s.proxy)}, baseline {largest_held(s.baseline)}: "
-            f"{_x(held)} (target >= {target:g}x: {verdict})",
+            f"{_x(held)} (target >= {target:g}x: {verdict}); the proxy's limited by "
+            f"{limits[0]}, the baseline's by {limits[1]}",
         ]
     )
 
 
+# What `sweep_limit` found, as the last line says it.
+_LIMITS: Final = {
+    "proxy": "itself",
+    "load": "THE LOAD (a lower bound)",
+    "sweep": "--sweep-max",
+}
+
+
+def _sides(s: BaselineSweep) -> tuple[tuple[str, Sequence[BenchReport]], ...]:
+    return (("proxy", s.proxy), ("baseline", s.baseline))
+
+
 def baseline_sweep_json(s: BaselineSweep) -> dict[str, object]:
-    """Both sweeps, their largest N and the ratio."""
-    return {
-        "proxy": {
-            "sweep": [report_json(r) for r in s.proxy],
-            "largest_held": largest_held(s.proxy),
-        },
-        "baseline": {
-            "sweep": [report_json(r) for r in s.baseline],
-            "largest_held": largest_held(s.baseline),
-        },
-        "largest_held_ratio": s.largest_held_ratio,
-    }
+    """Both sweeps, their largest N and what limited each, and the ratio."""
+    data: dict[str, object] = {}
+    for name, reports in _sides(s):
+        limited_by, why = sweep_limit(reports)
+        data[name] = {
+            "sweep": [report_json(r) for r in reports],
+            "largest_held": largest_held(reports),
+            "limited_by": limited_by,
+            "limit": why,
+        }
+    data["largest_held_ratio"] = s.largest_held_ratio
+    return data

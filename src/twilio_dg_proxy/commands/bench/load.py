@@ -10,7 +10,6 @@ functions of `measure`, fed with what the fake and the subscribers recorded.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -25,8 +24,7 @@ from typing import Any, Final
 from websockets.exceptions import InvalidHandshake
 
 from ...server import IDLE_COLLECT_S
-from ...twilio_events import Track
-from ...twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall, pattern
+from ...twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall
 from . import procfs
 from .fake_server import FakeProcess, StreamRecord
 from .flood import FloodProcess, FloodResult
@@ -41,6 +39,7 @@ from .measure import (
     summarize,
     window_range,
 )
+from .media_frames import MediaFrames
 from .processes import (
     BenchError,
     Placement,
@@ -51,7 +50,7 @@ from .processes import (
     profiled,
 )
 from .report import BenchReport, FloodReport
-from .wire import WireClient, text_frame
+from .wire import WireClient
 
 __all__ = ["BenchError", "BenchOptions", "run_bench"]
 
@@ -90,18 +89,6 @@ class BenchOptions:
     ping_floods: int = 0  # connections flooding /client with pings over the window
 
 
-def _payloads(track: Track) -> tuple[str, ...]:
-    """Base64 of every 160-byte frame `pattern` makes on `track`, by offset mod its period."""
-    return tuple(
-        base64.b64encode(pattern(track, FRAME_BYTES, offset=k)).decode()
-        for k in range(PATTERN_PERIOD)
-    )
-
-
-_INBOUND_PAYLOADS: Final = _payloads("inbound")
-_OUTBOUND_PAYLOADS: Final = _payloads("outbound")
-
-
 class CallDriver:
     """One simulated call: its Twilio socket, its Deepgram stream's request id, and when
     each of its frames left."""
@@ -110,9 +97,8 @@ class CallDriver:
         "call",
         "client",
         "frames",
-        "inbound",
+        "media",
         "offset",
-        "outbound",
         "request_id",
         "sent_at",
         "start_tick",
@@ -127,8 +113,7 @@ class CallDriver:
         # Calls carry different audio (the pattern shifted) so a mix-up between calls shows.
         self.offset = index % PATTERN_PERIOD
         self.start_tick = index % _STAGGER_TICKS
-        self.inbound = call.media_template("inbound")
-        self.outbound = call.media_template("outbound")
+        self.media = MediaFrames(call, self.offset)
         self.sent_at = array("d")
         self.frames = 0
 
@@ -137,22 +122,9 @@ class CallDriver:
         if not self.client.is_open:
             return
         i = self.frames
-        k = (self.offset + FRAME_BYTES * i) % PATTERN_PERIOD
-        # sequenceNumber: 1 was `start`; then inbound and outbound alternate.
-        inbound = self.inbound.render(
-            sequence=2 + 2 * i,
-            chunk=i + 1,
-            timestamp_ms=FRAME_MS * i,
-            payload_b64=_INBOUND_PAYLOADS[k],
-        )
-        outbound = self.outbound.render(
-            sequence=3 + 2 * i,
-            chunk=i + 1,
-            timestamp_ms=FRAME_MS * i,
-            payload_b64=_OUTBOUND_PAYLOADS[k],
-        )
+        data = self.media.tick(i)
         self.sent_at.append(time.monotonic())
-        self.client.send_frames(text_frame(inbound.encode()) + text_frame(outbound.encode()))
+        self.client.send_frames(data)
         self.frames = i + 1
 
     def stop(self) -> None:

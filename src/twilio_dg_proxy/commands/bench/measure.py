@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from ...twilio_simulator import pattern
 
 __all__ = [
-    "GENERATOR_SATURATED",
+    "LOAD_SATURATED",
     "PATTERN_PERIOD",
     "REAL_TIME_MARGIN_MS",
     "CallCheck",
+    "LoadVerdict",
     "Summary",
     "coverage_latencies",
     "net_latencies",
     "expected_stereo_sha256",
     "fake_stamp",
     "held_real_time",
+    "load_verdict",
     "next_sweep_size",
     "percentile",
     "summarize",
@@ -37,8 +39,33 @@ __all__ = [
 #: The sweep's criterion: p99 added audio latency above CHUNK_MS plus this is no longer real
 #: time (chunking alone accounts for up to CHUNK_MS - 20 ms; 100 ms more is a queue forming).
 REAL_TIME_MARGIN_MS = 100
-#: Above this share of a core, the load generator itself may be what delays the figures.
-GENERATOR_SATURATED = 0.80
+#: The load side is saturated, and may itself be what delays the figures (which are then
+#: lower bounds), when the generator or the fake Deepgram uses more than this share of a
+#: core, or both together more than this share of the CPUs the load has.
+LOAD_SATURATED = 0.80
+
+
+@dataclass(frozen=True, slots=True)
+class LoadVerdict:
+    """Whether the load side was saturated over a run, and why, in words."""
+
+    saturated: bool
+    reason: str
+
+
+def load_verdict(*, generator: float, fake: float, load_cpus: int) -> LoadVerdict:
+    """The verdict on the load side from its processes' CPU (shares of one core) and the
+    number of CPUs they had (`LOAD_SATURATED` is the threshold)."""
+    limit = f"{LOAD_SATURATED:.0%}"
+    cpus = max(load_cpus, 1)
+    together = (generator + fake) / cpus
+    of_cpus = f"of the load's {cpus} CPUs" if cpus > 1 else "of the load's CPU"
+    for name, share in (("the generator", generator), ("the fake Deepgram", fake)):
+        if share > LOAD_SATURATED:
+            return LoadVerdict(True, f"{name} used {share:.0%} of a core (over {limit})")
+    if together > LOAD_SATURATED:
+        return LoadVerdict(True, f"together they used {together:.0%} {of_cpus} (over {limit})")
+    return LoadVerdict(False, f"together {together:.0%} {of_cpus}, each at most {limit} of a core")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +150,10 @@ def window_range(times: Sequence[float], start: float, end: float) -> range:
     return range(bisect_left(times, start), bisect_left(times, end))
 
 
-# The fake stamps every Results as its last field: `"fake": {"sent_at": <float>, "seq": <int>}`.
-_STAMP = re.compile(rb'"fake": \{"sent_at": ([-+.0-9eE]+), "seq": ([0-9]+)\}\}')
-_STAMP_KEY = b'"fake": {'
+# The fake stamps every Results as its last field: `"fake": {"sent_at": <float>, "seq": <int>}`
+# (json.dumps's spacing, or orjson's none).
+_STAMP = re.compile(rb'"fake": ?\{"sent_at": ?([-+.0-9eE]+), ?"seq": ?([0-9]+)\}\}')
+_STAMP_KEY = b'"fake":'
 
 
 def fake_stamp(message: bytes) -> tuple[float, int] | None:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .measure import GENERATOR_SATURATED, REAL_TIME_MARGIN_MS, Summary
+from .measure import REAL_TIME_MARGIN_MS, LoadVerdict, Summary, load_verdict
 
 __all__ = [
     "NOISE_THRESHOLD",
@@ -21,6 +21,7 @@ __all__ = [
     "largest_held",
     "report_json",
     "sweep_json",
+    "sweep_limit",
 ]
 
 #: Above this share of a core used by others on the run's CPUs, the run is flagged as noisy.
@@ -124,13 +125,17 @@ class BenchReport:
         return (self.generator_cpu_share + self.fake_cpu_share) / self.load_cpus
 
     @property
-    def generator_saturated(self) -> bool:
-        """The load side was too busy for its figures to be trusted: the generator or the
-        fake near a full core, or both together near all the CPUs they had."""
-        return (
-            max(self.generator_cpu_share, self.fake_cpu_share) > GENERATOR_SATURATED
-            or self.generator_cpu_share + self.fake_cpu_share > GENERATOR_SATURATED * self.load_cpus
+    def load(self) -> LoadVerdict:
+        """Whether the load side was saturated (`measure.load_verdict`), and why."""
+        return load_verdict(
+            generator=self.generator_cpu_share, fake=self.fake_cpu_share, load_cpus=self.load_cpus
         )
+
+    @property
+    def load_saturated(self) -> bool:
+        """The load side was too busy for the figures to be the proxy's alone: they are
+        lower bounds."""
+        return self.load.saturated
 
 
 def _mb(n: float) -> str:
@@ -183,6 +188,7 @@ def format_report(r: BenchReport) -> str:
             f"{r.fake_cpu_share:.1%}; ticker lag p99 {r.tick_lag.p99_ms:.1f} ms, "
             f"tick work p99 {r.tick_work.p99_ms:.1f} ms",
         ),
+        ("load saturated", _saturation(r.load)),
         (
             "other activity",
             f"{r.others_on_proxy_cpu:.0%} of a core on the proxy's CPU, "
@@ -215,13 +221,18 @@ def format_report(r: BenchReport) -> str:
             f"proxy's CPU and {r.others_on_load_cpu:.0%} of the load's; the figures are worse "
             "than the proxy alone would give"
         )
-    if r.generator_saturated:
+    if r.load_saturated:
         lines.append(
-            f"WARNING: the load side is saturated (generator {r.generator_cpu_share:.0%}, fake "
-            f"Deepgram {r.fake_cpu_share:.0%} of a core, on {r.load_cpus} CPU(s)): the "
-            "latencies may be the load's, not the proxy's"
+            f"WARNING: the load side is saturated ({r.load.reason}): the latencies may be the "
+            "load's, not the proxy's, and the figures are lower bounds"
         )
     return "\n".join(lines)
+
+
+def _saturation(verdict: LoadVerdict) -> str:
+    if verdict.saturated:
+        return f"YES: {verdict.reason}: the figures are lower bounds"
+    return f"no: {verdict.reason}"
 
 
 def _beside(r: BenchReport) -> str:
@@ -252,8 +263,9 @@ def criterion(chunk_ms: int) -> str:
     )
 
 
-def format_sweep(reports: Sequence[BenchReport]) -> str:
-    """One row per size tried, in the order tried, then the largest size held."""
+def format_sweep(reports: Sequence[BenchReport], server: str = "the proxy") -> str:
+    """One row per size tried, in the order tried, then the largest size held and what
+    limited it (`server`: what ran in the proxy's place)."""
     header = (
         f"{'calls':>6} {'CPU':>6} {'ms/call-s':>9} {'KB/call':>8} {'p99 added':>10} "
         f"{'p99 fan-out':>11} {'complete':>9} {'load':>6} {'others':>6}  verdict"
@@ -266,17 +278,43 @@ def format_sweep(reports: Sequence[BenchReport]) -> str:
             f"{r.rss_per_call / 1e3:>8.0f} {r.added.p99_ms:>8.0f}ms {r.fanout.p99_ms:>9.0f}ms "
             f"{'yes' if r.complete else 'NO':>9} {r.load_cpu_share:>6.0%} "
             f"{max(r.others_on_proxy_cpu, r.others_on_load_cpu):>6.0%}  "
-            f"{'held' if r.held else 'failed'}"
+            f"{'held' if r.held else 'failed'}" + (" (load saturated)" if r.load_saturated else "")
         )
     lines.append(f"largest N held: {largest_held(reports) or 'none'} ({criterion(chunk_ms)})")
-    saturated = sorted({r.calls for r in reports if r.generator_saturated and not r.held})
+    limited_by, why = sweep_limit(reports)
+    by = {"proxy": f"limited by {server}", "load": "LIMITED BY THE LOAD"}
+    lines.append(f"{by.get(limited_by, 'limited by the sweep')}: {why}")
+    saturated = sorted({r.calls for r in reports if r.load_saturated and not r.held})
     if saturated:
         lines.append(
             f"WARNING: the load side saturated at {', '.join(map(str, saturated))} calls (its"
             " column: generator + fake Deepgram, per load CPU); a failure there may be the"
-            " load's, so the largest N held is a lower bound"
+            " load's"
         )
     return "\n".join(lines)
+
+
+def sweep_limit(reports: Sequence[BenchReport]) -> tuple[str, str]:
+    """What bounded the sweep's largest N held, and why in words: "proxy" (the next size
+    failed with the load side not saturated: the limit is the server under test's, the
+    proxy or what ran in its place), "load" (the load side saturated where it failed: the
+    largest N is a lower bound), or "sweep" (nothing above it failed: the sweep's own
+    bounds, --sweep-max)."""
+    largest = largest_held(reports)
+    ceiling = min((r.calls for r in reports if not r.held and r.calls > largest), default=None)
+    if ceiling is None:
+        return "sweep", "no size above the largest held failed (--sweep-max)"
+    runs = [r for r in reports if r.calls == ceiling]
+    saturated = [r for r in runs if r.load_saturated]
+    if saturated:
+        return "load", (
+            f"at {ceiling} calls the run failed with the load side saturated "
+            f"({saturated[0].load.reason}): the largest N held is a lower bound"
+        )
+    return "proxy", (
+        f"at {ceiling} calls the run failed with the load side not saturated "
+        f"({runs[0].load.reason})"
+    )
 
 
 def largest_held(reports: Sequence[BenchReport]) -> int:
@@ -293,7 +331,8 @@ def report_json(r: BenchReport) -> dict[str, object]:
     data = asdict(r)
     data["rss_per_call"] = round(r.rss_per_call)
     data["complete"] = r.complete
-    data["generator_saturated"] = r.generator_saturated
+    data["load_saturated"] = r.load_saturated
+    data["load_verdict"] = r.load.reason
     data["noisy"] = r.noisy
     return data
 
@@ -301,10 +340,13 @@ def report_json(r: BenchReport) -> dict[str, object]:
 def sweep_json(reports: Sequence[BenchReport]) -> str:
     """The sweep as one JSON line: every run, the largest size held and the criterion."""
     chunk_ms = reports[0].chunk_ms if reports else 100
+    limited_by, why = sweep_limit(reports)
     return json.dumps(
         {
             "sweep": [report_json(r) for r in reports],
             "largest_held": largest_held(reports),
             "criterion": criterion(chunk_ms),
+            "limited_by": limited_by,
+            "limit": why,
         }
     )

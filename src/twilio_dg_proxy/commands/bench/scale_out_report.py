@@ -121,6 +121,10 @@ def _completeness(r: BenchReport) -> str:
     )
 
 
+def _saturated(r: BenchReport) -> str:
+    return f"YES ({r.load.reason}): lower bounds" if r.load_saturated else "no"
+
+
 def format_scale_out(s: ScaleOutReport) -> str:
     """Both runs' tables, then the comparison."""
     single, remote, redis = s.single, s.remote, s.redis
@@ -163,6 +167,7 @@ def format_scale_out(s: ScaleOutReport) -> str:
             f"{remote.added.p99_ms:.1f} ms",
         ),
         ("complete", _completeness(single), _completeness(remote)),
+        ("load saturated", _saturated(single), _saturated(remote)),
         (
             "Redis commands",
             "none",

@@ -13,15 +13,15 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.uri import parse_uri
 
-__all__ = ["OnText", "WireClient", "text_frame"]
+__all__ = ["OnText", "WireClient", "flush", "masked_text_header", "text_frame"]
 
 #: Called with each text message's UTF-8 bytes and the time.monotonic() of its arrival.
 OnText = Callable[[bytes, float], None]
@@ -30,22 +30,48 @@ OnText = Callable[[bytes, float], None]
 _CLOSE_TIMEOUT_S = 10.0
 
 
-def text_frame(data: bytes) -> bytes:
-    """One client-to-server text frame carrying `data` (UTF-8), masked with an all-zero key.
+def masked_text_header(size: int) -> bytes:
+    """The header of a client-to-server text frame of `size` bytes (FIN, text, masked), its
+    masking key included: all zero.
 
     RFC 6455 wants an unpredictable key, to keep crafted payloads from poisoning the caches
     of HTTP proxies on the way; the load goes to 127.0.0.1 through no proxy, and a zero key
-    makes masking the identity, so building a frame is two concatenations instead of a
-    random draw and an XOR pass: a third of the generator's cost per frame.
+    makes masking the identity, so building a frame is a header and the payload as it is,
+    instead of a random draw and an XOR pass. The proxy unmasks it as any other frame.
     """
-    size = len(data)
     if size < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | size)  # FIN + text; MASK + length
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
-    return header + b"\0\0\0\0" + data
+        return _SHORT_HEADER.pack(0x81, 0x80 | size)
+    if size < 1 << 16:
+        return _MEDIUM_HEADER.pack(0x81, 0x80 | 126, size)
+    return _LONG_HEADER.pack(0x81, 0x80 | 127, size)
+
+
+# FIN + text; MASK + length (7 bits, or 126 + 16 bits, or 127 + 64 bits); a zero key.
+_SHORT_HEADER: Final = struct.Struct("!BB4x")
+_MEDIUM_HEADER: Final = struct.Struct("!BBH4x")
+_LONG_HEADER: Final = struct.Struct("!BBQ4x")
+
+
+def text_frame(data: bytes) -> bytes:
+    """One client-to-server text frame carrying `data` (UTF-8), masked with an all-zero key
+    (`masked_text_header`)."""
+    return masked_text_header(len(data)) + data
+
+
+def flush(protocol: Protocol, transport: asyncio.Transport | None) -> None:
+    """Write what `protocol` has to send in one write (one send(2)); an empty chunk, its
+    signal to half-close, as an end of file. Dropped when there is nowhere to write."""
+    chunks = protocol.data_to_send()
+    if not chunks or transport is None or transport.is_closing():
+        return
+    if all(chunks):
+        transport.write(b"".join(chunks))
+        return
+    for data in chunks:
+        if data:
+            transport.write(data)
+        elif transport.can_write_eof():
+            transport.write_eof()
 
 
 def _ignore(data: bytes, received_at: float) -> None:
@@ -100,7 +126,8 @@ class WireClient(asyncio.Protocol):
         self._flush()
 
     def send_frames(self, frames: bytes) -> None:
-        """Send frames already built with `text_frame`, in one write (open connections only).
+        """Send frames already built (`text_frame`, `media_frames`), in one write (open
+        connections only).
 
         The protocol object does not track data frames it did not build, so this is safe
         while no fragmented message is in progress, which `send_texts` never leaves.
@@ -176,21 +203,7 @@ class WireClient(asyncio.Protocol):
             self._fragments.append(data)
 
     def _flush(self) -> None:
-        if self._transport is None or self._transport.is_closing():
-            self.protocol.data_to_send()  # nowhere to go
-            return
-        chunks = self.protocol.data_to_send()
-        if not chunks:
-            return
-        if all(chunks):
-            # One write, hence one send(2), for everything queued (both tracks of a frame).
-            self._transport.write(b"".join(chunks))
-            return
-        for data in chunks:
-            if data:
-                self._transport.write(data)
-            elif self._transport.can_write_eof():
-                self._transport.write_eof()  # websockets' signal to half-close
+        flush(self.protocol, self._transport)
 
     def _expect_close(self) -> None:
         if self._close_timer is None and self._transport is not None:
