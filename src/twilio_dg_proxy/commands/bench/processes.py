@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -93,7 +94,17 @@ class ProxyProcess:
         cls, env: Mapping[str, str], cpus: frozenset[int] | None, module: str = "twilio_dg_proxy"
     ) -> AsyncIterator[ProxyProcess]:
         """Start ``python -m module`` with `env`, pinned to `cpus`; SIGTERM it (then kill) on
-        exit."""
+        exit. It runs in a temporary directory of its own, removed after: what it writes
+        there (the transcript store's default file) is the run's, not the caller's."""
+        with tempfile.TemporaryDirectory(prefix="tdp-proxy-") as workdir:
+            async with cls._started_in(workdir, env, cpus, module) as proxy:
+                yield proxy
+
+    @classmethod
+    @asynccontextmanager
+    async def _started_in(
+        cls, workdir: str, env: Mapping[str, str], cpus: frozenset[int] | None, module: str
+    ) -> AsyncIterator[ProxyProcess]:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -105,7 +116,8 @@ class ProxyProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            env=dict(env),
+            env=_absolute_pythonpath(env),
+            cwd=workdir,
         )
         drain: asyncio.Task[None] | None = None
         try:
@@ -243,3 +255,12 @@ async def profiled(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _absolute_pythonpath(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with PYTHONPATH's entries made absolute: the process runs elsewhere."""
+    paths = env.get("PYTHONPATH")
+    if not paths:
+        return dict(env)
+    absolute = [os.path.abspath(p) if p else p for p in paths.split(os.pathsep)]
+    return {**env, "PYTHONPATH": os.pathsep.join(absolute)}
