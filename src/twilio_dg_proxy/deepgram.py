@@ -35,7 +35,7 @@ from .deepgram_protocol import (
     replay_wait,
     shift_times,
 )
-from .direct_connection import DirectClientConnection, receiving
+from .direct_connection import DirectClientConnection, forget_handshake_headers, receiving
 from .exceptions import (
     DeepgramClosed,
     DeepgramError,
@@ -113,6 +113,7 @@ class DeepgramLink:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise DeepgramUnavailable(f"cannot reach {settings.deepgram_url}: {exc!r}") from None
         request_id = ws.response.headers.get("dg-request-id", "-") if ws.response else "-"
+        forget_handshake_headers(ws)  # 3 KB per call, never read again
         log.info("Deepgram stream open: %d channel(s), request %s", channels, request_id)
         return cls(ws, settings, log)
 
