@@ -31,7 +31,21 @@ class AudioBuffer:
     """Chunks in order; `get()` waits for the next one and returns None after `close()`.
 
     While its consumer is idle (nothing queued), it may set `direct`: a chunk put then is
-    handed to it at once, in the producer's step, instead of waking the consumer's task."""
+    handed to it at once, in the producer's step, instead of waking the consumer's task.
+
+    One per call: slots, and a future only while `get()` waits (an asyncio.Event holds a
+    deque of its own, 0.8 KB)."""
+
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_held",
+        "_waiter",
+        "direct",
+        "dropped_bytes",
+        "max_bytes",
+        "produced_bytes",
+    )
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -40,7 +54,7 @@ class AudioBuffer:
         self._chunks: deque[Chunk] = deque()
         self._held = 0  # bytes in _chunks
         self._closed = False
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # while get() waits
         self.direct: DirectSend | None = None
 
     def put(self, data: bytes, since: float = 0.0) -> None:
@@ -59,18 +73,18 @@ class AudioBuffer:
             oldest = self._chunks.popleft()
             self._held -= len(oldest.data)
             self.dropped_bytes += len(oldest.data)
-        self._wakeup.set()
+        self._wake()
 
     def put_back(self, chunk: Chunk) -> None:
         """Return a chunk that was taken but not sent: it goes out first next time."""
         self._chunks.appendleft(chunk)
         self._held += len(chunk.data)
-        self._wakeup.set()
+        self._wake()
 
     def close(self) -> None:
         """No more audio will come; `get()` returns None once the rest is taken."""
         self._closed = True
-        self._wakeup.set()
+        self._wake()
 
     @property
     def held_bytes(self) -> int:
@@ -80,10 +94,18 @@ class AudioBuffer:
     async def get(self) -> Chunk | None:
         """The oldest waiting chunk, waiting for one if needed; None when closed and empty."""
         while not self._chunks and not self._closed:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if not self._chunks:
             return None
         chunk = self._chunks.popleft()
         self._held -= len(chunk.data)
         return chunk
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -27,6 +27,7 @@ from websockets.frames import CloseCode
 from . import json_loads, viewer_protocol
 from .deepgram_protocol import result_transcript
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
+from .history import History as History
 from .observations import NO_OBSERVER, Observer
 from .viewer_protocol import CallInfo
 
@@ -203,32 +204,6 @@ class ViewerFeed(Outbox):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.following: set[str] = set()
-
-
-class History:
-    """A call's final results, replayed to viewers that join late: the latest ones within
-    `max_messages` and `max_bytes` (of text); older ones are dropped, and `truncated` says so.
-    """
-
-    __slots__ = ("max_bytes", "max_messages", "messages", "size", "truncated")
-
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.messages: deque[str] = deque()
-        self.size = 0  # characters held (Deepgram's JSON is ASCII: bytes)
-        self.truncated = False
-
-    def add(self, text: str) -> None:
-        """Keep `text`, dropping the oldest messages beyond the limits (and `text` itself if
-        it alone is over `max_bytes`)."""
-        self.messages.append(text)
-        self.size += len(text)
-        while self.messages and (
-            self.size > self.max_bytes or len(self.messages) > self.max_messages
-        ):
-            self.size -= len(self.messages.popleft())
-            self.truncated = True
 
 
 class CallSink(Protocol):

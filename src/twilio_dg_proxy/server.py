@@ -155,11 +155,13 @@ class ProxyServer:
         coroutine that serves it, for websockets to await in the connection's task. Not an
         awaiting coroutine itself: a frame less per connection (0.3 KB, issue 11)."""
         path = _path(ws.request.path if ws.request else "")
+        # Checked in process_request (signature, token), never read after: a third of an
+        # idle connection (issue 11). The path stays (a /client's options are in its query).
+        forget_handshake_headers(ws)
         if path != TWILIO_PATH:
             return self._serve_client(ws, path)
         self._streams.add(ws)  # until `_stream_ended`
         self._no_streams.clear()
-        forget_handshake_headers(ws)  # signature checked, nothing else read (start has the rest)
         return handle_twilio(
             ws,
             self.hub,
