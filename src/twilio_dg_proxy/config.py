@@ -674,3 +674,18 @@ def settings_table() -> list[tuple[str, str, str]]:
         declared: Declaration = f.metadata["setting"]
         rows.append((declared.env, shown_default(f.default), declared.doc))
     return rows
+
+
+#: Settings an earlier release read and this one does not: what to set instead.
+RETIRED_SETTINGS = {
+    "STORE_QUEUE_CALLS": "the store's queue is bounded in bytes now: set STORE_QUEUE_BYTES",
+}
+
+
+def retired_settings(env: Mapping[str, str]) -> list[str]:
+    """A warning for each retired setting `env` still sets (it would be silently ignored)."""
+    return [
+        f"{name} is no longer read: {instead}"
+        for name, instead in RETIRED_SETTINGS.items()
+        if env.get(name, "").strip()
+    ]

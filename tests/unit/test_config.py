@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from websockets.frames import CloseCode
 
-from twilio_dg_proxy.config import Settings
+from twilio_dg_proxy.config import Settings, retired_settings
 from twilio_dg_proxy.deepgram_protocol import auth_headers, listen_url
 from twilio_dg_proxy.exceptions import (
     ConfigError,
@@ -162,3 +162,11 @@ def test_a_bad_url_setting_is_refused_without_echoing_its_credentials(
         Settings.from_env({variable: value, "WEBHOOK_SECRET": "x" * 16})
     assert variable in str(caught.value)
     assert secret not in str(caught.value)
+
+
+def test_a_retired_setting_still_set_is_named_with_what_replaces_it() -> None:
+    assert retired_settings({"STORE_QUEUE_CALLS": "100"}) == [
+        "STORE_QUEUE_CALLS is no longer read: the store's queue is bounded in bytes now: set "
+        "STORE_QUEUE_BYTES"
+    ]
+    assert retired_settings({"STORE_QUEUE_CALLS": " ", "PORT": "1"}) == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from ..config import Settings, settings_table
+from ..config import Settings, retired_settings, settings_table
 from ..event_loop import event_loop_factory
 from ..exceptions import BrokerUnavailable, ConfigError, StoreError
 from ..logs import get_logger, setup_logging
@@ -85,6 +85,11 @@ def load_settings(args: argparse.Namespace, *, workers: str | None = None) -> Se
     """Settings from `.env`, then the environment, then the command line (last wins):
     `add_settings_arguments`' options, and `serve`'s `workers` (other commands' --workers
     mean something else)."""
+    return Settings.from_env(settings_env(args, workers=workers))
+
+
+def settings_env(args: argparse.Namespace, *, workers: str | None = None) -> dict[str, str]:
+    """The variables `load_settings` reads, in that order of precedence."""
     env: dict[str, str] = {}
     if args.env_file.is_file():
         env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
@@ -97,13 +102,14 @@ def load_settings(args: argparse.Namespace, *, workers: str | None = None) -> Se
         env["PORT"] = args.port
     if workers is not None:
         env["WORKERS"] = workers
-    return Settings.from_env(env)
+    return env
 
 
 def settings_or_exit(args: argparse.Namespace) -> Settings | int:
     """The settings, with logging set up; or EXIT_CONFIG after saying what is wrong."""
     try:
-        settings = load_settings(args, workers=args.workers)
+        env = settings_env(args, workers=args.workers)
+        settings = Settings.from_env(env)
     except ConfigError as exc:
         print(f"twilio-dg-proxy: bad setting {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -111,6 +117,8 @@ def settings_or_exit(args: argparse.Namespace) -> Settings | int:
     setup_logging(
         settings.log_level, worker=worker.index if worker else None, log_format=settings.log_format
     )
+    for warning in retired_settings(env):
+        logger.warning("%s", warning)
     return settings
 
 

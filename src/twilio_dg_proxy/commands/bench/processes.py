@@ -95,7 +95,8 @@ class ProxyProcess:
     ) -> AsyncIterator[ProxyProcess]:
         """Start ``python -m module`` with `env`, pinned to `cpus`; SIGTERM it (then kill) on
         exit. It runs in a temporary directory of its own, removed after: what it writes
-        there (the transcript store's default file) is the run's, not the caller's."""
+        there (the transcript store's default file) is the run's, not the caller's, and it
+        reads no `.env` (its settings are `env`'s alone)."""
         with tempfile.TemporaryDirectory(prefix="tdp-proxy-") as workdir:
             async with cls._started_in(workdir, env, cpus, module) as proxy:
                 yield proxy
@@ -258,9 +259,10 @@ async def profiled(
 
 
 def _absolute_pythonpath(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` with PYTHONPATH's entries made absolute: the process runs elsewhere."""
+    """`env` with PYTHONPATH's entries made absolute (an empty one is the working
+    directory): the process runs elsewhere."""
     paths = env.get("PYTHONPATH")
     if not paths:
         return dict(env)
-    absolute = [os.path.abspath(p) if p else p for p in paths.split(os.pathsep)]
+    absolute = [os.path.abspath(p or os.curdir) for p in paths.split(os.pathsep)]
     return {**env, "PYTHONPATH": os.pathsep.join(absolute)}
