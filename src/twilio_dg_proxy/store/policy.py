@@ -45,6 +45,7 @@ class PendingEvents(Generic[E, K]):
         self._finals: deque[Waiting[E, K]] = deque()  # the waiting finals, oldest first
         self._count = 0
         self._tombstones = 0  # dropped events still in `_events`
+        self.dropped_bytes_held = 0  # what those still hold: compacted beyond a quarter bound
 
     def __len__(self) -> int:
         return self._count
@@ -66,7 +67,11 @@ class PendingEvents(Generic[E, K]):
             if not gone:
                 break  # only ends of calls already started: kept
             dropped += gone
-        if self._tombstones > max(1024, self._count):  # a long outage: drop the husks
+        # A long outage: drop the husks, before they hold more than a quarter of the bound
+        # (the queue holds at most 1.25 times it) or outnumber the live events.
+        if self.dropped_bytes_held > self.max_bytes // 4 or self._tombstones > max(
+            1024, self._count
+        ):
             self._compact()
         return dropped
 
@@ -79,6 +84,7 @@ class PendingEvents(Generic[E, K]):
             waiting = self._events.popleft()
             if waiting.dropped:
                 self._tombstones -= 1
+                self.dropped_bytes_held -= waiting.size
                 continue
             if waiting.kind == "final":
                 while self._finals[0] is not waiting:  # dropped ones before it
@@ -97,12 +103,14 @@ class PendingEvents(Generic[E, K]):
         self._events.clear()
         self._finals.clear()
         self._tombstones = 0
+        self.dropped_bytes_held = 0
         return left
 
     def _compact(self) -> None:
         self._events = deque(self)
         self._finals = deque(w for w in self._finals if not w.dropped)
         self._tombstones = 0
+        self.dropped_bytes_held = 0
 
     def _forget(self, waiting: Waiting[E, K]) -> None:
         self.bytes -= waiting.size
@@ -111,6 +119,7 @@ class PendingEvents(Generic[E, K]):
     def _drop(self, waiting: Waiting[E, K]) -> None:
         waiting.dropped = True
         self._tombstones += 1
+        self.dropped_bytes_held += waiting.size
         self._forget(waiting)
 
     def _drop_oldest_final(self) -> list[Waiting[E, K]]:
