@@ -23,6 +23,7 @@ from twilio_dg_proxy.store import open_store
 from twilio_dg_proxy.store import postgres as postgres_store
 from twilio_dg_proxy.store import sqlite as sqlite_store
 from twilio_dg_proxy.store.base import (
+    LONGEST_CALL_MS,
     CallEnded,
     CallQuery,
     CallStarted,
@@ -235,15 +236,18 @@ async def test_a_call_started_again_replaces_the_earlier_one_and_its_finals(
     assert (await store.list_calls(CallQuery(parameters=(("From", "a"),)))).calls == ()
 
 
-async def test_purge_deletes_calls_left_live_that_started_before_the_cutoff(
+async def test_purge_deletes_calls_left_live_only_when_no_call_could_last_that_long(
     store: TranscriptStore,
 ) -> None:
-    old, recent = finished("CAold", 2_000), finished("CAnew", 100_000)
-    await store.write([CallStarted(old.info), CallStarted(recent.info)])
-    assert await store.purge(5_000) == 1  # CAold started at -58 s, CAnew at 40 s
-    await store.write([CallEnded(old), CallEnded(recent)])
-    assert await store.get_call("CAold") is None
-    assert await store.get_call("CAnew") == replace(recent, finals=())
+    """A live row is a call streaming now, unless it started more than the longest call
+    before the cutoff (a process died with it): a short retention never cuts a live call."""
+    dead = finished("CAdead", 5_000 - LONGEST_CALL_MS - 1_000)  # started a day and 61 s before
+    live = finished("CAlive", 2_000)  # started at -58 s: before the cutoff, and still live
+    await store.write([CallStarted(dead.info), CallStarted(live.info)])
+    assert await store.purge(5_000) == 1
+    await store.write([CallEnded(dead), CallEnded(live)])
+    assert await store.get_call("CAdead") is None
+    assert await store.get_call("CAlive") == replace(live, finals=())
 
 
 # Version 1 (one JSON array of finals per call) migrated to version 2.

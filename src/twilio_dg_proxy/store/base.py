@@ -25,6 +25,11 @@ from typing import Any, Protocol
 from ..transcripts import FinishedCall
 from ..viewer_protocol import CallInfo
 
+#: No call lasts longer (Twilio's time limit for a call tops out at 24 hours): a row still
+#: live that started this long before the retention cutoff was left by a process that died.
+#: Purged before that, a live call would lose the rest of its transcript.
+LONGEST_CALL_MS = 24 * 3600 * 1000
+
 #: The schema this code writes. A store whose version is higher was written by a newer
 #: release, and is refused rather than misread.
 SCHEMA_VERSION = 2

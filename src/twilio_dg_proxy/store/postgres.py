@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..exceptions import StoreError, StoreUnavailable
 from ..transcripts import FinishedCall
 from .base import (
+    LONGEST_CALL_MS,
     SCHEMA_VERSION,
     CallPage,
     CallQuery,
@@ -269,6 +270,7 @@ async def _get(
 async def _purge(connection: psycopg.AsyncConnection[Any], ended_before_ms: int) -> int:
     ended = await connection.execute("DELETE FROM calls WHERE ended_at_ms < %s", (ended_before_ms,))
     left_live = await connection.execute(
-        "DELETE FROM calls WHERE ended_at_ms IS NULL AND started_at_ms < %s", (ended_before_ms,)
+        "DELETE FROM calls WHERE ended_at_ms IS NULL AND started_at_ms < %s",
+        (ended_before_ms - LONGEST_CALL_MS,),
     )
     return ended.rowcount + left_live.rowcount

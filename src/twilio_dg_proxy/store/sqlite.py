@@ -20,6 +20,7 @@ from ..transcripts import FinishedCall
 from .base import (
     INTERRUPTED_CODE,
     INTERRUPTED_REASON,
+    LONGEST_CALL_MS,
     SCHEMA_VERSION,
     CallPage,
     CallQuery,
@@ -331,6 +332,6 @@ def _purge(connection: sqlite3.Connection, ended_before_ms: int) -> int:
         ended = connection.execute("DELETE FROM calls WHERE ended_at_ms < ?", (ended_before_ms,))
         left_live = connection.execute(
             "DELETE FROM calls WHERE ended_at_ms IS NULL AND started_at_ms < ?",
-            (ended_before_ms,),
+            (ended_before_ms - LONGEST_CALL_MS,),
         )
     return ended.rowcount + left_live.rowcount
