@@ -111,8 +111,7 @@ class Outbox:
         False if the queue was full and the client is now evicted."""
         if self._ending is not None:
             return True
-        direct = self.direct
-        if direct is not None and not self._items and direct(text, arrived):
+        if self.direct is not None and not self._items and self._write_now(text, arrived):
             return True
         if len(self._items) - self._replay >= self._limit:
             self._items.clear()
@@ -120,7 +119,10 @@ class Outbox:
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
             self.evicted = True
             if self.on_evicted is not None:
-                self.on_evicted()
+                try:
+                    self.on_evicted()
+                except Exception:  # a bug of one client's layer: never the publisher's
+                    logger.exception("closing a client that fell behind failed")
             return False
         self._items.append((text, arrived))
         self._wake()
@@ -157,6 +159,18 @@ class Outbox:
             self._replay -= 1
         text, self.arrived = self._items.popleft()
         return text
+
+    def _write_now(self, text: str, arrived: float) -> bool:
+        """`direct`, which must not raise into the publisher (a Deepgram stream's socket
+        callback: it would end the call for every watcher). If it does, this client is
+        written to by its sender only, which meets the cause."""
+        assert self.direct is not None
+        try:
+            return self.direct(text, arrived)
+        except Exception:
+            logger.exception("writing to a client at once failed")
+            self.direct = None
+            return False
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -168,3 +168,34 @@ async def test_an_idle_outbox_writes_at_once_and_queues_behind_a_refusal() -> No
     assert [text for text, _ in written] == [f"m{i}" for i in range(5)]
     assert all(arrived > 0 for _, arrived in written)
     assert [await sub.get() for _ in range(3)] == ["m5", "m6", CALL_ENDED]
+
+
+async def test_a_client_layer_that_raises_never_reaches_the_publisher(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A watcher's direct write or eviction callback that raises is logged, and the call's
+    other watchers still get every message: the publisher is a Deepgram stream's socket
+    callback, where an exception would end the call for everyone."""
+    hub = Hub(queue_limit=2)
+    hub.open_call("CA1")
+    broken, slow, healthy = (hub.subscribe("CA1") for _ in range(3))
+    got: list[str] = []
+
+    def fails(text: str, arrived: float) -> bool:
+        raise RuntimeError("a bug in a client's writer")
+
+    def writes(text: str, arrived: float) -> bool:
+        got.append(text)
+        return True
+
+    def evicted() -> None:
+        raise RuntimeError("TaskGroup is shutting down")
+
+    broken.direct, slow.on_evicted, healthy.direct = fails, evicted, writes
+    for i in range(3):
+        hub.publish("CA1", f"m{i}")  # slow: evicted at m2
+    assert broken.direct is None  # queued for its sender from then on
+    assert slow.evicted
+    assert got == ["m0", "m1", "m2"]
+    assert "writing to a client at once failed" in caplog.text
+    assert "closing a client that fell behind failed" in caplog.text
