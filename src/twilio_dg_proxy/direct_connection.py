@@ -376,7 +376,7 @@ class _Direct(_HeadFirst):
                 parts = self._parts = []
             parts.append(bytes(frame.data))
             if len(parts) >= MAX_FRAGMENTS:  # recv() would refuse them too
-                self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                self.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         data = bytes(frame.data)
         if parts:
@@ -395,9 +395,9 @@ class _Direct(_HeadFirst):
         if len(held) >= (self.max_queue_high or 16):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
 
-    def _fail(self, code: CloseCode, reason: str) -> None:
-        """Fail the connection as websockets' recv() would (`fail_connection`), and abort it
-        if the peer has not closed within close_timeout."""
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection as websockets' recv() would (`fail_connection`), take no
+        message more, and abort it if the peer has not closed within close_timeout."""
         self._failed = True
         self._parts = None
         fail_connection(self, code, reason)
@@ -462,6 +462,21 @@ class DirectClientConnection(_Direct, ClientConnection):
         elif self._takes(event):
             return
         super().process_event(event)
+
+
+def text_or_fail(ws: Connection, data: bytes) -> str | None:
+    """A direct connection's text message as str; None if it is not UTF-8, after failing
+    `ws` with websockets' own close code and reason (1007, "invalid start byte at position
+    0"...), as its recv() does."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        reason = f"{exc.reason} at position {exc.start}"
+        if isinstance(ws, _Direct):
+            ws.fail(CloseCode.INVALID_DATA, reason)
+        else:  # pragma: no cover - the fallback's recv() checks text itself
+            fail_connection(ws, CloseCode.INVALID_DATA, reason)
+        return None
 
 
 def fail_connection(ws: Connection, code: CloseCode, reason: str) -> None:
