@@ -7,8 +7,8 @@ generators; for Deepgram's results, the task hop also adds a loop turn to every 
 way to its watchers. A direct connection reads the common frame (one frame per message)
 itself (`FrameSplitter`) and calls `MessageSink.message` from the protocol callback that
 received it, in order; any other frame goes to websockets, whose checks, limits, pings and
-closing handshake stay as they are. `DirectConnection` serves /twilio this way (other
-paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
+closing handshake stay as they are. `DirectConnection` serves /twilio and /client this way
+(/viewer/ws keeps `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 `receiving` gives a sink its messages either way: directly, or through websockets' public
 `recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
 internals this module leans on. Either way a server connection parses no frame before its
