@@ -39,10 +39,10 @@ are written and read by `client_protocol` and `viewer_protocol`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -50,6 +50,7 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from . import client_protocol, phone_numbers, viewer_protocol
+from .direct_connection import receiving, text_or_fail
 from .exceptions import (
     BrokerUnavailable,
     ClientProtocolError,
@@ -117,18 +118,36 @@ async def handle_client(
 ) -> None:
     """Serve one /client connection: the call list, its choice (within `choice_timeout_s`),
     then that call's results (after its history if it asked for it). The choice is a
-    callSid, or a phone number (`_subscribe_by_number`, with `numbers`)."""
+    callSid, or a phone number (`_subscribe_by_number`, with `numbers`).
+
+    What the client sends goes to a `_Watcher` (`receiving`): on a direct connection from
+    the socket callbacks, so that a watcher costs one task, its handler's."""
+    watcher = _Watcher(ws)
+    async with receiving(ws, watcher):
+        await _serve_watcher(ws, watcher, hub, choice_timeout_s, prepare, numbers)
+
+
+async def _serve_watcher(
+    ws: ServerConnection,
+    watcher: _Watcher,
+    hub: Hub,
+    choice_timeout_s: float,
+    prepare: Prepare,
+    numbers: NumberOptions,
+) -> None:
     peer = _peer(ws)
     try:
         options = client_protocol.parse_options(ws.request.path if ws.request else "")
         await ws.send(client_protocol.call_list(hub.active_calls()))
         try:
             async with asyncio.timeout(choice_timeout_s):
-                choice = await ws.recv()
+                choice = await watcher.choice()
         except TimeoutError:
             raise ClientProtocolError(
                 f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
+        if choice is None:
+            return  # it left (or sent invalid UTF-8: failed as recv() fails it)
         call_sid = client_protocol.parse_choice(choice)
         number = phone_numbers.parse(call_sid)  # never a callSid: those start with CA
         if number is None:
@@ -146,10 +165,61 @@ async def handle_client(
         return
     logger.info("client %s subscribed to %s", peer, sub.call_sid)
     try:
-        await _stream(ws, sub, hub)
+        await _stream(ws, watcher, sub, hub)
     finally:
         hub.unsubscribe(sub)
         logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
+
+
+class _Watcher:
+    """What a /client client sends (its `MessageSink`): its first message is its choice of
+    a call; the tutorial's protocol has nothing after it, so the rest is ignored, but text
+    that is not UTF-8 fails the connection as websockets' recv() would (1007, its reason).
+    Its close ends the subscription it has then (`outbox`).
+
+    Instead of a task reading `recv()` and websockets' queue for it; a future only while
+    the choice is awaited."""
+
+    __slots__ = ("_choice", "_ws", "closer", "gone", "outbox")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+        self._choice: asyncio.Future[str | bytes | None] | None = None
+        self.outbox: Outbox | None = None  # told CLIENT_LEFT at the close
+        self.gone = False  # the connection is closed
+        self.closer: asyncio.Task[None] | None = None  # closing it once evicted (`_stream`)
+
+    async def choice(self) -> str | bytes | None:
+        """The first message, text as str; None if the connection closes first."""
+        if self.gone:
+            return None
+        self._choice = asyncio.get_running_loop().create_future()
+        try:
+            return await self._choice
+        finally:
+            self._choice = None
+
+    def message(self, data: bytes | str, text: bool) -> None:
+        if text and isinstance(data, bytes):  # a direct connection's: check its UTF-8
+            decoded = text_or_fail(self._ws, data)
+            if decoded is None:
+                return  # failed: its close follows
+            data = decoded
+        choice, self._choice = self._choice, None
+        if choice is not None and not choice.done():
+            choice.set_result(data)
+
+    def closed(self) -> None:
+        self.gone = True
+        choice, self._choice = self._choice, None
+        if choice is not None and not choice.done():
+            choice.set_result(None)
+        if self.outbox is not None:
+            self.outbox.end(CLIENT_LEFT)
+
+    def close_soon(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run `closing` (the eviction's close) in a task of its own: `_stream` awaits it."""
+        self.closer = asyncio.get_running_loop().create_task(closing)
 
 
 async def _subscribe_by_number(
@@ -192,7 +262,7 @@ async def _until_served(
     """The waiter's subscription once the hub serves it; None if the client leaves first.
     Raises NoCallInTime after `wait_s`, TooManySubscribers if the call it found is full."""
     async with asyncio.TaskGroup() as tasks:
-        left = tasks.create_task(_discard_until_closed(ws))
+        left = tasks.create_task(ws.wait_closed())  # (what it sends goes to its `_Watcher`)
         found = tasks.create_task(waiter.found.wait())
         await asyncio.wait({left, found}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         gone = left.done()
@@ -205,16 +275,6 @@ async def _until_served(
     if waiter.result is None:
         raise NoCallInTime(f"no call from or to that number within {wait_s:g} s")
     return waiter.result
-
-
-async def _discard_until_closed(ws: ServerConnection) -> None:
-    """Read and ignore what the client sends (after its choice), until it closes: reading
-    is what notices the close."""
-    try:
-        async for _ in ws:
-            pass
-    except ConnectionClosed:
-        pass
 
 
 async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
@@ -232,15 +292,23 @@ async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
     await ws.close(code, reason)
 
 
-async def _stream(ws: ServerConnection, sub: Subscription, hub: Hub) -> None:
-    """Forward the subscription until it ends, the client leaves, or it is evicted."""
-    async with asyncio.TaskGroup() as tasks:
-        reader = tasks.create_task(_read_until_closed(ws, sub))
-        try:
-            with _closed_when_evicted(ws, sub, sub.call_sid, tasks):
-                await _forward(ws, sub, hub)
-        finally:
-            reader.cancel()
+async def _stream(ws: ServerConnection, watcher: _Watcher, sub: Subscription, hub: Hub) -> None:
+    """Forward the subscription until it ends, the client leaves, or it is evicted: in this
+    task alone (the client's close ends the subscription from the socket callback)."""
+    watcher.outbox = sub
+    if watcher.gone:
+        sub.end(CLIENT_LEFT)
+    try:
+        with _ClosedWhenEvicted(ws, sub, sub.call_sid, watcher.close_soon):
+            await _forward(ws, sub, hub)
+    except BaseException:
+        if watcher.closer is not None:
+            watcher.closer.cancel()
+        raise
+    finally:
+        watcher.outbox = None
+    if watcher.closer is not None:
+        await watcher.closer  # as a task group would: the close is under way
 
 
 async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
@@ -297,34 +365,33 @@ async def _end(ws: ServerConnection, ending: Ending) -> None:
     await ws.close(ending.code, ending.reason)
 
 
-async def _read_until_closed(ws: ServerConnection, sub: Subscription) -> None:
-    """Ignore what the client sends after its choice; end the subscription when it leaves."""
-    try:
-        async for _ in ws:
-            pass
-    except ConnectionClosed:
-        pass
-    sub.end(CLIENT_LEFT)
-
-
-@contextlib.contextmanager
-def _closed_when_evicted(
-    ws: ServerConnection, outbox: Outbox, watching: str, tasks: asyncio.TaskGroup
-) -> Iterator[None]:
+class _ClosedWhenEvicted:
     """Within the block, close the client as soon as it falls too far behind, even if it
-    has stopped reading (a task started only then, not a watchdog per client)."""
+    has stopped reading: `_close_evicted` runs with `spawn`, only then (not a watchdog per
+    client)."""
 
-    def evicted() -> None:
-        outbox.on_evicted = None
-        tasks.create_task(_close_evicted(ws, outbox, watching))
+    __slots__ = ("_outbox", "_spawn", "_watching", "_ws")
 
-    outbox.on_evicted = evicted
-    if outbox.evicted:  # before the block began
-        evicted()
-    try:
-        yield
-    finally:
-        outbox.on_evicted = None
+    def __init__(
+        self,
+        ws: ServerConnection,
+        outbox: Outbox,
+        watching: str,
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
+    ) -> None:
+        self._ws, self._outbox, self._watching, self._spawn = ws, outbox, watching, spawn
+
+    def __enter__(self) -> None:
+        self._outbox.on_evicted = self._evicted
+        if self._outbox.evicted:  # before the block began
+            self._evicted()
+
+    def __exit__(self, *exc: object) -> None:
+        self._outbox.on_evicted = None
+
+    def _evicted(self) -> None:
+        self._outbox.on_evicted = None
+        self._spawn(_close_evicted(self._ws, self._outbox, self._watching))
 
 
 async def _close_evicted(ws: ServerConnection, outbox: Outbox, watching: str) -> None:
@@ -358,7 +425,7 @@ async def handle_viewer(
             reader = tasks.create_task(_read_commands(ws, hub, viewer, prepare, follows))
             joiner = tasks.create_task(_join_followed(ws, hub, viewer, prepare, follows))
             try:
-                with _closed_when_evicted(ws, viewer, "the call list", tasks):
+                with _ClosedWhenEvicted(ws, viewer, "the call list", tasks.create_task):
                     await _forward(ws, viewer, hub)
             finally:
                 reader.cancel()

@@ -358,7 +358,7 @@ class Settings:
     direct_receive: bool = setting(
         "DIRECT_RECEIVE",
         True,
-        "read /twilio and Deepgram's messages in the socket callback (false: websockets' recv())",
+        "read /twilio, /client and Deepgram's messages in the socket callback (false: recv())",
         parse=boolean,
     )
     twilio_auth_token: str = setting(

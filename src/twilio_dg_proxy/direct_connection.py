@@ -7,8 +7,8 @@ generators; for Deepgram's results, the task hop also adds a loop turn to every 
 way to its watchers. A direct connection reads the common frame (one frame per message)
 itself (`FrameSplitter`) and calls `MessageSink.message` from the protocol callback that
 received it, in order; any other frame goes to websockets, whose checks, limits, pings and
-closing handshake stay as they are. `DirectConnection` serves /twilio this way (other
-paths keep `recv()`); `DirectClientConnection` is the client side, for Deepgram.
+closing handshake stay as they are. `DirectConnection` serves /twilio and /client this way
+(/viewer/ws keeps `recv()`); `DirectClientConnection` is the client side, for Deepgram.
 `receiving` gives a sink its messages either way: directly, or through websockets' public
 `recv()` when DIRECT_RECEIVE is off: the fallback, should a websockets release break the
 internals this module leans on. Either way a server connection parses no frame before its
@@ -24,6 +24,8 @@ a websockets release changes it.
 from __future__ import annotations
 
 import asyncio
+import random
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
@@ -82,10 +84,11 @@ class _HeadFirst(Connection):
     # Slots, not the instance dict, for what this module adds (here and in subclasses):
     # websockets' own attributes (27) fit CPython's key-sharing instance dict (up to 29
     # keys); with ours too, each connection had a full dict of its own, 1.3 KB more.
-    __slots__ = ("_early", "_head_tail")
+    __slots__ = ("_early", "_head_tail", "_ping_timer")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._ping_timer: asyncio.TimerHandle | None = None  # the next ping, or its timeout
         # websockets' writers waiting for the write buffer to drain: it appends, removes and
         # iterates, which a list does as well as its deque, for 56 bytes instead of 760.
         self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
@@ -124,6 +127,63 @@ class _HeadFirst(Connection):
 
     def _head_read(self) -> None:
         """The handshake's head has been read (and accepted, on a client)."""
+
+    # Keepalive: websockets' own, a ping every ping_interval and the connection failed
+    # (1011, "keepalive ping timeout") when its pong takes over ping_timeout, but driven by
+    # one timer instead of a task sleeping in a loop: a task, its coroutine and its sleep
+    # are 2 KB per connection, 8 KB per call (Twilio, Deepgram, 2 watchers); a timer 0.6.
+
+    def start_keepalive(self) -> None:
+        if self.ping_interval is not None and self._ping_timer is None:
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        """Send a keepalive ping, as websockets' `ping()`: a payload not awaited yet, and
+        its future in `pending_pings`, which the pong (`acknowledge_pings`) or the
+        connection's end (`terminate_pending_pings`) completes."""
+        self._ping_timer = None
+        if self.protocol.state is not State.OPEN:
+            return  # closing: no ping, as websockets' ping() raises then
+        data = None
+        while data is None or data in self.pending_pings:
+            data = struct.pack("!I", random.getrandbits(32))
+        pong: asyncio.Future[float] = self.loop.create_future()
+        self.pending_pings[data] = (pong, self.loop.time())
+        self.protocol.send_ping(data)
+        self.send_data()
+        if self.ping_timeout is None:
+            self.start_keepalive()  # no pong awaited: the next ping one interval on
+            return
+        pong.add_done_callback(self._ponged)
+        self._ping_timer = self.loop.call_later(self.ping_timeout, self._pong_late, pong)
+
+    def _ponged(self, pong: asyncio.Future[float]) -> None:
+        """The pong came (its result, the latency): the next ping ping_interval after the
+        ping, as websockets' loop does. Else the connection has ended: no more pings."""
+        if pong.cancelled() or pong.exception() is not None or self._ping_timer is None:
+            return
+        self._ping_timer.cancel()
+        interval = self.ping_interval or 0.0
+        self._ping_timer = self.loop.call_later(max(interval - pong.result(), 0.0), self._ping)
+
+    def _pong_late(self, pong: asyncio.Future[float]) -> None:
+        self._ping_timer = None
+        if pong.done():
+            return
+        pong.remove_done_callback(self._ponged)
+        fail_connection(self, CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        self.loop.call_later(self.close_timeout or 0.0, self._abort_unless_lost)
+
+    def _abort_unless_lost(self) -> None:
+        """As websockets' send_context after failing: the peer had close_timeout to close."""
+        if not self.connection_lost_waiter.done():
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._ping_timer is not None:  # else it would hold the connection until then
+            self._ping_timer.cancel()
+            self._ping_timer = None
 
     def _frames_received(self, data: bytes) -> None:
         """Bytes of the WebSocket stream, in order, from the first after the head."""
@@ -254,17 +314,18 @@ class GuardedConnection(_HeadFirst, ServerConnection):
             self.guard.breached(self, limit)
 
     def start_keepalive(self) -> None:
-        """Start websockets' keepalive one ping_interval after the handshake, with a timer.
+        """Start keepalive (`_HeadFirst`'s) one ping_interval after the handshake, with a
+        timer.
 
-        Its task sleeps ping_interval before anything else, and that task, its coroutine
-        and its sleep were a tenth of what a connection holds (1.7 of 17 KB per pending
+        websockets' task slept ping_interval before anything else, and that task, its
+        coroutine and its sleep were a tenth of what a connection held (1.7 of 17 KB per pending
         /twilio stream, which ends within 10 s, before any ping); a timer costs 0.2 KB (0.6
         under uvloop: a pending /twilio stream's is held until its `start`).
         The first ping comes after twice ping_interval (40 s by default), the next ones
         every ping_interval as before. Not while held (`hold_keepalive`), nor twice."""
         if self.ping_interval is None or self._keepalive_held:
             return
-        if self._keepalive_due is None and self.keepalive_task is None:
+        if self._keepalive_due is None and self._ping_timer is None:
             self._keepalive_due = self.loop.call_later(self.ping_interval, self._keepalive)
 
     def hold_keepalive(self) -> None:
@@ -376,7 +437,7 @@ class _Direct(_HeadFirst):
                 parts = self._parts = []
             parts.append(bytes(frame.data))
             if len(parts) >= MAX_FRAGMENTS:  # recv() would refuse them too
-                self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                self.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         data = bytes(frame.data)
         if parts:
@@ -395,9 +456,9 @@ class _Direct(_HeadFirst):
         if len(held) >= (self.max_queue_high or 16):
             self.transport.pause_reading()  # the handler has not attached yet: slow the peer
 
-    def _fail(self, code: CloseCode, reason: str) -> None:
-        """Fail the connection as websockets' recv() would (`fail_connection`), and abort it
-        if the peer has not closed within close_timeout."""
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection as websockets' recv() would (`fail_connection`), take no
+        message more, and abort it if the peer has not closed within close_timeout."""
         self._failed = True
         self._parts = None
         fail_connection(self, code, reason)
@@ -462,6 +523,21 @@ class DirectClientConnection(_Direct, ClientConnection):
         elif self._takes(event):
             return
         super().process_event(event)
+
+
+def text_or_fail(ws: Connection, data: bytes) -> str | None:
+    """A direct connection's text message as str; None if it is not UTF-8, after failing
+    `ws` with websockets' own close code and reason (1007, "invalid start byte at position
+    0"...), as its recv() does."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        reason = f"{exc.reason} at position {exc.start}"
+        if isinstance(ws, _Direct):
+            ws.fail(CloseCode.INVALID_DATA, reason)
+        else:  # pragma: no cover - the fallback's recv() checks text itself
+            fail_connection(ws, CloseCode.INVALID_DATA, reason)
+        return None
 
 
 def fail_connection(ws: Connection, code: CloseCode, reason: str) -> None:

@@ -68,6 +68,9 @@ ASSETS_PREFIX = "/viewer/"  # the viewer's static files, by exact name
 HEALTH_PATH = "/healthz"
 WEBSOCKET_PATHS = frozenset({TWILIO_PATH, CLIENT_PATH, VIEWER_PATH})
 CLIENT_PATHS = frozenset({CLIENT_PATH, VIEWER_PATH})  # same authentication and limits
+# Paths whose messages go to a sink from the socket callbacks (`direct_connection`), not to
+# websockets' queue for recv(): Twilio's media, and what a /client watcher sends.
+DIRECT_PATHS = frozenset({TWILIO_PATH, CLIENT_PATH})
 
 # The page loads only its own files and talks only to its own origin.
 _PAGE_POLICY = (
@@ -382,9 +385,10 @@ class ProxyServer:
         return health
 
     def _connection_class(self) -> type[ServerConnection]:
-        """Connections that keep to this server's guard. Twilio's messages are handled as
-        they arrive (`call.handle_twilio`), clients' wait for their handler to `recv()`
-        them; with DIRECT_RECEIVE off, every path uses `recv()`."""
+        """Connections that keep to this server's guard. Twilio's and /client's messages are
+        handled as they arrive (`call.handle_twilio`, `clients.handle_client`), the viewer's
+        wait for its handler to `recv()` them; with DIRECT_RECEIVE off, every path uses
+        `recv()`."""
         settings = self.settings
         guard = Guard(
             control_per_s=settings.control_frames_per_s,
@@ -394,7 +398,7 @@ class ProxyServer:
             lost=self._pending.discard,
         )
         if settings.direct_receive:
-            return DirectConnection.configured(direct_paths=frozenset({TWILIO_PATH}), guard=guard)
+            return DirectConnection.configured(direct_paths=DIRECT_PATHS, guard=guard)
         return GuardedConnection.configured(guard=guard)
 
     def _breached(self, ws: ServerConnection, limit: str) -> None:

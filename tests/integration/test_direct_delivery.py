@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from twilio_dg_proxy.direct_connection import (
     MAX_FRAGMENTS,
@@ -32,7 +33,7 @@ from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
 from .helpers import RunningProxy, Watcher, both_receive_modes, results, until
-from .raw_peer import PING, RawPeer, upgrade_request
+from .raw_peer import PING, PONG, RawPeer, frame, upgrade_request
 
 # websockets' default, which the proxy keeps: how long it waits for a peer's close frame
 # before it drops the connection.
@@ -300,7 +301,9 @@ async def test_a_connections_own_state_stays_out_of_its_instance_dict() -> None:
 
 
 @asynccontextmanager
-async def guarded_server(ping_interval: float) -> AsyncIterator[tuple[Server, list[bool]]]:
+async def guarded_server(
+    ping_interval: float, **options: Any
+) -> AsyncIterator[tuple[Server, list[bool]]]:
     """A websockets server of `GuardedConnection`s, and for each connection its handler
     saw, whether a keepalive task was running when the handler began."""
     tasks: list[bool] = []
@@ -312,7 +315,12 @@ async def guarded_server(ping_interval: float) -> AsyncIterator[tuple[Server, li
     guard = Guard(10.0, 50, 1 << 20, lambda ws, limit: None, lambda ws: None)
     connection = GuardedConnection.configured(guard=guard)
     async with serve(
-        handler, "127.0.0.1", 0, create_connection=connection, ping_interval=ping_interval
+        handler,
+        "127.0.0.1",
+        0,
+        create_connection=connection,
+        ping_interval=ping_interval,
+        **options,
     ) as server:
         yield server, tasks
 
@@ -328,6 +336,38 @@ async def test_keepalive_starts_after_a_ping_interval_and_then_pings() -> None:
                 opcode, _ = await peer.frame()
     assert tasks == [False]
     assert opcode == PING
+
+
+async def test_keepalive_pings_again_after_each_pong_from_a_timer_not_a_task() -> None:
+    """websockets' keepalive, driven by a timer (a task, its coroutine and its sleep were
+    2 KB per connection): a ping every ping_interval while the pongs come."""
+    async with guarded_server(ping_interval=0.05 * S, ping_timeout=5 * S) as (server, tasks):
+        async with RawPeer.connected(server.sockets[0].getsockname()[1]) as peer:
+            peer.send(upgrade_request("/"))
+            assert await peer.status() == 101
+            payloads = []
+            async with asyncio.timeout(5 * S):
+                for _ in range(3):
+                    opcode, payload = await peer.frame()
+                    assert opcode == PING
+                    payloads.append(payload)
+                    peer.send(frame(PONG, payload))
+            [ws] = server.connections
+            assert ws.keepalive_task is None and ws.state is State.OPEN
+    assert len(set(payloads)) == 3 and tasks == [False]
+
+
+async def test_a_ping_unanswered_within_ping_timeout_fails_the_connection_with_1011() -> None:
+    """As websockets' keepalive: 1011 "keepalive ping timeout", and the connection dropped
+    once close_timeout has passed without the peer's close."""
+    options = {"ping_timeout": 0.05 * S, "close_timeout": 0.2 * S}
+    async with guarded_server(ping_interval=0.05 * S, **options) as (server, tasks):
+        async with RawPeer.connected(server.sockets[0].getsockname()[1]) as peer:
+            peer.send(upgrade_request("/"))
+            assert await peer.status() == 101
+            assert (await peer.frame())[0] == PING
+            assert await peer.close_frame() == (1011, "keepalive ping timeout")
+            assert await peer.end_of_stream(within=5 * S) == b""
 
 
 async def test_a_connection_that_ends_before_its_keepalive_is_not_held_by_the_timer() -> None:

@@ -7,6 +7,7 @@ bounded in count and time, and every target is 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from twilio_dg_proxy.config import Settings
 from twilio_dg_proxy.direct_connection import GuardedConnection
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.server import ProxyServer, bound_port
+from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
@@ -25,6 +27,7 @@ from .helpers import (
     PROXY_ENV,
     RunningProxy,
     TwilioPeer,
+    Watcher,
     both_receive_modes,
     running_proxy,
     until,
@@ -152,6 +155,100 @@ async def test_a_refused_upgrade_lets_its_connection_go_when_the_peer_leaves(
             async with RawPeer.connected(proxy.port) as peer:
                 peer.send(upgrade_request(path))
                 assert await peer.status() == status
+
+
+# --- 2b. What a /client watcher sends after its choice ------------------------------------
+# (its messages go to a sink from the socket callbacks, not to recv(): the same answers)
+
+
+async def upgraded_watcher(peer: RawPeer, call_sid: str | None) -> list[str]:
+    """Upgrade `peer` on /client, read the call list; choose `call_sid` if given."""
+    peer.send(upgrade_request("/client"))
+    assert await peer.status() == 101
+    opcode, listed = await peer.frame()
+    assert opcode == TEXT
+    if call_sid is not None:
+        peer.send(frame(TEXT, call_sid.encode() + b"\n"))
+    return list(json.loads(listed))
+
+
+@pytest.mark.parametrize("when", ["as its choice", "after its choice"])
+async def test_a_watcher_sending_invalid_utf8_is_failed_as_websockets_recv_fails_it(
+    when: str,
+) -> None:
+    """1007 with websockets' own reason, the connection's end without waiting for the peer,
+    its subscription gone; the call and its other watchers go on."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with proxy_closing_slowly(deepgram.url) as proxy:
+            hub = proxy.server.hub
+            call = SimulatedCall()
+            async with TwilioPeer.started(proxy, call) as twilio:
+                other = await Watcher.join(proxy, call.call_sid)
+                async with RawPeer.connected(proxy.port) as peer:
+                    chooses = call.call_sid if when == "after its choice" else None
+                    assert await upgraded_watcher(peer, chooses) == [call.call_sid]
+                    if chooses:
+                        await until(lambda: hub.subscriber_count() == 2)
+                    peer.send(frame(TEXT, b"CA\xff"))
+                    assert await peer.close_frame() == (1007, "invalid start byte at position 2")
+                    assert await peer.end_of_stream(within=PROMPT) == b""
+                await until(lambda: hub.subscriber_count() == 1)
+                await twilio.send_all(call.frames(tone(0.5)))
+                await twilio.stop()
+                assert await other.transcript() == deepgram.streams[0].sent
+    assert hub.counters.subscriptions == (2 if chooses else 1)
+
+
+async def test_a_watcher_that_talks_after_its_choice_gets_every_result_all_the_same() -> None:
+    """Text, binary (fragmented too) and pings after the choice are ignored (pings answered)."""
+    call = SimulatedCall()
+    async with watched_call(call) as (proxy, deepgram, twilio):
+        watcher = await Watcher.join(proxy, call.call_sid)
+        await watcher.ws.send("CAsomething else")
+        await watcher.ws.send(b"\x00\xff binary")
+        await watcher.ws.send(["frag", "mented"])
+        for _ in range(5):
+            await watcher.ws.ping()
+        await twilio.send_all(call.frames(tone(0.5)))
+        await twilio.stop()
+        assert await watcher.transcript() == deepgram.streams[0].sent
+    assert proxy.server.hub.counters.subscriptions == 1
+
+
+@pytest.mark.parametrize("how", ["closes", "drops its TCP connection"])
+async def test_a_watcher_leaving_mid_call_is_unsubscribed_and_the_call_goes_on(how: str) -> None:
+    call = SimulatedCall()
+    async with watched_call(call) as (proxy, deepgram, twilio):
+        hub = proxy.server.hub
+        leaving = await Watcher.join(proxy, call.call_sid)
+        staying = await Watcher.join(proxy, call.call_sid)
+        frames = call.frames(tone(1.0))
+        await twilio.send_all(frames[: len(frames) // 2])
+        await until(lambda: hub.counters.published >= 2)
+        if how == "closes":
+            await leaving.ws.close()
+        else:
+            leaving.ws.transport.abort()
+        await until(lambda: hub.subscriber_count() == 1)
+        await twilio.send_all(frames[len(frames) // 2 :])
+        await twilio.stop()
+        assert await staying.transcript() == deepgram.streams[0].sent
+
+
+@asynccontextmanager
+async def watched_call(
+    call: SimulatedCall,
+) -> AsyncIterator[tuple[RunningProxy, FakeDeepgram, TwilioPeer]]:
+    """A proxy (default limits), its fake Deepgram, and `call` started on it."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            async with TwilioPeer.started(proxy, call) as twilio:
+                yield proxy, deepgram, twilio
+
+
+def tone(seconds: float) -> dict[Track, bytes]:
+    n = int(seconds * 8000)
+    return {"inbound": pattern("inbound", n), "outbound": pattern("outbound", n)}
 
 
 # --- 3. Control frames cannot starve the server -----------------------------------------

@@ -537,6 +537,23 @@ def test_keepalive_task_is_none_until_keepalive_starts() -> None:
     require("self.keepalive_task = " in source, "Connection.keepalive_task", reliance)
 
 
+def test_pongs_complete_the_futures_in_pending_pings() -> None:
+    """`_HeadFirst`'s keepalive sends its pings as `ping()` does: each payload's
+    `(future, sent at)` in `pending_pings`, which websockets completes with the latency when
+    the pong comes, and with an exception when the connection ends."""
+    reliance = "keepalive from a timer: pending_pings[data] = (future, loop time)"
+    acknowledge = inspect.getsource(Connection.acknowledge_pings)
+    require(
+        "pong_received, ping_timestamp" in acknowledge and "set_result(latency)" in acknowledge,
+        "Connection.acknowledge_pings",
+        reliance,
+    )
+    ping = inspect.getsource(Connection.ping)
+    require("self.pending_pings[data] = (" in ping, "Connection.ping", reliance)
+    lost = inspect.getsource(Connection.connection_lost)
+    require("pings" in lost, "Connection.connection_lost", "ends the pending pings' futures")
+
+
 async def test_a_handler_may_be_a_function_returning_its_coroutine() -> None:
     """server.py's `route` returns the coroutine that serves a connection rather than
     awaiting it (a coroutine frame less per connection): websockets awaits what it returns."""
