@@ -76,13 +76,14 @@ async def handle_twilio(
     Until `start`, this coroutine's frame, the intake and one future are all a stream holds
     here (issue 11): the wait is inline, timed by the server's shared `Deadlines`, and what
     follows `start` is made after it (`_serve_call`)."""
-    intake = StreamIntake(
-        chunk_ms=settings.chunk_ms,
-        max_lag_ms=settings.max_track_lag_ms,
-        buffer_s=settings.audio_buffer_s,
-        log=logger,
-    )
-    try:
+    intake: StreamIntake | None = None
+    try:  # from the start: `ended(ws)` must follow whatever happens here
+        intake = StreamIntake(
+            chunk_ms=settings.chunk_ms,
+            max_lag_ms=settings.max_track_lag_ms,
+            buffer_s=settings.audio_buffer_s,
+            log=logger,
+        )
         async with receiving(ws, intake):
             if intake.start is None and not intake.ended:  # (held messages may hold both)
                 waiter = intake.waiter()
@@ -97,7 +98,8 @@ async def handle_twilio(
                 return
             await _serve_call(ws, intake, start, hub, settings, deepgram_pings, started)
     finally:
-        hub.counters.unknown_events += intake.unknown_count
+        if intake is not None:
+            hub.counters.unknown_events += intake.unknown_count
         ended(ws)
 
 

@@ -391,7 +391,12 @@ class _ClosedWhenEvicted:
 
     def _evicted(self) -> None:
         self._outbox.on_evicted = None
-        self._spawn(_close_evicted(self._ws, self._outbox, self._watching))
+        closing = _close_evicted(self._ws, self._outbox, self._watching)
+        try:
+            self._spawn(closing)
+        except RuntimeError:  # its task group is shutting down: no gentle close to wait for
+            closing.close()
+            self._ws.transport.abort()
 
 
 async def _close_evicted(ws: ServerConnection, outbox: Outbox, watching: str) -> None:
