@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from . import client_protocol, phone_numbers, viewer_protocol
@@ -267,42 +267,15 @@ async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
         outbox.direct = None
 
 
-class _SharedFrame:
-    """The server frame of the text written last, made once for all the watchers it goes
-    to (the hub offers one str object to each watcher of a call). Server frames are not
-    masked, so the bytes are the same for every connection without extensions."""
-
-    __slots__ = ("frame", "text")
-
-    def __init__(self) -> None:
-        self.text: str | None = None  # held: no other str can take its identity meanwhile
-        self.frame = b""
-
-    def of(self, text: str) -> bytes:
-        if text is not self.text:
-            self.text = text
-            self.frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
-        return self.frame
-
-
-_shared_frame = _SharedFrame()
-
-
 def _writer(ws: ServerConnection, hub: Hub) -> DirectWrite:
     """Write a text to `ws` at once, as `ws.send` would when its buffer is not full: False
     (queue it) when the socket is backed up, closing, or a send is under way."""
     observer, clock, protocol = hub.observer, hub.clock, ws.protocol
-    # What `protocol.send_text` would append to its writes, shared between connections when
-    # it is the same for all: no extension (compression=None), no frame logging.
-    shared = not protocol.extensions and not protocol.debug
 
     def write_now(text: str, arrived: float) -> bool:
         if ws.paused or ws.send_in_progress is not None or protocol.state is not State.OPEN:
             return False
-        if shared:  # no fragmented send under way (send_in_progress): as send_text
-            protocol.writes.append(_shared_frame.of(text))
-        else:
-            protocol.send_text(text.encode())
+        protocol.send_text(text.encode())
         try:
             ws.send_data()
         except Exception:  # noqa: BLE001 - as websockets' send: the connection is lost

@@ -459,42 +459,6 @@ async def test_a_write_without_send_is_what_send_writes_and_paused_says_when_to_
                 done.set()
 
 
-def test_send_text_appends_the_frame_to_writes_unmasked_without_extensions() -> None:
-    """clients.py makes a text's server frame once for all the watchers it goes to, and
-    appends it to each connection's `protocol.writes`, where `send_text` would have put
-    the same bytes (`send_data` writes them): a server's frames are not masked, and with
-    compression=None no extension is negotiated; `debug` says whether frames are logged."""
-    protocol = open_protocol()
-    require(protocol.extensions == [], "ServerProtocol.extensions", "[] when none is offered")
-    require(isinstance(protocol.debug, bool), "Protocol.debug", "a bool", protocol.debug)
-    require(isinstance(protocol.writes, list), "Protocol.writes", "a list", protocol.writes)
-    protocol.send_text("été".encode())
-    found = protocol.writes[-1:]
-    made = Frame(Opcode.TEXT, "été".encode()).serialize(mask=False, extensions=[])
-    require(found == [made], "Protocol.send_text", "it appends the frame to writes", found)
-    protocol.writes.append(made)
-    found = protocol.data_to_send()
-    require(found == [made, made], "Protocol.data_to_send", "it returns writes", found)
-
-
-async def test_the_servers_client_connections_negotiate_no_extension() -> None:
-    """Without `compression=None` websockets offers permessage-deflate: the server must pass
-    it (server.py) for clients.py's shared frames; a client that offers deflate gets none."""
-    opened: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
-
-    async def handler(ws: ServerConnection) -> None:
-        opened.set_result(ws)
-        await ws.wait_closed()
-
-    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}/", proxy=None) as client:
-            ws = await opened
-            found = ws.protocol.extensions
-            require(found == [], "serve(compression=None)", "no extension negotiated", found)
-            await client.close()
-
-
 # --- what a connection holds (issue 11: a pending /twilio stream costs a few KB) ---------
 
 CONNECTION_MODULES = ("websockets.asyncio.connection", "websockets.asyncio.server")
