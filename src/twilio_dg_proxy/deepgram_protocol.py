@@ -4,12 +4,13 @@ the reconnect policy (what is retryable, backoff, replay pace, the time shift)."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from . import backoff
+from . import backoff, json_loads
 from .config import Settings
 from .exceptions import DeepgramClosed, DeepgramError, DeepgramNotConfigured, DeepgramRefused
 
@@ -140,3 +141,68 @@ def result_transcript(message: Mapping[str, Any]) -> str:
     except (KeyError, IndexError, TypeError):
         return ""
     return text.strip() if isinstance(text, str) else ""
+
+
+def is_final_with_text(message: Mapping[str, Any]) -> bool:
+    """A final `Results` whose transcript is not empty: what a transcript is made of."""
+    if message.get("type") != "Results" or message.get("is_final") is not True:
+        return False
+    return bool(result_transcript(message))
+
+
+def request_id(message: Mapping[str, Any]) -> str:
+    """The request id of a `Metadata` message, or in a `Results`' metadata; "" if none."""
+    if message.get("type") == "Metadata":
+        found = message.get("request_id")
+    else:
+        metadata = message.get("metadata")
+        found = metadata.get("request_id") if isinstance(metadata, dict) else None
+    return found if isinstance(found, str) else ""
+
+
+# --- what a message is, once per message ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What the hub and its sinks need to know of one Deepgram message, found once
+    (`classify`): whether it belongs in a call's history (a final `Results` with text or
+    `speech_final`, or an `UtteranceEnd`: interim results are replaced by later ones and
+    empty finals say nothing), whether it is a final with text (the transcript's), and the
+    Deepgram request id it carries that the recorder keeps (a `Metadata`'s, or a final's)."""
+
+    history: bool = False
+    final_text: bool = False
+    request_id: str = ""
+
+
+#: Interim results (most messages with interim results on) and anything unparsable.
+OTHER = Kind()
+# Cheap filters before parsing: a final `Results`, an `UtteranceEnd`, a `Metadata`.
+_MAYBE_FINAL = re.compile(r'"is_final"\s*:\s*true')
+
+
+def classify(text: str) -> Kind:
+    """What the Deepgram message `text` is (see `Kind`), with substring and one regex
+    search first and at most one parse. Only a message that looks like a final can be
+    one; only one that looks like a final or an `UtteranceEnd` enters the history; the
+    recorder takes request ids from those that look like a final or a `Metadata`."""
+    if _MAYBE_FINAL.search(text) is not None:
+        may_history = may_record = True
+    else:
+        may_history = '"UtteranceEnd"' in text
+        may_record = '"Metadata"' in text
+        if not (may_history or may_record):
+            return OTHER
+    message = json_loads.object_or_none(text)
+    if message is None:
+        return OTHER
+    kind = message.get("type")
+    final = kind == "Results" and message.get("is_final") is True
+    has_text = final and bool(result_transcript(message))
+    history = may_history and (
+        kind == "UtteranceEnd" or (final and (message.get("speech_final") is True or has_text))
+    )
+    if not may_record:
+        return Kind(history) if history else OTHER
+    return Kind(history, has_text, request_id(message))

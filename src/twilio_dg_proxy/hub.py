@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -24,8 +23,8 @@ from typing import Protocol
 
 from websockets.frames import CloseCode
 
-from . import json_loads, viewer_protocol
-from .deepgram_protocol import result_transcript
+from . import viewer_protocol
+from .deepgram_protocol import OTHER, Kind, classify
 from .exceptions import DuplicateCall, TooManySubscribers, UnknownCall
 from .history import History as History
 from .observations import NO_OBSERVER, Observer
@@ -222,10 +221,12 @@ class ViewerFeed(Outbox):
 
 class CallSink(Protocol):
     """Where the hub also sends the calls streamed by this process: the Redis broker (so
-    that other instances can watch them), the transcript recorder. Must not await."""
+    that other instances can watch them), the transcript recorder. Must not await.
+    `message` gets each Deepgram message with what it is (`classify`d once by the hub, for
+    all the sinks and the history)."""
 
     def call_opened(self, info: CallInfo) -> None: ...
-    def message(self, call_sid: str, text: str) -> None: ...
+    def message(self, call_sid: str, text: str, kind: Kind) -> None: ...
     def call_ended(self, call_sid: str, ending: Ending) -> None: ...
 
 
@@ -283,29 +284,9 @@ def _safely(method: Callable[..., None], *args: object) -> None:
         logger.exception("a call sink failed (%s)", getattr(method, "__qualname__", method))
 
 
-# Cheap filter before parsing: only a final Results or an UtteranceEnd can enter the history.
-_MAYBE_HISTORY = re.compile(r'"is_final"\s*:\s*true|"UtteranceEnd"')
-
-
 def is_history(text: str) -> bool:
-    """Whether a Deepgram message belongs in a call's history: a final `Results` with text or
-    with `speech_final` (it ends an utterance), or an `UtteranceEnd`. Interim results are
-    replaced by later ones and empty finals say nothing, so neither is kept."""
-    if not _MAYBE_HISTORY.search(text):
-        return False
-    try:
-        message = json_loads.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: the standard library's parser
-        return False
-    if not isinstance(message, dict):
-        return False
-    if message.get("type") == "UtteranceEnd":
-        return True
-    if message.get("type") != "Results" or message.get("is_final") is not True:
-        return False
-    if message.get("speech_final") is True:
-        return True
-    return bool(result_transcript(message))
+    """Whether a Deepgram message belongs in a call's history (`deepgram_protocol.Kind`)."""
+    return classify(text).history
 
 
 class Hub:
@@ -394,13 +375,16 @@ class Hub:
             return
         self.counters.published += 1
         arrived = self.clock()
-        if self.sinks and not call.remote:
+        to_sinks = bool(self.sinks) and not call.remote
+        keeps_history = bool(self._history_limit and self._history_bytes)
+        kind = classify(text) if to_sinks or keeps_history else OTHER
+        if to_sinks:
             for sink in self.sinks:  # per Deepgram message: inline, not through `_safely`
                 try:
-                    sink.message(call_sid, text)
+                    sink.message(call_sid, text, kind)
                 except Exception:
                     logger.exception("a call sink failed (%s)", type(sink).__qualname__)
-        if self._history_limit and self._history_bytes and is_history(text):
+        if keeps_history and kind.history:
             call.history.add(text)
         if call.subscribers:
             evicted = [sub for sub in call.subscribers if not sub.offer(text, arrived)]

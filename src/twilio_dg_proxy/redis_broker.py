@@ -44,6 +44,7 @@ from redis.exceptions import (
 from . import broker_protocol as wire
 from .backoff import Backoff
 from .config import Settings
+from .deepgram_protocol import Kind
 from .exceptions import BrokerUnavailable, DuplicateCall
 from .hub import Ending, Hub
 from .logs import get_logger
@@ -259,7 +260,8 @@ class RedisBroker:
         self.queue.opened(record)
         self._wake.set()
 
-    def message(self, call_sid: str, text: str) -> None:
+    def message(self, call_sid: str, text: str, kind: Kind) -> None:
+        del kind  # every message goes to Redis, whatever it is
         if not self.queue.message(call_sid, text):
             self.hub.counters.redis_dropped += 1
             if self.queue.dropped == 1 or self.queue.dropped % 1000 == 0:

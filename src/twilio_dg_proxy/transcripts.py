@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
 from . import json_loads
-from .deepgram_protocol import result_transcript
+from .deepgram_protocol import Kind, result_transcript
+from .deepgram_protocol import is_final_with_text as is_final_with_text
 from .hub import Ending
 from .viewer_protocol import CallInfo
 
-_FINAL_OR_METADATA = re.compile(r'"is_final"\s*:\s*true|"Metadata"')
 #: Channel names: Deepgram's channel 0 is Twilio's inbound track (the caller).
 DEFAULT_SPEAKERS = ("Caller", "Callee")
 #: Custom parameters that name the speakers instead (as the viewer does).
@@ -103,17 +102,13 @@ class Recorder:
         for listener in self.listeners:
             listener.call_started(info)
 
-    def message(self, call_sid: str, text: str) -> None:
+    def message(self, call_sid: str, text: str, kind: Kind) -> None:
         recording = self._calls.get(call_sid)
-        if recording is None or not _may_matter(text):
+        if recording is None:
             return
-        message = json_loads.object_or_none(text)
-        if message is None:
-            return
-        request_id = _request_id(message)
-        if request_id:
-            recording.request_ids[request_id] = None
-        if not is_final_with_text(message):
+        if kind.request_id:
+            recording.request_ids[kind.request_id] = None
+        if not kind.final_text:
             return
         if recording.size + len(text) > self.max_bytes:
             if not recording.truncated:
@@ -141,29 +136,6 @@ class Recorder:
         )
         for listener in self.listeners:
             listener.call_finished(finished)
-
-
-def _may_matter(text: str) -> bool:
-    """Cheap filter before parsing: finals and the closing Metadata (request ids), not the
-    interim results (most messages)."""
-    return _FINAL_OR_METADATA.search(text) is not None
-
-
-def _request_id(message: Mapping[str, Any]) -> str:
-    """The request id of a `Metadata` message, or in a `Results`' metadata."""
-    if message.get("type") == "Metadata":
-        found = message.get("request_id")
-    else:
-        metadata = message.get("metadata")
-        found = metadata.get("request_id") if isinstance(metadata, dict) else None
-    return found if isinstance(found, str) else ""
-
-
-def is_final_with_text(message: Mapping[str, Any]) -> bool:
-    """A final `Results` whose transcript is not empty: what a transcript is made of."""
-    if message.get("type") != "Results" or message.get("is_final") is not True:
-        return False
-    return bool(result_transcript(message))
 
 
 # How a transcript reads.

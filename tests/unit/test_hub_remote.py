@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from twilio_dg_proxy.deepgram_protocol import Kind
 from twilio_dg_proxy.hub import CALL_ENDED, Ending, Hub
 from twilio_dg_proxy.viewer_protocol import CallInfo
 
@@ -16,7 +17,7 @@ class RecordingSink:
     def call_opened(self, info: CallInfo) -> None:
         self.seen.append(("opened", info.call_sid))
 
-    def message(self, call_sid: str, text: str) -> None:
+    def message(self, call_sid: str, text: str, kind: Kind) -> None:
         self.seen.append(("message", call_sid, text))
 
     def call_ended(self, call_sid: str, ending: Ending) -> None:
@@ -76,7 +77,7 @@ def test_a_replaced_history_is_filtered_and_bounded_as_published_ones_are() -> N
 
 
 class BrokenSink(RecordingSink):
-    def message(self, call_sid: str, text: str) -> None:
+    def message(self, call_sid: str, text: str, kind: Kind) -> None:
         raise RuntimeError("a bug")
 
     def call_ended(self, call_sid: str, ending: Ending) -> None:

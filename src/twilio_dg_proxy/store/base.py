@@ -313,6 +313,16 @@ def write_statements(mark: str, ignore_duplicate: str) -> dict[type, tuple[str, 
     }
 
 
+def final_args(event: FinalResult) -> tuple[str, int, str, str]:
+    """The arguments of the `FinalResult` statement (the callSid again: the row check)."""
+    return (event.call_sid, event.seq, event.text, event.call_sid)
+
+
+def final_rows(run: Sequence[StoreEvent]) -> Iterator[tuple[str, int, str, str]]:
+    """`final_args` of each final of `run`."""
+    return (final_args(e) for e in run if isinstance(e, FinalResult))
+
+
 def statement_args(
     event: StoreEvent, index: int, as_json: Callable[[Any], Any] = json.dumps
 ) -> tuple[Any, ...]:
@@ -320,7 +330,7 @@ def statement_args(
     match event:
         case CallStarted():
             return (event.info.call_sid,) if index == 0 else started_row(event, as_json)
-        case FinalResult(call_sid, seq, text):
-            return (call_sid, seq, text, call_sid)
+        case FinalResult():
+            return final_args(event)
         case CallEnded():
             return ended_row(event, as_json)

@@ -25,9 +25,11 @@ from .base import (
     CallPage,
     CallQuery,
     CallStarted,
+    FinalResult,
     StoreEvent,
     call_from_row,
     events_of,
+    final_rows,
     finals_query,
     get_query,
     list_query,
@@ -255,12 +257,19 @@ class _transaction:
 
 
 _STATEMENTS = write_statements("?", "ON CONFLICT DO NOTHING")
+(_INSERT_FINAL,) = _STATEMENTS[FinalResult]
 _INSERT_PARAMETER = "INSERT INTO call_parameters VALUES (?, ?, ?)"
 
 
 def _write(connection: sqlite3.Connection, events: Sequence[StoreEvent]) -> None:
     with _transaction(connection):
         for run in runs(events):
+            if isinstance(run[0], FinalResult):
+                # In key order, each call's last page of the finals' (call_sid, seq) index
+                # is read once per batch, not once per final: a batch interleaves every live
+                # call's finals, more calls than the small page cache holds (-25% CPU).
+                connection.executemany(_INSERT_FINAL, sorted(final_rows(run)))
+                continue
             for index, statement in enumerate(_STATEMENTS[type(run[0])]):
                 connection.executemany(statement, (statement_args(e, index) for e in run))
             if isinstance(run[0], CallStarted):
