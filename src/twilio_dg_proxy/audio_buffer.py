@@ -30,8 +30,9 @@ DirectSend = Callable[[Chunk], bool]
 class AudioBuffer:
     """Chunks in order; `get()` waits for the next one and returns None after `close()`.
 
-    While its consumer is idle (nothing queued), it may set `direct`: a chunk put then is
-    handed to it at once, in the producer's step, instead of waking the consumer's task.
+    While its consumer waits in `get(direct)` with nothing queued, `direct` is set: a chunk
+    put then is handed to it at once, in the producer's step, instead of waking the
+    consumer's task.
 
     One per call: slots, and a future only while `get()` waits (an asyncio.Event holds a
     deque of its own, 0.8 KB)."""
@@ -91,14 +92,16 @@ class AudioBuffer:
         """Bytes waiting."""
         return self._held
 
-    async def get(self) -> Chunk | None:
-        """The oldest waiting chunk, waiting for one if needed; None when closed and empty."""
+    async def get(self, direct: DirectSend | None = None) -> Chunk | None:
+        """The oldest waiting chunk, waiting for one if needed; None when closed and empty.
+        While it waits with nothing queued, chunks put go to `direct` (see the class)."""
         while not self._chunks and not self._closed:
             self._waiter = asyncio.get_running_loop().create_future()
+            self.direct = direct
             try:
                 await self._waiter
             finally:
-                self._waiter = None
+                self._waiter = self.direct = None
         if not self._chunks:
             return None
         chunk = self._chunks.popleft()

@@ -319,10 +319,7 @@ async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
     write_now = _writer(ws, hub)
     try:
         while True:
-            if not outbox.backlog:
-                outbox.direct = write_now
-            item = await outbox.get()
-            outbox.direct = None  # one writer at a time, in order: this task now
+            item = await outbox.get(write_now)  # writes at once only while this task waits
             if isinstance(item, Ending):
                 await _end(ws, item)
                 return
@@ -331,8 +328,6 @@ async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
                 observer.result_delivered(clock() - outbox.arrived)
     except ConnectionClosed:
         pass
-    finally:
-        outbox.direct = None
 
 
 def _writer(ws: ServerConnection, hub: Hub) -> DirectWrite:

@@ -328,25 +328,22 @@ class DeepgramSession:
         # waited while it opened, and pacing it would slow down tests and fast simulations.
         pace = self.streams > 1
         direct: DirectSend | None = None  # from the second chunk on
-        try:
-            while True:
-                chunk = await self._next_chunk(link, stream, direct)
-                if chunk is None:
-                    await link.finish()
-                    return
-                if direct is None:  # this stream's time 0: this chunk's place on the timeline
-                    link.offset_s = chunk.position / self.bytes_per_s
-                    direct = self._writer(link, stream)
-                if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
-                    await asyncio.sleep(wait)
-                try:
-                    await link.send_audio(chunk.data)
-                except BaseException:
-                    self.audio.put_back(chunk)  # not sent: it goes first on the next stream
-                    raise
-                self._sent(chunk, stream, loop.time())
-        finally:
-            self.audio.direct = None
+        while True:
+            chunk = await self._next_chunk(link, stream, direct)
+            if chunk is None:
+                await link.finish()
+                return
+            if direct is None:  # this stream's time 0: this chunk's place on the timeline
+                link.offset_s = chunk.position / self.bytes_per_s
+                direct = self._writer(link, stream)
+            if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
+                await asyncio.sleep(wait)
+            try:
+                await link.send_audio(chunk.data)
+            except BaseException:
+                self.audio.put_back(chunk)  # not sent: it goes first on the next stream
+                raise
+            self._sent(chunk, stream, loop.time())
 
     async def _next_chunk(
         self, link: DeepgramLink, stream: _StreamSend, direct: DirectSend | None
@@ -356,16 +353,13 @@ class DeepgramSession:
         audio: one timer per wait, not one per chunk."""
         audio, interval = self.audio, self.settings.keepalive_s
         while True:
-            audio.direct = direct
             try:
                 async with asyncio.timeout_at(stream.last + interval):
-                    return await audio.get()
+                    return await audio.get(direct)
             except TimeoutError:
                 if stream.last + interval <= asyncio.get_running_loop().time():
                     await link.keepalive()
                     stream.last = asyncio.get_running_loop().time()
-            finally:
-                audio.direct = None
 
     def _writer(self, link: DeepgramLink, stream: _StreamSend) -> DirectSend:
         """Write a chunk to `link` at once if its socket takes it (see `_next_chunk`)."""

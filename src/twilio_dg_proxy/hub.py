@@ -62,9 +62,9 @@ class Outbox:
     `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
     client asked for it, and only falling behind the live messages is too slow.
 
-    While its sender is idle (nothing queued, nothing being sent), the I/O layer sets
-    `direct`: a text offered then is written at once, in the caller's step, instead of
-    waking the sender's task for it; the queue is kept for a socket that is backed up.
+    While its sender waits in `get(direct)` with nothing queued (so nothing is being sent),
+    `direct` is set: a text offered then is written at once, in the caller's step, instead
+    of waking the sender's task for it; the queue is kept for a socket that is backed up.
 
     Small, as there is one per watcher: slots, one deque, and a future only while `get()`
     waits (an asyncio.Event holds a deque of its own); eviction calls `on_evicted`."""
@@ -143,14 +143,16 @@ class Outbox:
         """Messages queued and not yet taken."""
         return len(self._items)
 
-    async def get(self) -> str | Ending:
-        """The next message, or the ending once every message has been taken."""
+    async def get(self, direct: DirectWrite | None = None) -> str | Ending:
+        """The next message, or the ending once every message has been taken. While it
+        waits with nothing queued, `direct` writes what is offered (see the class)."""
         while not self._items and self._ending is None:
             self._waiter = asyncio.get_running_loop().create_future()
+            self.direct = direct
             try:
                 await self._waiter
             finally:
-                self._waiter = None
+                self._waiter = self.direct = None
         if not self._items:
             assert self._ending is not None  # the loop ends on an item or an ending
             return self._ending
