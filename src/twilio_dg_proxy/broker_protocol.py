@@ -1,7 +1,8 @@
 """What instances say to each other through Redis (docs/scaling-out.md): key names, the
-entries of a call's stream and of the call feed, the registry's records, and the two
-policies the broker applies (which messages wait while Redis is away; when an instance is
-gone). No sockets and no clock: the broker (`redis_broker`) does the I/O.
+entries of a call's stream and of the call feed, the registry's records, and the
+policies the broker applies (which messages wait while Redis is away, and which writes are
+made again after it restarted; the heartbeat's rhythm, and when an instance is gone). No
+sockets and no clock: the broker (`redis_broker` and the modules it is made of) does the I/O.
 
 Keys (every one starts with REDIS_KEY_PREFIX, `tdp` by default):
 - `tdp:call:{s<k>}:CA…` a Redis Stream per call: `open`, then each Deepgram message, then
@@ -89,6 +90,12 @@ def entry_number(entry_id: str) -> int:
     """n of an id made by `entry_id` (0 for anything else)."""
     ms, _, seq = entry_id.partition("-")
     return int(seq) if ms == "0" and seq.isdigit() else 0
+
+
+def id_order(entry_id: str) -> tuple[int, int]:
+    """Any stream entry id (`<ms>-<seq>`) as numbers, to compare."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 # Call stream entries.
@@ -305,6 +312,33 @@ class PublishQueue:
     def again(self, writes: list[Publish]) -> None:
         """Put writes already made in front, to be made again (a restarted Redis lost them)."""
         self._items.extendleft(reversed(writes))
+
+
+def again_after_restart(recent: Iterable[Publish]) -> list[Publish]:
+    """Which of the writes made lately to make again, in order, when Redis has restarted
+    empty: all but the `opened` of the calls whose `end` is among them."""
+    writes = list(recent)
+    ended = {w.call_sid for w in writes if w.kind == "end"}
+    return [w for w in writes if w.kind != "opened" or w.call_sid not in ended]
+
+
+# When an instance is gone.
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeats:
+    """The heartbeat's rhythm for REDIS_HEARTBEAT_TIMEOUT_S = T: a beat every T/5, each
+    valid for 2T/5; an instance whose key is found missing, and still missing more than
+    T/5 later, is gone (`Liveness`). Killed just after a beat: its key lapses at 0.4 T, is
+    found missing by 0.6 T and judged by T. Alive, it must be late by about 0.4 T to be."""
+
+    every_s: float
+    ttl_ms: int
+    grace_s: float
+
+    @classmethod
+    def within(cls, timeout_s: float) -> Heartbeats:
+        return cls(every_s=timeout_s / 5, ttl_ms=int(timeout_s * 400), grace_s=timeout_s / 5)
 
 
 class Liveness:

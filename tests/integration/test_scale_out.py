@@ -251,8 +251,8 @@ async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
             await twilio.send_all(call.frames(tracks(0.5)))
             await until(lambda: redis_server.cli("XLEN", Keys("tdp").call(call.call_sid)) != "0")
             keys = redis_server.cli("DBSIZE")
-            broker = b.server.broker
-            assert broker is not None
+            assert b.server.broker is not None
+            follower = b.server.broker.follower
             objects = []
             for cycle in range(1000):
                 async with connect(b.client_url, proxy=None) as ws:
@@ -267,8 +267,8 @@ async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
             assert objects[1] - objects[0] < 400, objects
             assert redis_server.cli("DBSIZE") == keys
             # Nobody watches it on B any more: B stops reading it (after SETTLE_S).
-            await until(lambda: not broker._followed, within=5 * S)
-            assert not broker._loading and not broker._idle_since
+            await until(lambda: not follower._followed, within=5 * S)
+            assert not follower._loading and not follower._idle_since
             assert b.server.hub.counters.subscriptions == 1000
             await twilio.stop()
 

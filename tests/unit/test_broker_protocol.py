@@ -34,6 +34,13 @@ def test_entry_ids_number_a_calls_entries_from_one() -> None:
     assert wire.entry_number("junk") == 0
 
 
+@given(st.integers(0, 2**48), st.integers(0, 2**32), st.integers(0, 2**48), st.integers(0, 2**32))
+def test_entry_ids_compare_as_numbers(ms: int, seq: int, other_ms: int, other_seq: int) -> None:
+    one, other = f"{ms}-{seq}", f"{other_ms}-{other_seq}"
+    assert (wire.id_order(one) < wire.id_order(other)) == ((ms, seq) < (other_ms, other_seq))
+    assert wire.id_order(str(ms)) == (ms, 0)
+
+
 @given(st.text())
 def test_a_message_entry_carries_its_text_verbatim(text: str) -> None:
     assert wire.parse_call_entry(wire.message_entry(text)) == wire.Message(text)
@@ -131,6 +138,22 @@ def test_writes_given_back_go_out_first_in_their_order() -> None:
     assert [w.text for w in queue.take(10)] == ["b", "c"]
 
 
+def test_after_a_restart_recent_writes_are_made_again_but_opens_of_calls_since_ended() -> None:
+    queue = wire.PublishQueue(limit=10)
+    queue.opened(RECORD)
+    queue.opened(wire.CallRecord(CallInfo("CA2"), "i"))
+    queue.message("CA1", "a")
+    queue.message("CA2", "b")
+    queue.end("CA1", CALL_ENDED)
+    again = wire.again_after_restart(iter(queue.take(10)))
+    assert [(w.kind, w.call_sid) for w in again] == [
+        ("opened", "CA2"),
+        ("message", "CA1"),
+        ("message", "CA2"),
+        ("end", "CA1"),
+    ]
+
+
 @given(st.lists(st.sampled_from(["open", "message", "end", "take", "back"]), max_size=60))
 def test_the_queue_never_holds_more_messages_than_its_limit_plus_opens_and_ends(
     steps: list[str],
@@ -163,6 +186,16 @@ def test_an_instance_is_gone_once_its_key_is_missing_for_longer_than_the_grace()
     assert liveness.gone("a", 3.5)
     liveness.check("a", 4.0, alive=True)
     assert not liveness.gone("a", 10.0)
+
+
+def test_heartbeats_come_five_times_per_timeout_and_an_instance_killed_is_judged_by_it() -> None:
+    timing = wire.Heartbeats.within(5.0)
+    assert (timing.every_s, timing.ttl_ms, timing.grace_s) == (1.0, 2000, 1.0)
+    # Killed just after a beat: its key lapses at 2 s, is found missing by the beat after
+    # (at most 3 s), and is judged gone a grace later: within the timeout.
+    lapses = timing.ttl_ms / 1000
+    found_missing = lapses + timing.every_s
+    assert found_missing + timing.grace_s <= 5.0
 
 
 def test_forgiving_starts_the_count_again() -> None:
