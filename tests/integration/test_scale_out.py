@@ -9,6 +9,7 @@ import contextlib
 import gc
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pytest
@@ -70,22 +71,51 @@ async def visible(proxy: RunningProxy, call_sid: str) -> None:
     await until(lambda: call_sid in proxy.server.hub.active_calls())
 
 
+@dataclass(frozen=True)
+class SharedCall:
+    """A call streaming through instance `a`, listed on instance `b` through Redis."""
+
+    call: SimulatedCall
+    a: RunningProxy
+    b: RunningProxy
+    twilio: TwilioPeer
+
+    @property
+    def sid(self) -> str:
+        return self.call.call_sid
+
+    async def watchers(self) -> tuple[Watcher, Watcher]:
+        """A watcher of the call on its own instance, and one on the other."""
+        return await Watcher.join(self.a, self.sid), await Watcher.join(self.b, self.sid)
+
+
+@contextlib.asynccontextmanager
+async def shared_call(
+    deepgram: FakeDeepgram, redis: Shared, **env: str
+) -> AsyncIterator[SharedCall]:
+    """Two instances sharing `redis` (`instances`), and a call started on the first and
+    listed on the second."""
+    call = SimulatedCall()
+    async with instances(deepgram, redis, 2, **env) as (a, b):
+        async with TwilioPeer.started(a, call) as twilio:
+            await visible(b, call.call_sid)
+            yield SharedCall(call, a, b, twilio)
+
+
 async def test_watchers_on_another_instance_get_the_same_messages_in_order(
     deepgram: FakeDeepgram, any_redis: Shared
 ) -> None:
-    call = SimulatedCall()
-    async with instances(deepgram, any_redis) as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            await visible(b, call.call_sid)
-            local = await Watcher.join(a, call.call_sid)
-            remote = [await Watcher.join(b, call.call_sid) for _ in range(2)]
-            assert all(w.listed == [call.call_sid] for w in [local, *remote])
-            await twilio.send_all(call.frames(tracks(1.0)))
-            await twilio.stop()
-            seen = await asyncio.gather(*(w.transcript() for w in [local, *remote]))
+    async with shared_call(deepgram, any_redis) as shared:
+        local, remote = await shared.watchers()
+        watchers = [local, remote, await Watcher.join(shared.b, shared.sid)]
+        assert all(w.listed == [shared.sid] for w in watchers)
+        await shared.twilio.send_all(shared.call.frames(tracks(1.0)))
+        await shared.twilio.stop()
+        seen = await asyncio.gather(*(w.transcript() for w in watchers))
         (stream,) = deepgram.streams
         assert seen[0] == stream.sent
         assert seen[1] == seen[0] and seen[2] == seen[0]
+        b = shared.b
         await until(lambda: not b.server.hub.active_calls())
         health = b.server.health()
         assert health["calls"] == 0 and health["local_calls"] == 0
@@ -94,30 +124,29 @@ async def test_watchers_on_another_instance_get_the_same_messages_in_order(
 async def test_a_late_viewer_on_another_instance_gets_history_then_live_without_seam(
     deepgram: FakeDeepgram, any_redis: Shared
 ) -> None:
-    call = SimulatedCall()
-    frames = call.frames(tracks(2.0))
-    half = len(frames) // 2
-    async with instances(deepgram, any_redis) as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            local = await Watcher.join(a, call.call_sid)
-            await twilio.send_all(frames[:half])
-            # Finals of the first half have reached Redis before the viewer on B joins.
-            await until(lambda: len(a.server.hub._calls[call.call_sid].history.messages) >= 2)
-            async with connect(f"ws://127.0.0.1:{b.port}/viewer/ws", proxy=None) as viewer:
-                listed = json.loads(await viewer.recv())
-                assert [c["callSid"] for c in listed["calls"]] == [call.call_sid]
-                await viewer.send(json.dumps({"type": "subscribe", "callSid": call.call_sid}))
-                subscribed = json.loads(await viewer.recv())
-                assert subscribed["type"] == "subscribed"
-                await twilio.send_all(frames[half:])
-                await twilio.stop()
-                live = []
-                async for text in viewer:
-                    message = json.loads(text)
-                    if message["type"] == "call_ended":
-                        break
-                    live.append(message["message"])
-            sent = await local.transcript()
+    async with shared_call(deepgram, any_redis) as shared:
+        frames = shared.call.frames(tracks(2.0))
+        half = len(frames) // 2
+        a, twilio = shared.a, shared.twilio
+        local = await Watcher.join(a, shared.sid)
+        await twilio.send_all(frames[:half])
+        # Finals of the first half have reached Redis before the viewer on B joins.
+        await until(lambda: len(a.server.hub._calls[shared.sid].history.messages) >= 2)
+        async with connect(f"ws://127.0.0.1:{shared.b.port}/viewer/ws", proxy=None) as viewer:
+            listed = json.loads(await viewer.recv())
+            assert [c["callSid"] for c in listed["calls"]] == [shared.sid]
+            await viewer.send(json.dumps({"type": "subscribe", "callSid": shared.sid}))
+            subscribed = json.loads(await viewer.recv())
+            assert subscribed["type"] == "subscribed"
+            await twilio.send_all(frames[half:])
+            await twilio.stop()
+            live = []
+            async for text in viewer:
+                message = json.loads(text)
+                if message["type"] == "call_ended":
+                    break
+                live.append(message["message"])
+        sent = await local.transcript()
     finals = [m for m in map(json.loads, sent) if _is_final(m)]
     replayed = subscribed["history"]
     assert replayed and replayed == finals[: len(replayed)]
@@ -149,16 +178,14 @@ async def test_without_redis_at_start_the_proxy_refuses_to_start_clearly(
 async def test_websocat_on_another_instance_prints_what_deepgram_sent_then_close(
     deepgram: FakeDeepgram, redis_server: RedisServer
 ) -> None:
-    call = SimulatedCall()
-    async with instances(deepgram, redis_server) as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            await visible(b, call.call_sid)
-            process = await websocat_choosing(b.client_url, call.call_sid)
-            await until(lambda: b.server.hub.subscriber_count() == 1)
-            await twilio.send_all(call.frames(tracks(1.0)))
-            await twilio.stop()
-            lines = await printed(process)
-    assert json.loads(lines[0]) == [call.call_sid]
+    async with shared_call(deepgram, redis_server) as shared:
+        b = shared.b
+        process = await websocat_choosing(b.client_url, shared.sid)
+        await until(lambda: b.server.hub.subscriber_count() == 1)
+        await shared.twilio.send_all(shared.call.frames(tracks(1.0)))
+        await shared.twilio.stop()
+        lines = await printed(process)
+    assert json.loads(lines[0]) == [shared.sid]
     assert lines[1:-1] == deepgram.streams[0].sent
     assert lines[-1] == "close"
 
@@ -166,25 +193,20 @@ async def test_websocat_on_another_instance_prints_what_deepgram_sent_then_close
 async def test_a_redis_restart_mid_call_loses_nothing_for_watchers_anywhere(
     deepgram: FakeDeepgram, redis_server: RedisServer
 ) -> None:
-    call = SimulatedCall()
-    frames = call.frames(tracks(3.0))
-    third = len(frames) // 3
-    async with instances(deepgram, redis_server) as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            await visible(b, call.call_sid)
-            local, remote = (
-                await Watcher.join(a, call.call_sid),
-                await Watcher.join(b, call.call_sid),
-            )
-            await twilio.send_all(frames[:third])
-            redis_server.stop()
-            # Redis is away: the call goes on, and so do its watchers on A.
-            await twilio.send_all(frames[third : 2 * third])
-            await until(lambda: a.server.hub.counters.redis_errors > 0)
-            redis_server.start()  # empty, on the same port
-            await twilio.send_all(frames[2 * third :])
-            await twilio.stop()
-            seen = await asyncio.gather(local.transcript(), remote.transcript(within=20 * S))
+    async with shared_call(deepgram, redis_server) as shared:
+        a, twilio = shared.a, shared.twilio
+        frames = shared.call.frames(tracks(3.0))
+        third = len(frames) // 3
+        local, remote = await shared.watchers()
+        await twilio.send_all(frames[:third])
+        redis_server.stop()
+        # Redis is away: the call goes on, and so do its watchers on A.
+        await twilio.send_all(frames[third : 2 * third])
+        await until(lambda: a.server.hub.counters.redis_errors > 0)
+        redis_server.start()  # empty, on the same port
+        await twilio.send_all(frames[2 * third :])
+        await twilio.stop()
+        seen = await asyncio.gather(local.transcript(), remote.transcript(within=20 * S))
     (stream,) = deepgram.streams
     assert seen[0] == stream.sent
     assert seen[1] == stream.sent
@@ -244,55 +266,51 @@ async def test_when_the_instance_streaming_a_call_is_killed_its_watchers_elsewhe
 async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
     deepgram: FakeDeepgram, redis_server: RedisServer
 ) -> None:
-    call = SimulatedCall()
-    async with instances(deepgram, redis_server) as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            await visible(b, call.call_sid)
-            await twilio.send_all(call.frames(tracks(0.5)))
-            await until(lambda: redis_server.cli("XLEN", Keys("tdp").call(call.call_sid)) != "0")
-            keys = redis_server.cli("DBSIZE")
-            assert b.server.broker is not None
-            follower = b.server.broker.follower
-            objects = []
-            for cycle in range(1000):
-                async with connect(b.client_url, proxy=None) as ws:
-                    await ws.recv()
-                    await ws.send(call.call_sid)
-                    await until(lambda: b.server.hub.watcher_count(call.call_sid) == 1)
-                if cycle in (199, 999):  # after a warm-up, and at the end
-                    await until(lambda: b.server.hub.watcher_count(call.call_sid) == 0)
-                    gc.collect()
-                    objects.append(len(gc.get_objects()))
-            # No object left behind per watcher (one each would be 800 more).
-            assert objects[1] - objects[0] < 400, objects
-            assert redis_server.cli("DBSIZE") == keys
-            # Nobody watches it on B any more: B stops reading it (after SETTLE_S).
-            await until(lambda: not follower._followed, within=5 * S)
-            assert not follower._loading and not follower._idle_since
-            assert b.server.hub.counters.subscriptions == 1000
-            await twilio.stop()
+    async with shared_call(deepgram, redis_server) as shared:
+        b, sid = shared.b, shared.sid
+        await shared.twilio.send_all(shared.call.frames(tracks(0.5)))
+        await until(lambda: redis_server.cli("XLEN", Keys("tdp").call(sid)) != "0")
+        keys = redis_server.cli("DBSIZE")
+        assert b.server.broker is not None
+        follower = b.server.broker.follower
+        objects = []
+        for cycle in range(1000):
+            async with connect(b.client_url, proxy=None) as ws:
+                await ws.recv()
+                await ws.send(sid)
+                await until(lambda: b.server.hub.watcher_count(sid) == 1)
+            if cycle in (199, 999):  # after a warm-up, and at the end
+                await until(lambda: b.server.hub.watcher_count(sid) == 0)
+                gc.collect()
+                objects.append(len(gc.get_objects()))
+        # No object left behind per watcher (one each would be 800 more).
+        assert objects[1] - objects[0] < 400, objects
+        assert redis_server.cli("DBSIZE") == keys
+        # Nobody watches it on B any more: B stops reading it (after SETTLE_S).
+        await until(lambda: not follower._followed, within=5 * S)
+        assert not follower._loading and not follower._idle_since
+        assert b.server.hub.counters.subscriptions == 1000
+        await shared.twilio.stop()
 
 
 async def test_a_watcher_of_another_instances_call_is_told_to_retry_while_redis_is_away(
     deepgram: FakeDeepgram, redis_server: RedisServer
 ) -> None:
-    call = SimulatedCall()
-    async with instances(deepgram, redis_server) as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            await visible(b, call.call_sid)
-            redis_server.stop()
-            async with connect(b.client_url, proxy=None) as ws:
-                assert json.loads(await ws.recv()) == [call.call_sid]
-                await ws.send(call.call_sid)
-                refusal = await ws.recv()
-                await ws.wait_closed()
-            assert refusal == f"error: Redis unreachable: cannot follow {call.call_sid}"
-            assert (ws.close_code, ws.close_reason) == (1013, refusal.removeprefix("error: "))
-            # The call itself, and a watcher on its own instance, carry on.
-            local = await Watcher.join(a, call.call_sid)
-            await twilio.send_all(call.frames(tracks(0.5)))
-            await twilio.stop()
-            assert await local.transcript() == deepgram.streams[0].sent
+    async with shared_call(deepgram, redis_server) as shared:
+        sid = shared.sid
+        redis_server.stop()
+        async with connect(shared.b.client_url, proxy=None) as ws:
+            assert json.loads(await ws.recv()) == [sid]
+            await ws.send(sid)
+            refusal = await ws.recv()
+            await ws.wait_closed()
+        assert refusal == f"error: Redis unreachable: cannot follow {sid}"
+        assert (ws.close_code, ws.close_reason) == (1013, refusal.removeprefix("error: "))
+        # The call itself, and a watcher on its own instance, carry on.
+        local = await Watcher.join(shared.a, sid)
+        await shared.twilio.send_all(shared.call.frames(tracks(0.5)))
+        await shared.twilio.stop()
+        assert await local.transcript() == deepgram.streams[0].sent
 
 
 async def test_an_instance_is_not_ready_while_redis_is_away_and_ready_again_after(
@@ -312,26 +330,21 @@ async def test_an_instance_is_not_ready_while_redis_is_away_and_ready_again_afte
 async def test_redis_refusing_writes_mid_call_stops_nothing_and_loses_nothing(
     deepgram: FakeDeepgram, redis_server: RedisServer
 ) -> None:
-    call = SimulatedCall()
-    frames = call.frames(tracks(3.0))
-    third = len(frames) // 3
     # A long heartbeat timeout: this test is about refused writes, not vanished instances.
-    async with instances(deepgram, redis_server, REDIS_HEARTBEAT_TIMEOUT_S="30") as (a, b):
-        async with TwilioPeer.started(a, call) as twilio:
-            await visible(b, call.call_sid)
-            local, remote = (
-                await Watcher.join(a, call.call_sid),
-                await Watcher.join(b, call.call_sid),
-            )
-            await twilio.send_all(frames[:third])
-            redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # every write: OOM
-            errors = a.server.hub.counters.redis_errors
-            await twilio.send_all(frames[third : 2 * third])
-            await until(lambda: a.server.hub.counters.redis_errors > errors)
-            redis_server.cli("CONFIG", "SET", "maxmemory", "0")
-            await twilio.send_all(frames[2 * third :])
-            await twilio.stop()
-            seen = await asyncio.gather(local.transcript(), remote.transcript(within=20 * S))
+    async with shared_call(deepgram, redis_server, REDIS_HEARTBEAT_TIMEOUT_S="30") as shared:
+        a, twilio = shared.a, shared.twilio
+        frames = shared.call.frames(tracks(3.0))
+        third = len(frames) // 3
+        local, remote = await shared.watchers()
+        await twilio.send_all(frames[:third])
+        redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # every write: OOM
+        errors = a.server.hub.counters.redis_errors
+        await twilio.send_all(frames[third : 2 * third])
+        await until(lambda: a.server.hub.counters.redis_errors > errors)
+        redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+        await twilio.send_all(frames[2 * third :])
+        await twilio.stop()
+        seen = await asyncio.gather(local.transcript(), remote.transcript(within=20 * S))
     (stream,) = deepgram.streams
     assert seen[0] == stream.sent
     assert seen[1] == stream.sent  # the refused writes were made again, in order
