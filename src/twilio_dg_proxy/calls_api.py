@@ -10,7 +10,6 @@ Every answer is `Cache-Control: no-store`: transcripts are personal data.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from http import HTTPStatus
 
@@ -21,6 +20,7 @@ from . import calls_protocol
 from .auth import token_allowed, token_of
 from .calls_protocol import GetCall, GetTranscript, ListCalls
 from .exceptions import BadCallsRequest, StoreError
+from .http_responses import respond, respond_json
 from .hub import HubCounters
 from .logs import get_logger
 from .store.base import TranscriptStore
@@ -80,7 +80,7 @@ async def _fetch(
                 return _error(ws, HTTPStatus.NOT_FOUND, "no such call")
             # Off the event loop: the longest transcripts take a few hundred milliseconds.
             text = await asyncio.to_thread(form.render, call)
-            response = _body(ws, HTTPStatus.OK, text, form.content_type)
+            response = _private(respond(ws, HTTPStatus.OK, text, form.content_type))
             if download:
                 disposition = calls_protocol.attachment(call_sid, form.extension)
                 response.headers["Content-Disposition"] = disposition
@@ -88,17 +88,15 @@ async def _fetch(
 
 
 def _json(ws: ServerConnection, body: object, status: HTTPStatus = HTTPStatus.OK) -> Response:
-    return _body(ws, status, json.dumps(body) + "\n", "application/json")
+    return _private(respond_json(ws, body, status))
 
 
 def _error(ws: ServerConnection, status: HTTPStatus, message: str) -> Response:
     return _json(ws, {"error": message}, status)
 
 
-def _body(ws: ServerConnection, status: HTTPStatus, text: str, content_type: str) -> Response:
-    response = ws.respond(status, text)
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = content_type
+def _private(response: Response) -> Response:
+    """Never cached (transcripts are personal data), never read as another type."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -9,7 +9,6 @@ listens; the calls and watchers report through `observer` (the hub's).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -20,6 +19,7 @@ from websockets.http11 import Request, Response
 
 from .auth import token_allowed, token_of
 from .config import Settings
+from .http_responses import path_of, respond, respond_json
 from .hub import Hub, HubCounters
 from .listening import bound_port
 from .logs import get_logger
@@ -99,9 +99,8 @@ class Observability:
         if problems:
             body["problems"] = problems
         status = HTTPStatus.SERVICE_UNAVAILABLE if problems else HTTPStatus.OK
-        response = ws.respond(status, json.dumps(body) + "\n")
-        _set(response, "Content-Type", "application/json")
-        _set(response, "Cache-Control", "no-store")
+        response = respond_json(ws, body, status)
+        response.headers["Cache-Control"] = "no-store"
         return response
 
     def metrics_response(self, ws: ServerConnection, request: Request) -> Response:
@@ -114,11 +113,7 @@ class Observability:
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         self.metrics.sync(*self._snapshot())  # this process's figures as of now
-        response = ws.respond(HTTPStatus.OK, "")
-        response.body = self.metrics.exposition()
-        _set(response, "Content-Type", CONTENT_TYPE)
-        _set(response, "Content-Length", str(len(response.body)))
-        return response
+        return respond(ws, HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
 
     def _snapshot(self) -> tuple[HubCounters, Gauges]:
         calls, subscribers, viewers, pending = self.figures()
@@ -133,7 +128,7 @@ class Observability:
             return None
 
         def process_request(ws: ServerConnection, request: Request) -> Response:
-            if urlpath(request.path) == METRICS_PATH:
+            if path_of(request.path) == METRICS_PATH:
                 return self.metrics_response(ws, request)
             return ws.respond(HTTPStatus.NOT_FOUND, "Not found: only /metrics is here\n")
 
@@ -163,15 +158,3 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     """A background task of observability died of a bug: say so (the proxy goes on)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         logger.error("%s failed", task.get_name(), exc_info=exc)
-
-
-def urlpath(target: str) -> str:
-    """The path of a request target, without its query."""
-    return target.partition("?")[0]
-
-
-def _set(response: Response, name: str, value: str) -> None:
-    """Replace a header websockets set (Content-Type, Content-Length) rather than add one."""
-    if name in response.headers:
-        del response.headers[name]
-    response.headers[name] = value

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import gc
 import ipaddress
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import CloseCode
@@ -43,6 +41,7 @@ from .direct_connection import (
     forget_handshake_headers,
 )
 from .exceptions import ConfigError
+from .http_responses import path_of, peer, respond, respond_json
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
@@ -157,7 +156,7 @@ class ProxyServer:
         """Dispatch an accepted WebSocket by path (unknown paths never get this far): the
         coroutine that serves it, for websockets to await in the connection's task. Not an
         awaiting coroutine itself: a frame less per connection (0.3 KB, issue 11)."""
-        path = _path(ws.request.path if ws.request else "")
+        path = path_of(ws.request.path if ws.request else "")
         # Checked in process_request (signature, token), never read after: a third of an
         # idle connection (issue 11). The path stays (a /client's options are in its query).
         forget_handshake_headers(ws)
@@ -256,14 +255,14 @@ class ProxyServer:
     ) -> Response | Awaitable[Response] | None:
         """Answer plain HTTP requests (health, the viewer's files, the /calls API, which
         awaits the store); check upgrades (path 404, authentication 401/403, limits 503)."""
-        path = _path(request.path)
+        path = path_of(request.path)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == TWILIO_PATH and upgrade:
             return self._admit_stream(ws, request)
         if path in CLIENT_PATHS and upgrade:
             return self._admit_client(ws, request)
         if path == HEALTH_PATH:
-            return _json(ws, self.health())
+            return respond_json(ws, self.health())
         if path == READY_PATH:
             return self.observability.readyz(ws)
         if path == METRICS_PATH and self.observability.serves_metrics_here:
@@ -297,7 +296,7 @@ class ProxyServer:
             request.headers.get(SIGNATURE_HEADER, "")
         ):
             counters.refused_unauthorized += 1
-            logger.warning("refused a /twilio upgrade from %s: bad or missing signature", _peer(ws))
+            logger.warning("refused a /twilio upgrade from %s: bad or missing signature", peer(ws))
             return ws.respond(
                 HTTPStatus.FORBIDDEN, "Forbidden: bad or missing X-Twilio-Signature\n"
             )
@@ -305,7 +304,7 @@ class ProxyServer:
             counters.refused_pending += 1
             logger.warning(
                 "refused a /twilio upgrade from %s: MAX_PENDING_STREAMS (%d) not started yet",
-                _peer(ws),
+                peer(ws),
                 self.settings.max_pending_streams,
             )
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many pending streams\n")
@@ -333,7 +332,9 @@ class ProxyServer:
         if tokens and not token_allowed(token_of(request.path, request.headers), tokens):
             counters.refused_unauthorized += 1
             logger.warning(
-                "refused a %s upgrade from %s: bad or missing token", _path(request.path), _peer(ws)
+                "refused a %s upgrade from %s: bad or missing token",
+                path_of(request.path),
+                peer(ws),
             )
             response = ws.respond(
                 HTTPStatus.UNAUTHORIZED, "Unauthorized: a client token is required\n"
@@ -357,9 +358,9 @@ class ProxyServer:
         allowed = not tokens or token_allowed(token, tokens)
         if not allowed and token:  # without one, the page is only asking whether it needs one
             self.hub.counters.refused_unauthorized += 1
-            logger.warning("refused a viewer token from %s", _peer(ws))
+            logger.warning("refused a viewer token from %s", peer(ws))
         body = {"authorized": allowed, "tokenRequired": bool(tokens)}
-        response = _json(ws, body, HTTPStatus.OK if allowed else HTTPStatus.UNAUTHORIZED)
+        response = respond_json(ws, body, HTTPStatus.OK if allowed else HTTPStatus.UNAUTHORIZED)
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -404,16 +405,16 @@ class ProxyServer:
     def _breached(self, ws: ServerConnection, limit: str) -> None:
         """Count and log a connection ended for breaking its guard (`Guard`)."""
         counters = self.hub.counters
-        path = _path(ws.request.path) if ws.request else "?"
+        path = path_of(ws.request.path) if ws.request else "?"
         if limit == "control_frames":
             counters.control_floods += 1
-            logger.warning("closing %s from %s: too many control frames", path, _peer(ws))
+            logger.warning("closing %s from %s: too many control frames", path, peer(ws))
         else:
             counters.write_buffer_overflows += 1
             logger.warning(
                 "dropping %s from %s: over %d bytes waiting to be sent",
                 path,
-                _peer(ws),
+                peer(ws),
                 self.settings.write_buffer_max_bytes,
             )
 
@@ -597,22 +598,6 @@ def warn_if_exposed(settings: Settings) -> None:
         )
 
 
-def _peer(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    return f"{address[0]}:{address[1]}" if address else "?"
-
-
-def _path(target: str) -> str:
-    return urlsplit(target).path
-
-
-def _json(ws: ServerConnection, body: object, status: HTTPStatus = HTTPStatus.OK) -> Response:
-    response = ws.respond(status, json.dumps(body) + "\n")
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
-
-
 def _asset(ws: ServerConnection, request: Request, asset: Asset) -> Response:
     """One of the viewer's files; 304 when the browser's copy is current. `no-cache` makes
     the browser revalidate each use, so a new release is picked up on the next load."""
@@ -627,12 +612,9 @@ def _asset(ws: ServerConnection, request: Request, asset: Asset) -> Response:
         del response.headers["Content-Type"]
         del response.headers["Content-Length"]
     else:
-        response = ws.respond(HTTPStatus.OK, "")
-        response.body = asset.body if method == "GET" else b""
-        del response.headers["Content-Type"]
-        del response.headers["Content-Length"]
-        response.headers["Content-Type"] = asset.content_type
-        response.headers["Content-Length"] = str(len(asset.body))
+        response = respond(ws, HTTPStatus.OK, asset.body, asset.content_type)
+        if method == "HEAD":
+            response.body = b""  # with the Content-Length of GET's
     response.headers["ETag"] = asset.etag
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Content-Type-Options"] = "nosniff"
