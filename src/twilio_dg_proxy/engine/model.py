@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -154,6 +155,13 @@ def init_worker(model_dir: str, cpu_threads: int) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     from faster_whisper import WhisperModel  # type: ignore[import-untyped]
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    # faster-whisper makes a (disabled) tqdm bar per transcription, and tqdm's first bar
+    # makes a multiprocessing lock: in a spawned worker, a named semaphore registered with
+    # the engine's resource tracker, which a worker, killed when it stops, never releases
+    # (the tracker warns of it at exit). No bar is shared across processes: a thread lock.
+    tqdm.set_lock(threading.RLock())
 
     _model = WhisperModel(
         model_dir,

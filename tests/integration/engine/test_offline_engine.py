@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,7 +312,10 @@ async def test_a_call_through_the_proxy_reaches_its_watcher_transcribed(
     assert messages[-1]["type"] == "Metadata"
 
 
-async def test_the_engine_command_serves_until_sigterm() -> None:
+@asynccontextmanager
+async def engine_command() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`python -m twilio_dg_proxy engine` with one worker on a free port, and its listen URL
+    once it listens; killed at the end if it still runs."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -333,6 +337,15 @@ async def test_the_engine_command_serves_until_sigterm() -> None:
                 assert line, "the engine exited before listening"
         url = line.split("listening on ")[1].split(";")[0]
         assert re.fullmatch(r"ws://127\.0\.0\.1:\d+/v1/listen", url)
+        yield process, url
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_the_engine_command_serves_until_sigterm() -> None:
+    async with engine_command() as (process, url):
         async with connect(url + STEREO, proxy=None) as ws:
             await ws.send(b"\xff" * CHUNK)
             await ws.send(json.dumps({"type": "CloseStream"}))
@@ -341,10 +354,20 @@ async def test_the_engine_command_serves_until_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10 * S):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+
+
+async def test_the_engine_command_stopped_at_once_leaves_no_semaphore_behind() -> None:
+    # Each worker's tqdm lock (faster-whisper makes a progress bar) was a named semaphore
+    # that the killed worker never released: multiprocessing's resource tracker said so at
+    # exit ("leaked semaphore objects"). Its stderr is the engine's, read to the end.
+    async with engine_command() as (process, _):
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        async with asyncio.timeout(10 * S):
+            rest = (await process.stderr.read()).decode()
+            assert await process.wait() == 0
+    assert "shutting down" in rest
+    assert "leaked" not in rest, rest
 
 
 async def test_without_a_key_the_proxy_runs_the_offline_engine(tmp_path: Path) -> None:
