@@ -28,6 +28,7 @@ from .deepgram_server_protocol import (
     refusal_headers,
     token_details_body,
 )
+from .http_responses import set_header
 
 __all__ = ["Listening", "bound_port", "respond_refused", "watch_deadline"]
 
@@ -43,10 +44,7 @@ def respond_refused(connection: ServerConnection, refusal: Refusal) -> Response:
     request_id = str(uuid.uuid4())
     response = connection.respond(refusal.status, refusal_body(refusal, request_id=request_id))
     for name, value in refusal_headers(refusal, request_id=request_id).items():
-        # Replaces websockets' text/plain Content-Type rather than adding a second one.
-        if name in response.headers:
-            del response.headers[name]
-        response.headers[name] = value
+        set_header(response, name, value)  # replaces websockets' text/plain Content-Type
     return response
 
 
@@ -142,8 +140,7 @@ class Listening:
             return respond_refused(connection, refusal)
         request_id = str(uuid.uuid4())
         response = connection.respond(HTTPStatus.OK, token_details_body(request_id=request_id))
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "application/json"
+        set_header(response, "Content-Type", "application/json")
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
