@@ -13,6 +13,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from twilio_dg_proxy.__main__ import build_parser
+from twilio_dg_proxy.commands.bench.baseline import Side, run_side
 from twilio_dg_proxy.commands.bench.load import BenchOptions, run_bench
 from twilio_dg_proxy.commands.bench.measure import (
     coverage_latencies,
@@ -190,6 +191,24 @@ async def test_a_small_run_delivers_everything_with_sane_figures() -> None:
     assert 0 <= report.fanout.p50_ms < run_ms and report.fanout.count > 0
     assert 0 < report.proxy_cpu_share < 1.5 and report.proxy_rss_loaded > 10_000_000
     assert 0 < report.generator_cpu_share < 1.0
+
+
+@pytest.mark.parametrize("side", ["proxy", "baseline"])
+async def test_tracks_arriving_apart_hold_real_time_byte_exact_with_nothing_lost(
+    side: Side,
+) -> None:
+    """`--arrival apart`, as Twilio times it: each track its own write, the calls in four
+    phases. The proxy, and the tutorial baseline its figures are compared with, take it
+    whole: every call byte-exact and complete, every result delivered, in real time."""
+    options = BenchOptions(calls=4, subscribers=2, duration_s=2.0, warmup_s=0.5, arrival="apart")
+    report = await run_side(options, side)
+    assert report.arrival == "apart"
+    assert report.complete and report.held, report
+    assert report.calls_exact == 4 and report.calls_failed == 0
+    assert report.audio_received == report.audio_sent > 0
+    assert report.deliveries == report.expected_deliveries > 0
+    assert report.added.count == 4 * 100  # 2 s of 20 ms frames per call
+    assert report.tick_lag.count == 4 * 100  # four wake-ups a tick
 
 
 def test_the_command_runs_end_to_end_on_its_own_event_loop() -> None:

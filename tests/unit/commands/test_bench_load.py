@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import orjson
 import pytest
@@ -68,33 +69,61 @@ def _expected_texts(call: SimulatedCall, offset: int, i: int) -> tuple[str, str]
     offset=st.integers(0, PATTERN_PERIOD - 1),
     i=st.one_of(st.integers(0, 200), st.integers(0, 10**7)),
 )
-def test_a_prebuilt_tick_is_byte_identical_to_what_websockets_sends(offset: int, i: int) -> None:
+def test_prebuilt_frames_are_byte_identical_to_what_websockets_sends(offset: int, i: int) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         call = SimulatedCall()
         inbound, outbound = _expected_texts(call, offset, i)
-        built = MediaFrames(call, offset).tick(i)
-        assert built == _websockets_frames(monkeypatch, inbound, outbound)
+        frames = MediaFrames(call, offset)
+        assert frames.tick(i) == _websockets_frames(monkeypatch, inbound, outbound)
+        # Apart, each track's message is the frame websockets sends for it alone.
+        assert frames.tracks(i) == (
+            _websockets_frames(monkeypatch, inbound),
+            _websockets_frames(monkeypatch, outbound),
+        )
 
 
-def test_a_prebuilt_tick_parses_back_as_two_text_messages() -> None:
-    call = SimulatedCall()
-    frames = MediaFrames(call, 5)
+def _messages(data: bytes) -> list[dict[str, Any]]:
+    """Every frame of `data` (client frames, nothing left over), parsed by websockets; each
+    a whole text message, read as JSON."""
     reader = StreamReader()
-    reader.feed_data(frames.tick(0) + frames.tick(1))
+    reader.feed_data(data)
     reader.feed_eof()
     parsed = []
-    for _ in range(4):
+    while reader.buffer:
         parser = Frame.parse(reader.read_exact, mask=True)
         with pytest.raises(StopIteration) as stopped:
             next(parser)
         parsed.append(stopped.value.value)
     assert all(f.opcode is Opcode.TEXT and f.fin for f in parsed)
-    messages = [json.loads(f.data) for f in parsed]
+    return [json.loads(f.data) for f in parsed]
+
+
+def test_a_prebuilt_tick_parses_back_as_two_text_messages() -> None:
+    call = SimulatedCall()
+    frames = MediaFrames(call, 5)
+    messages = _messages(frames.tick(0) + frames.tick(1))
+    assert len(messages) == 4
     assert [m["sequenceNumber"] for m in messages] == ["2", "3", "4", "5"]
     assert [m["media"]["track"] for m in messages] == ["inbound", "outbound"] * 2
     assert [m["media"]["chunk"] for m in messages] == ["1", "1", "2", "2"]
     assert [m["media"]["timestamp"] for m in messages] == ["0", "0", "20", "20"]
     assert {m["streamSid"] for m in messages} == {call.stream_sid}
+
+
+@given(offset=st.integers(0, PATTERN_PERIOD - 1), i=st.integers(0, 10**6))
+def test_a_tick_is_its_two_tracks_joined_each_one_whole_message(offset: int, i: int) -> None:
+    frames = MediaFrames(SimulatedCall(), offset)
+    inbound, outbound = frames.tracks(i)
+    assert frames.tick(i) == inbound + outbound
+    for data, track, sequence in (
+        (inbound, "inbound", 2 + 2 * i),
+        (outbound, "outbound", 3 + 2 * i),
+    ):
+        (message,) = _messages(data)
+        assert message["sequenceNumber"] == str(sequence)
+        assert message["media"]["track"] == track
+        assert message["media"]["chunk"] == str(i + 1)
+        assert message["media"]["timestamp"] == str(FRAME_MS * i)
 
 
 # --- the fake's stamp -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The `bench` command: how many calls one proxy process holds, and the delays it adds.
 
-Pure: `measure` (latency mapping, percentiles, completeness, verdict, sweep plan) and
-`report` (the table and the JSON line), `scale_out_report` (the two paths side by side).
+Pure: `measure` (latency mapping, percentiles, completeness, verdict, sweep plan),
+`report` (the table and the JSON line), `scale_out_report` (the two paths side by side) and
+`arrival` (--arrival: when the Twilio side writes each call's frames within a tick).
 I/O: `procfs` (CPU and memory from /proc), `wire` (a lean WebSocket client for the load),
 `fake_server` (the fake Deepgram in its own process), `processes` (the proxy under test,
 CPU placement, py-spy), `load` (one run: the calls, their watchers, the shared ticker, and
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ... import config, event_loop
 from ..arguments import argument, count, name_value
+from .arrival import ARRIVALS
 from .measure import LOAD_SATURATED, REAL_TIME_MARGIN_MS, next_sweep_size, top_frames
 from .procfs import wait_until_quiet
 
@@ -33,9 +35,9 @@ DESCRIPTION = f"""\
 Measure the proxy under load. Starts `python -m twilio_dg_proxy --port 0` as a separate
 process pinned to one CPU, with DEEPGRAM_URL pointing at a fake Deepgram (its own process)
 that sends a final result per channel every --result-ms of audio; on the other CPUs, runs N
-simulated Twilio calls (both tracks, 20 ms frames in real time from one shared ticker) with
-M /client subscribers each, for a warm-up then D measured seconds; prints one table (and,
-with --json, one JSON line).
+simulated Twilio calls (both tracks, 20 ms frames in real time from one shared ticker, timed
+as --arrival says) with M /client subscribers each, for a warm-up then D measured seconds;
+prints one table (and, with --json, one JSON line).
 
 Figures, over the measured window:
   proxy CPU        share of one core, and CPU-milliseconds per call-second (/proc/PID/stat)
@@ -108,6 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--interim",
         action="store_true",
         help="Deepgram interim results too (interim_results=true: twice the results)",
+    )
+    parser.add_argument(
+        "--arrival",
+        choices=ARRIVALS,
+        default="together",
+        help="how the Twilio side times its writes. together (default, the load of every "
+        "earlier figure): both tracks of a call in one write, every call on the same 20 ms "
+        "tick. apart: as Twilio does, each track in its own write, the outbound 10 ms after "
+        "the inbound, the calls in 4 phases 5 ms apart (twice the writes, 4x the ticker's "
+        "wake-ups); a frame's send time is still its inbound's, so the added latency "
+        "includes the half tick its outbound comes later",
     )
     parser.add_argument(
         "--proxy-cpu",
@@ -335,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
         proxy_env=dict(args.proxy_env),
         profile=args.profile,
         ping_floods=args.ping_floods,
+        arrival=args.arrival,
     )
     try:
         if args.remote_watchers:

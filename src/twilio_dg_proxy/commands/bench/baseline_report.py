@@ -189,7 +189,10 @@ def format_baseline(report: BaselineReport) -> str:
             parts += [f"round {n}, {name}:", format_report(getattr(r, name)), ""]
     for n, r in enumerate(report.rounds, 1):
         order = "the baseline first" if r.baseline_first else "the proxy first"
-        parts.append(f"round {n} side by side (same load, one run after the other, {order})")
+        parts.append(
+            f"round {n} side by side (same load, arrival {r.proxy.arrival}, "
+            f"one run after the other, {order})"
+        )
         parts += _side_by_side(r)
         parts += [f"issue 15's targets: {_standing(targets(r))}", ""]
     if len(report.rounds) > 1:

@@ -3,8 +3,10 @@
 Three processes: the proxy under test (``python -m twilio_dg_proxy``) pinned to one CPU; the
 fake Deepgram (`fake_server`) and this one, the load generator, on the others. Calls are
 `SimulatedCall`s whose media messages are rendered from templates and sent by one shared
-20 ms ticker; subscribers speak the /client protocol. The figures come from the pure
-functions of `measure`, fed with what the fake and the subscribers recorded.
+ticker: every 20 ms both tracks of every call in one write, or each track on its own and the
+calls spread over the tick (`arrival`); subscribers speak the /client protocol. The figures
+come from the pure functions of `measure`, fed with what the fake and the subscribers
+recorded.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from websockets.exceptions import InvalidHandshake
 from ...server import IDLE_COLLECT_S
 from ...twilio_simulator import FRAME_BYTES, FRAME_MS, SimulatedCall
 from . import procfs
+from .arrival import TIMINGS, Arrival, Timing
 from .fake_server import FakeProcess, StreamRecord
 from .flood import FloodProcess, FloodResult
 from .measure import (
@@ -87,6 +90,7 @@ class BenchOptions:
     proxy_env: Mapping[str, str] = field(default_factory=dict)
     profile: Path | None = None  # py-spy's raw profile of the proxy over the window
     ping_floods: int = 0  # connections flooding /client with pings over the window
+    arrival: Arrival = "together"  # how the Twilio side times its writes (`arrival`)
 
 
 class CallDriver:
@@ -99,6 +103,7 @@ class CallDriver:
         "frames",
         "media",
         "offset",
+        "outbound",
         "request_id",
         "sent_at",
         "start_tick",
@@ -116,20 +121,37 @@ class CallDriver:
         self.media = MediaFrames(call, self.offset)
         self.sent_at = array("d")
         self.frames = 0
+        self.outbound: bytes | None = None  # the last frame's outbound, not yet written
 
     def send_frame(self) -> None:
         """Send the next 20 ms of both tracks in one write; nothing once the call is closed."""
-        if not self.client.is_open:
-            return
-        i = self.frames
-        data = self.media.tick(i)
+        if self.client.is_open:
+            self._send(self.media.tick(self.frames))
+
+    def send_inbound(self) -> None:
+        """Send the next 20 ms of the inbound track, and hold the outbound's for
+        `send_outbound`; nothing once the call is closed."""
+        if self.client.is_open:
+            inbound, self.outbound = self.media.tracks(self.frames)
+            self._send(inbound)
+
+    def send_outbound(self) -> None:
+        """Send the outbound frame held by `send_inbound`, if any."""
+        outbound, self.outbound = self.outbound, None
+        if outbound is not None and self.client.is_open:
+            self.client.send_frames(outbound)
+
+    def _send(self, data: bytes) -> None:
+        """Write the next frame's first (or only) message: its send time is now."""
         self.sent_at.append(time.monotonic())
         self.client.send_frames(data)
-        self.frames = i + 1
+        self.frames += 1
 
     def stop(self) -> None:
-        """Send `stop` and close, as Twilio does when the call ends."""
+        """Send the outbound frame still held, then `stop`, and close, as Twilio does when
+        the call ends."""
         if self.client.is_open:
+            self.send_outbound()
             self.client.send_texts(self.call.stop(sequence=2 + 2 * self.frames).encode())
             self.client.close()
 
@@ -333,38 +355,32 @@ class Load:
     async def stream(self, window: _Window, window_started: asyncio.Future[None]) -> None:
         """Send every call's audio in real time from one ticker, sampling `window` at its ends;
         `window_started` resolves when it opens."""
+        timing = TIMINGS[self.options.arrival]
         warmup_ticks = round(self.options.warmup_s / _TICK_S)
         first_measured = _STAGGER_TICKS + warmup_ticks
         last = first_measured + round(self.options.duration_s / _TICK_S)
         window.first_tick, window.last_tick = first_measured, last
-        starting: dict[int, list[CallDriver]] = {}
-        for driver in self.calls:
-            starting.setdefault(driver.start_tick, []).append(driver)
-        active: list[CallDriver] = []
-        origin = time.monotonic() + _TICK_S
-        for tick in range(last):
-            due = origin + tick * _TICK_S
-            # Even when late, yield: the subscribers run on this loop too.
-            await asyncio.sleep(max(due - time.monotonic(), 0.0))
-            began = time.monotonic()
-            if tick == first_measured:
+        ticker = _Ticker(timing, self.calls, last, origin=time.monotonic() + _TICK_S)
+        first_slot, end_slot = first_measured * timing.slots, last * timing.slots
+        for slot in range(end_slot):
+            due, began = await ticker.wait(slot)
+            if slot == first_slot:
                 window.start = began
                 window.sample()
                 window_started.set_result(None)
-            active.extend(starting.pop(tick, ()))
-            for first in range(0, len(active), _TICK_SLICE):
-                if first:
-                    await asyncio.sleep(0)
-                for driver in active[first : first + _TICK_SLICE]:
-                    driver.send_frame()
-            if tick >= first_measured:
+            await ticker.write(slot)
+            if slot >= first_slot:
                 window.lags.append(began - due)
                 window.work.append(time.monotonic() - began)
-        window.end = origin + last * _TICK_S
+        window.end = ticker.due(end_slot)
         await asyncio.sleep(max(window.end - time.monotonic(), 0.0))
         # CPU shares are over the time between the samples: a late ticker samples late.
         window.end = max(window.end, time.monotonic())
         window.sample()
+        # The outbound frames the last tick's later phases still hold (`apart`), on time.
+        for slot in range(end_slot, timing.total_slots(last)):
+            await ticker.wait(slot)
+            await ticker.write(slot)
 
     async def finish(self, within: float) -> dict[str, StreamRecord]:
         """End every call as Twilio would; wait until the watchers are closed and Deepgram's
@@ -388,6 +404,57 @@ class Load:
         for subscriber in self.subscribers:
             if subscriber.client is not None:
                 subscriber.client.abort()
+
+
+class _Ticker:
+    """What each call writes at each slot of a run of `ticks` ticks (`arrival.Timing`): call
+    i joins at its start tick, in phase i % `timing.slots`."""
+
+    def __init__(
+        self, timing: Timing, calls: Iterable[CallDriver], ticks: int, origin: float
+    ) -> None:
+        self.timing = timing
+        self.ticks = ticks
+        self.origin = origin  # when slot 0 is due
+        self._starting: dict[int, list[tuple[int, CallDriver]]] = {}
+        for index, driver in enumerate(calls):
+            joining = self._starting.setdefault(driver.start_tick, [])
+            joining.append((index % timing.slots, driver))
+        self._phases: list[list[CallDriver]] = [[] for _ in range(timing.slots)]
+        self._send_frame = CallDriver.send_inbound if timing.split else CallDriver.send_frame
+
+    def due(self, slot: int) -> float:
+        """When `slot` is due (time.monotonic())."""
+        return self.origin + slot * self.timing.slot_s
+
+    async def wait(self, slot: int) -> tuple[float, float]:
+        """Wait until `slot` is due; when it was due, and when it began."""
+        due = self.due(slot)
+        # Even when late, yield: the subscribers run on this loop too.
+        await asyncio.sleep(max(due - time.monotonic(), 0.0))
+        return due, time.monotonic()
+
+    async def write(self, slot: int) -> None:
+        """Write what `slot` is for: the next frame of the calls in its phase, and the
+        outbound frames held since half a tick ago."""
+        tick, phase = divmod(slot, self.timing.slots)
+        if phase == 0:
+            for joined, driver in self._starting.pop(tick, ()):
+                self._phases[joined].append(driver)
+        frames, outbound = self.timing.writes(slot, self.ticks)
+        if frames is not None:
+            await _each(self._phases[frames], self._send_frame)
+        if outbound is not None:
+            await _each(self._phases[outbound], CallDriver.send_outbound)
+
+
+async def _each(drivers: list[CallDriver], send: Callable[[CallDriver], None]) -> None:
+    """`send` for every driver, letting the loop read between slices of them."""
+    for first in range(0, len(drivers), _TICK_SLICE):
+        if first:
+            await asyncio.sleep(0)
+        for driver in drivers[first : first + _TICK_SLICE]:
+            send(driver)
 
 
 def check_call(
@@ -613,6 +680,7 @@ def _report(
         deepgram_streams=len(streams),
         deepgram_reconnects=_count(totals, "deepgram_reconnects"),
         floods=None if floods is None else _flood_report(floods, window, totals),
+        arrival=options.arrival,
     )
 
 

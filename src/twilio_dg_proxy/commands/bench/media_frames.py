@@ -1,13 +1,14 @@
 """A simulated call's Twilio media, as the bytes its WebSocket client writes: both tracks'
-frames of one 20 ms tick in one piece, built from per-call templates. Pure.
+frames of one 20 ms tick in one piece, or each on its own, built from per-call templates.
+Pure.
 
 The generator sends a frame per track per call every 20 ms: at 300 calls, 30,000 messages
 a second. Rendering each message as text, encoding it and framing it cost about twice what
 this does: one bytes formatting per message (its counters), and a `b"".join` of the two
-frames, each a header (`wire.masked_text_header`, zero masking key), the formatted head, the
-shared base64 payload and the call's tail. The bytes are those of `SimulatedCall.media`'s
-text, framed as websockets frames a client's text message (with a zero key): the tests
-parse them back with websockets' own parser.
+frames (or of each on its own), each a header (`wire.masked_text_header`, zero masking
+key), the formatted head, the shared base64 payload and the call's tail. The bytes are
+those of `SimulatedCall.media`'s text, framed as websockets frames a client's text message
+(with a zero key): the tests parse them back with websockets' own parser.
 """
 
 from __future__ import annotations
@@ -60,22 +61,31 @@ class MediaFrames:
 
     def tick(self, i: int) -> bytes:
         """Frame `i` (from 0) of both tracks, inbound first, framed: what `start` (sequence 1)
-        is followed by at the i-th tick."""
+        is followed by at the i-th tick, for one write (`bench --arrival together`)."""
+        return b"".join(self._parts(i))
+
+    def tracks(self, i: int) -> tuple[bytes, bytes]:
+        """Frame `i`'s two messages framed apart, inbound then outbound, for a write each
+        (`bench --arrival apart`); `tick(i)` is their join."""
+        parts = self._parts(i)
+        return b"".join(parts[:4]), b"".join(parts[4:])
+
+    def _parts(self, i: int) -> tuple[bytes, ...]:
+        """Frame `i`'s pieces: the inbound message's four (header, head, payload, tail), then
+        the outbound's."""
         k = (self._offset + FRAME_BYTES * i) % PATTERN_PERIOD
         chunk, timestamp = i + 1, FRAME_MS * i
         inbound, outbound = self._inbound, self._outbound
         # sequenceNumber: 1 was `start`; then inbound and outbound alternate.
         a = inbound.head % (2 + 2 * i, chunk, timestamp)
         b = outbound.head % (3 + 2 * i, chunk, timestamp)
-        return b"".join(
-            (
-                masked_text_header(len(a) + inbound.rest),
-                a,
-                _INBOUND[k],
-                inbound.tail,
-                masked_text_header(len(b) + outbound.rest),
-                b,
-                _OUTBOUND[k],
-                outbound.tail,
-            )
+        return (
+            masked_text_header(len(a) + inbound.rest),
+            a,
+            _INBOUND[k],
+            inbound.tail,
+            masked_text_header(len(b) + outbound.rest),
+            b,
+            _OUTBOUND[k],
+            outbound.tail,
         )

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from .arrival import TIMINGS, Arrival
 from .measure import REAL_TIME_MARGIN_MS, LoadVerdict, Summary, load_verdict
 
 __all__ = [
@@ -103,6 +104,9 @@ class BenchReport:
     # Other server-side processes beside the proxy (`Serving.beside`: the watchers' instance,
     # redis-server), by name: their CPU over the window, as shares of one core.
     beside_cpu: dict[str, float] = field(default_factory=dict)
+    # How the Twilio side timed its writes (`arrival`; `tick_lag` and `tick_work` are per
+    # wake-up of the ticker: `Timing.slots` of them per 20 ms tick).
+    arrival: Arrival = "together"
 
     @property
     def rss_per_call(self) -> float:
@@ -157,6 +161,7 @@ def format_report(r: BenchReport) -> str:
             f"measured, CHUNK_MS={r.chunk_ms}, a final result per channel every "
             f"{r.result_ms} ms" + (" plus an interim halfway" if r.interim else ""),
         ),
+        ("arrival", _arrival(r.arrival)),
         ("placement", r.placement),
         (
             "proxy CPU",
@@ -186,7 +191,7 @@ def format_report(r: BenchReport) -> str:
             "load",
             f"generator {r.generator_cpu_share:.1%} of a core, fake Deepgram "
             f"{r.fake_cpu_share:.1%}; ticker lag p99 {r.tick_lag.p99_ms:.1f} ms, "
-            f"tick work p99 {r.tick_work.p99_ms:.1f} ms",
+            + _ticker_work(r),
         ),
         ("load saturated", _saturation(r.load)),
         (
@@ -227,6 +232,18 @@ def format_report(r: BenchReport) -> str:
             "load's, not the proxy's, and the figures are lower bounds"
         )
     return "\n".join(lines)
+
+
+def _arrival(arrival: Arrival) -> str:
+    return f"{arrival}: {TIMINGS[arrival].words}"
+
+
+def _ticker_work(r: BenchReport) -> str:
+    """The ticker's work per wake-up: a tick, or one of the slots a tick is divided into."""
+    slots = TIMINGS[r.arrival].slots
+    if slots == 1:
+        return f"tick work p99 {r.tick_work.p99_ms:.1f} ms"
+    return f"slot work p99 {r.tick_work.p99_ms:.1f} ms ({slots} slots a tick)"
 
 
 def _saturation(verdict: LoadVerdict) -> str:
@@ -284,6 +301,7 @@ def format_sweep(reports: Sequence[BenchReport], server: str = "the proxy") -> s
     limited_by, why = sweep_limit(reports)
     by = {"proxy": f"limited by {server}", "load": "LIMITED BY THE LOAD"}
     lines.append(f"{by.get(limited_by, 'limited by the sweep')}: {why}")
+    lines += [f"arrival: {_arrival(a)}" for a in sorted({r.arrival for r in reports})]
     saturated = sorted({r.calls for r in reports if r.load_saturated and not r.held})
     if saturated:
         lines.append(
