@@ -49,6 +49,7 @@ from ...deepgram_server_protocol import (
     token_details_body,
 )
 from ...engine.synthetic import SyntheticSession, SyntheticStream
+from ...http_responses import set_header
 from .wire import flush
 
 __all__ = ["FakeProcess", "LeanDeepgram", "StreamRecord", "main"]
@@ -177,9 +178,7 @@ class _Stream(asyncio.Protocol):
     def _respond(self, response: Response, headers: Mapping[str, str], request_id: str) -> None:
         """Send `response` with `headers` (replacing websockets' own) and the request id."""
         for name, value in {**headers, REQUEST_ID_HEADER: request_id}.items():
-            if name in response.headers:
-                del response.headers[name]
-            response.headers[name] = value
+            set_header(response, name, value)
         self.protocol.send_response(response)
 
     def _frame(self, frame: Frame) -> None:
