@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pytest
+from redis import Redis
 from websockets.asyncio.client import connect
 
-from twilio_dg_proxy.broker_protocol import Keys
+from twilio_dg_proxy.broker_protocol import (
+    INSTANCE_LOST,
+    FeedEvent,
+    Keys,
+    load_record,
+    parse_feed_entry,
+)
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_events import Track
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
@@ -27,6 +34,7 @@ from .test_readiness import readyz
 from .test_websocat import printed, websocat_choosing
 
 SECOND = 8000  # mu-law bytes per second per track
+KEYS = Keys("tdp")  # the default REDIS_KEY_PREFIX
 
 
 def tracks(seconds: float, offset: int = 0) -> dict[Track, bytes]:
@@ -64,6 +72,13 @@ async def instances(
             await stack.enter_async_context(running_proxy(deepgram.url, **env))
             for _ in range(count)
         ]
+
+
+def last_feed_event(redis: RedisServer) -> FeedEvent | None:
+    """The newest entry of the call feed, read straight from Redis."""
+    with Redis.from_url(redis.url, decode_responses=True) as client:
+        ((_, fields),) = client.xrevrange(KEYS.feed, count=1)
+    return parse_feed_entry(fields)
 
 
 async def visible(proxy: RunningProxy, call_sid: str) -> None:
@@ -213,6 +228,31 @@ async def test_a_redis_restart_mid_call_loses_nothing_for_watchers_anywhere(
     assert a.server.hub.counters.redis_dropped == 0
 
 
+async def test_after_a_redis_restart_an_instance_lists_its_calls_again(
+    deepgram: FakeDeepgram, redis_server: RedisServer
+) -> None:
+    # No audio, so nothing is written across the restart: only the heartbeat's
+    # re-registration (not the publisher's rewrite of its recent writes) lists the call again.
+    call = SimulatedCall()
+    sid = call.call_sid
+    async with instances(deepgram, redis_server, count=1) as (a,):
+        async with TwilioPeer.started(a, call) as twilio:
+            await until(lambda: redis_server.cli("HEXISTS", KEYS.calls, sid) == "1")
+            redis_server.restart()  # empty, on the same port
+            await until(lambda: redis_server.cli("HEXISTS", KEYS.calls, sid) == "1")
+            record = load_record(redis_server.cli("HGET", KEYS.calls, sid))
+            assert a.server.broker is not None
+            assert record is not None and record.instance == a.server.broker.instance
+            assert record.info.call_sid == sid
+            # An instance started now learns of the call from Redis alone, and follows it.
+            async with instances(deepgram, redis_server, count=1) as (c,):
+                await visible(c, sid)
+                watcher = await Watcher.join(c, sid)
+                assert watcher.listed == [sid]
+                await twilio.stop()
+                assert await watcher.transcript() == deepgram.streams[0].sent
+
+
 async def test_beyond_its_buffer_what_redis_missed_is_dropped_and_counted_not_held(
     deepgram: FakeDeepgram, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -260,7 +300,14 @@ async def test_when_the_instance_streaming_a_call_is_killed_its_watchers_elsewhe
                     assert (code, reason) == (1011, "the instance streaming this call stopped")
         await until(lambda: not b.server.hub.active_calls())
         assert b.server.hub.counters.remote_calls_lost == 1
-    assert redis_server.cli("HLEN", "tdp:{registry}:calls") == "0"
+        # B, the first to notice, tells the feed the call ended (after A's `started`) and
+        # lets the call's stream expire.
+        await until(lambda: redis_server.cli("XLEN", KEYS.feed) == "2")
+        assert last_feed_event(redis_server) == FeedEvent(
+            "ended", call.call_sid, ending=INSTANCE_LOST
+        )
+        assert int(redis_server.cli("PTTL", KEYS.call(call.call_sid))) > 0
+    assert redis_server.cli("HLEN", KEYS.calls) == "0"
 
 
 async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
@@ -269,7 +316,7 @@ async def test_watchers_coming_and_going_across_instances_leave_nothing_behind(
     async with shared_call(deepgram, redis_server) as shared:
         b, sid = shared.b, shared.sid
         await shared.twilio.send_all(shared.call.frames(tracks(0.5)))
-        await until(lambda: redis_server.cli("XLEN", Keys("tdp").call(sid)) != "0")
+        await until(lambda: redis_server.cli("XLEN", KEYS.call(sid)) != "0")
         keys = redis_server.cli("DBSIZE")
         assert b.server.broker is not None
         follower = b.server.broker.follower
