@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server
 from websockets.exceptions import ConnectionClosed
 
 from twilio_dg_proxy.backoff import Backoff
@@ -42,6 +43,7 @@ class RunningProxy:
 
     server: ProxyServer
     port: int
+    listening: Server  # its connections: the server side of each
 
     @property
     def twilio_url(self) -> str:
@@ -73,7 +75,7 @@ async def running_proxy(
     )
     proxy = ProxyServer(settings, **(options or {}))
     async with proxy.running() as server:
-        yield RunningProxy(proxy, bound_port(server))
+        yield RunningProxy(proxy, bound_port(server), server)
 
 
 async def until(condition: Callable[[], bool], within: float = 5 * S) -> None:
