@@ -66,8 +66,9 @@ class Outbox:
     `direct` is set: a text offered then is written at once, in the caller's step, instead
     of waking the sender's task for it; the queue is kept for a socket that is backed up.
 
-    Small, as there is one per watcher: slots, one deque, and a future only while `get()`
-    waits (an asyncio.Event holds a deque of its own); eviction calls `on_evicted`."""
+    Small, as there is one per watcher: slots, a deque and a future only while something
+    is queued and while `get()` waits (an empty deque is 0.75 KB, an asyncio.Event holds
+    one); eviction calls `on_evicted`."""
 
     __slots__ = (
         "_ending",
@@ -85,8 +86,10 @@ class Outbox:
         self._limit = limit
         # Each text with when it arrived from Deepgram (the hub's clock), 0.0 for the others
         # (the replay, viewer events): the fan-out latency is measured when it is sent.
-        self._items: deque[tuple[str, float]] = deque((text, 0.0) for text in replay)
-        self._replay = len(self._items)  # how many of the first items are the replay
+        # None while empty: direct writes leave it so (see the class).
+        self._items: deque[tuple[str, float]] | None = None
+        self._replay = 0  # how many of the first items are the replay
+        self._queue_first([(text, 0.0) for text in replay])
         self.arrived = 0.0  # the arrival of the item `get()` returned last (0.0: none)
         self._ending: Ending | None = None
         self._waiter: asyncio.Future[None] | None = None  # while get() waits
@@ -99,10 +102,7 @@ class Outbox:
         what a call had sent before this client's feed could follow it."""
         if self._ending is not None and not self._items:
             return  # already ended (or evicted): nothing more for this client
-        items = [(text, 0.0) for text in texts]
-        self._items.extendleft(reversed(items))
-        self._replay += len(items)
-        if items:
+        if self._queue_first([(text, 0.0) for text in texts]):
             self._wake()
 
     def offer(self, text: str, arrived: float = 0.0) -> bool:
@@ -112,8 +112,11 @@ class Outbox:
             return True
         if self.direct is not None and not self._items and self._write_now(text, arrived):
             return True
-        if len(self._items) - self._replay >= self._limit:
-            self._items.clear()
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        if len(items) - self._replay >= self._limit:
+            self._items = None
             self._replay = 0
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
             self.evicted = True
@@ -123,7 +126,7 @@ class Outbox:
                 except Exception:  # a bug of one client's layer: never the publisher's
                     logger.exception("closing a client that fell behind failed")
             return False
-        self._items.append((text, arrived))
+        items.append((text, arrived))
         self._wake()
         return True
 
@@ -141,7 +144,7 @@ class Outbox:
     @property
     def backlog(self) -> int:
         """Messages queued and not yet taken."""
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     async def get(self, direct: DirectWrite | None = None) -> str | Ending:
         """The next message, or the ending once every message has been taken. While it
@@ -153,13 +156,27 @@ class Outbox:
                 await self._waiter
             finally:
                 self._waiter = self.direct = None
-        if not self._items:
+        items = self._items
+        if not items:
             assert self._ending is not None  # the loop ends on an item or an ending
             return self._ending
         if self._replay:
             self._replay -= 1
-        text, self.arrived = self._items.popleft()
+        text, self.arrived = items.popleft()
+        if not items:
+            self._items = None
         return text
+
+    def _queue_first(self, items: list[tuple[str, float]]) -> bool:
+        """Put `items` before everything queued, as a replay; whether there were any."""
+        if not items:
+            return False
+        if self._items is None:
+            self._items = deque(items)
+        else:
+            self._items.extendleft(reversed(items))
+        self._replay += len(items)
+        return True
 
     def _write_now(self, text: str, arrived: float) -> bool:
         """`direct`, which must not raise into the publisher (a Deepgram stream's socket
