@@ -387,6 +387,7 @@ class DeepgramSession:
                 self.audio.put_back(chunk)  # not sent: it goes first on the next stream
                 raise
             self._sent(chunk, stream, loop.time())
+            del chunk  # not held while the next is awaited, for the call (1.6 KB)
 
     async def _next_chunk(
         self, link: DeepgramLink, stream: _StreamSend, direct: DirectSend | None
