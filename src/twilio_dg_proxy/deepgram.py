@@ -379,9 +379,9 @@ class DeepgramSession:
             if direct is None:  # this stream's time 0: this chunk's place on the timeline
                 link.offset_s = chunk.position / self.bytes_per_s
                 direct = self._writer(link, stream)
-            if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
-                await asyncio.sleep(wait)
             try:
+                if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
+                    await asyncio.sleep(wait)
                 await link.send_audio(chunk.data)
             except BaseException:
                 self.audio.put_back(chunk)  # not sent: it goes first on the next stream
