@@ -181,6 +181,23 @@ async def _refuse(
 class CallSession:
     """The Deepgram side and the tasks of one call whose stream has started."""
 
+    __slots__ = (
+        "_refusal",
+        "_twilio_failed",
+        "audio",
+        "deepgram",
+        "ending",
+        "how",
+        "hub",
+        "intake",
+        "log",
+        "mixer",
+        "settings",
+        "start",
+        "started_at",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: ServerConnection,
@@ -206,7 +223,7 @@ class CallSession:
             settings,
             self.mixer.channels,
             self.audio,
-            lambda text: hub.publish(call_sid, text),
+            lambda text: hub.publish(call_sid, text),  # (a partial is 50 B more)
             log,
             pings=deepgram_pings,
             observer=hub.observer,

@@ -257,6 +257,22 @@ class DeepgramSession:
     """The Deepgram side of one call: every chunk of `audio` goes to Deepgram once, across
     as many streams as it takes; every result reaches `publish` on the call's timeline."""
 
+    __slots__ = (
+        "audio",
+        "backoff",
+        "bytes_per_s",
+        "channels",
+        "log",
+        "observer",
+        "on_reconnect",
+        "pings",
+        "publish",
+        "results",
+        "sent_bytes",
+        "settings",
+        "streams",
+    )
+
     def __init__(
         self,
         settings: Settings,
@@ -280,7 +296,7 @@ class DeepgramSession:
         self.streams = 0
         self.sent_bytes = 0
         self.results = 0
-        self.on_reconnect: Callable[[], None] = lambda: None
+        self.on_reconnect: Callable[[], None] = _nothing
 
     async def run(self) -> None:
         """Stream until the audio ends and Deepgram has sent its last results.
@@ -366,7 +382,7 @@ class DeepgramSession:
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
-        stream = _StreamSend(now, last=now)
+        stream = _StreamSend(self, link, loop, now, last=now)
         # Only a reopened stream starts with a backlog worth pacing; the first one's is what
         # waited while it opened, and pacing it would slow down tests and fast simulations.
         pace = self.streams > 1
@@ -378,7 +394,7 @@ class DeepgramSession:
                 return
             if direct is None:  # this stream's time 0: this chunk's place on the timeline
                 link.offset_s = chunk.position / self.bytes_per_s
-                direct = self._writer(link, stream)
+                direct = stream.send_now
             try:
                 if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
                     await asyncio.sleep(wait)
@@ -405,18 +421,6 @@ class DeepgramSession:
                     await link.keepalive()
                     stream.last = asyncio.get_running_loop().time()
 
-    def _writer(self, link: DeepgramLink, stream: _StreamSend) -> DirectSend:
-        """Write a chunk to `link` at once if its socket takes it (see `_next_chunk`)."""
-        loop = asyncio.get_running_loop()
-
-        def send_now(chunk: Chunk) -> bool:
-            if not link.write_audio_now(chunk.data):
-                return False
-            self._sent(chunk, stream, loop.time())
-            return True
-
-        return send_now
-
     def _sent(self, chunk: Chunk, stream: _StreamSend, now: float) -> None:
         size = len(chunk.data)
         self.sent_bytes += size
@@ -435,11 +439,26 @@ def _no_publish(text: str) -> None:
     pass
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(slots=True)
 class _StreamSend:
     """What one stream's sender has sent: since `started`, `sent_s` seconds of audio, the
-    last message (audio or KeepAlive) at `last` (the loop's clock)."""
+    last message (audio or KeepAlive) at `last` (`loop`'s clock). `send_now` is its direct
+    write (see `_next_chunk`)."""
 
+    session: DeepgramSession
+    link: DeepgramLink
+    loop: asyncio.AbstractEventLoop
     started: float
     last: float
     sent_s: float = 0.0
+
+    def send_now(self, chunk: Chunk) -> bool:
+        """Write `chunk` to the stream at once if its socket takes it (a `DirectSend`)."""
+        if not self.link.write_audio_now(chunk.data):
+            return False
+        self.session._sent(chunk, self, self.loop.time())
+        return True
