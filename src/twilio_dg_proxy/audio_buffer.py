@@ -30,8 +30,8 @@ DirectSend = Callable[[Chunk], bool]
 class AudioBuffer:
     """Chunks in order; `get()` waits for the next one and returns None after `close()`.
 
-    While its consumer waits in `get(direct)` with nothing queued, `direct` is set: a chunk
-    put then is handed to it at once, in the producer's step, instead of waking the
+    While its consumer waits (`wait(direct)`, `get(direct)`) with nothing queued, `direct` is
+    set: a chunk put then is handed to it at once, in the producer's step, instead of waking the
     consumer's task.
 
     One per call: slots, a deque only while chunks wait (an empty one is 0.75 KB; with
@@ -98,16 +98,13 @@ class AudioBuffer:
         """Bytes waiting."""
         return self._held
 
-    async def get(self, direct: DirectSend | None = None) -> Chunk | None:
-        """The oldest waiting chunk, waiting for one if needed; None when closed and empty.
-        While it waits with nothing queued, chunks put go to `direct` (see the class)."""
-        while not self._chunks and not self._closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            self.direct = direct
-            try:
-                await self._waiter
-            finally:
-                self._waiter = self.direct = None
+    @property
+    def closed(self) -> bool:
+        """No more audio will be put."""
+        return self._closed
+
+    def take(self) -> Chunk | None:
+        """The oldest waiting chunk, or None if none waits."""
         chunks = self._chunks
         if not chunks:
             return None
@@ -115,6 +112,28 @@ class AudioBuffer:
         if not chunks:
             self._chunks = None
         self._held -= len(chunk.data)
+        return chunk
+
+    def wait(self, direct: DirectSend | None = None) -> asyncio.Future[None]:
+        """A future done once a chunk is put or the buffer closes; until then chunks put go to
+        `direct` (see the class). For one task at a time, which calls `stop_waiting` as its
+        wait ends, however it ends: a future, not a coroutine (no frame while waiting)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.direct = direct
+        return waiter
+
+    def stop_waiting(self) -> None:
+        """The wait has ended: chunks put are queued again."""
+        self._waiter = self.direct = None
+
+    async def get(self, direct: DirectSend | None = None) -> Chunk | None:
+        """The oldest waiting chunk, waiting for one if needed; None when closed and empty.
+        While it waits with nothing queued, chunks put go to `direct` (as `wait`)."""
+        while (chunk := self.take()) is None and not self._closed:
+            try:
+                await self.wait(direct)
+            finally:
+                self.stop_waiting()
         return chunk
 
     def _wake(self) -> None:

@@ -350,7 +350,13 @@ async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub, writer: _Writ
     write_now = writer.write_now
     try:
         while True:
-            item = await outbox.get(write_now)  # writes at once only while this task waits
+            item = outbox.take()
+            if item is None:
+                try:
+                    await outbox.wait(write_now)  # writes at once only while this task waits
+                finally:
+                    outbox.stop_waiting()
+                continue
             if isinstance(item, Ending):
                 await _end(ws, item)
                 return

@@ -411,15 +411,19 @@ class DeepgramSession:
         """The next waiting chunk (None once the audio has ended). While none waits, chunks
         go to `direct` as they come, and KeepAlive goes after KEEPALIVE_INTERVAL without
         audio: one timer per wait, not one per chunk."""
-        audio, interval = self.audio, self.settings.keepalive_s
-        while True:
+        audio, interval, loop = self.audio, self.settings.keepalive_s, stream.loop
+        while (chunk := audio.take()) is None and not audio.closed:
             try:
                 async with asyncio.timeout_at(stream.last + interval):
-                    return await audio.get(direct)
+                    try:
+                        await audio.wait(direct)
+                    finally:
+                        audio.stop_waiting()
             except TimeoutError:
-                if stream.last + interval <= asyncio.get_running_loop().time():
+                if stream.last + interval <= loop.time():
                     await link.keepalive()
-                    stream.last = asyncio.get_running_loop().time()
+                    stream.last = loop.time()
+        return chunk
 
     def _sent(self, chunk: Chunk, stream: _StreamSend, now: float) -> None:
         size = len(chunk.data)

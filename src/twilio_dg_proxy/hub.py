@@ -62,9 +62,10 @@ class Outbox:
     `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
     client asked for it, and only falling behind the live messages is too slow.
 
-    While its sender waits in `get(direct)` with nothing queued (so nothing is being sent),
-    `direct` is set: a text offered then is written at once, in the caller's step, instead
-    of waking the sender's task for it; the queue is kept for a socket that is backed up.
+    While its sender waits (`wait(direct)`, `get(direct)`) with nothing queued (so nothing
+    is being sent), `direct` is set: a text offered then is written at once, in the caller's
+    step, instead of waking the sender's task for it; the queue is kept for a socket that is
+    backed up.
 
     Small, as there is one per watcher: slots, a deque and a future only while something
     is queued and while `get()` waits (an empty deque is 0.75 KB, an asyncio.Event holds
@@ -146,19 +147,11 @@ class Outbox:
         """Messages queued and not yet taken."""
         return len(self._items) if self._items is not None else 0
 
-    async def get(self, direct: DirectWrite | None = None) -> str | Ending:
-        """The next message, or the ending once every message has been taken. While it
-        waits with nothing queued, `direct` writes what is offered (see the class)."""
-        while not self._items and self._ending is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            self.direct = direct
-            try:
-                await self._waiter
-            finally:
-                self._waiter = self.direct = None
+    def take(self) -> str | Ending | None:
+        """The next message, or the ending once every message has been taken; None while
+        neither has come (`wait` for them)."""
         items = self._items
         if not items:
-            assert self._ending is not None  # the loop ends on an item or an ending
             return self._ending
         if self._replay:
             self._replay -= 1
@@ -166,6 +159,28 @@ class Outbox:
         if not items:
             self._items = None
         return text
+
+    def wait(self, direct: DirectWrite | None = None) -> asyncio.Future[None]:
+        """A future done once `take` has something to give; until then `direct` writes what
+        is offered (see the class). For one task at a time, which calls `stop_waiting` as
+        its wait ends, however it ends: a future, not a coroutine (no frame while waiting)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.direct = direct
+        return waiter
+
+    def stop_waiting(self) -> None:
+        """The wait has ended: `direct` writes no more."""
+        self._waiter = self.direct = None
+
+    async def get(self, direct: DirectWrite | None = None) -> str | Ending:
+        """The next message, or the ending once every message has been taken, waiting for
+        it (with `direct`, as `wait`)."""
+        while (item := self.take()) is None:
+            try:
+                await self.wait(direct)
+            finally:
+                self.stop_waiting()
+        return item
 
     def _queue_first(self, items: list[tuple[str, float]]) -> bool:
         """Put `items` before everything queued, as a replay; whether there were any."""

@@ -219,3 +219,27 @@ async def test_a_buffer_that_empties_hands_chunks_to_direct_again_and_takes_one_
     buffer.close()
     assert [await buffer.get() for _ in range(3)] == [Chunk(2, b"cd"), Chunk(4, b"ef"), None]
     assert taken == [Chunk(2, b"cd")]
+
+
+async def test_a_wait_hands_chunks_to_direct_until_it_stops_and_wakes_at_a_chunk_or_the_end() -> (
+    None
+):
+    buffer = AudioBuffer(max_bytes=100)
+    taken: list[Chunk] = []
+
+    def direct(chunk: Chunk) -> bool:
+        taken.append(chunk)
+        return len(taken) < 2  # the second is refused: queued
+
+    assert buffer.take() is None
+    waiter = buffer.wait(direct)
+    buffer.put(b"ab")
+    assert taken == [Chunk(0, b"ab")] and not waiter.done()
+    buffer.put(b"cd")
+    assert waiter.done() and buffer.take() == Chunk(2, b"cd") and buffer.take() is None
+    buffer.stop_waiting()
+    buffer.put(b"ef")
+    assert len(taken) == 2 and buffer.take() == Chunk(4, b"ef")
+    waiter = buffer.wait(direct)
+    buffer.close()
+    assert waiter.done() and buffer.closed and buffer.take() is None

@@ -228,3 +228,28 @@ async def test_an_outbox_that_empties_writes_at_once_again_and_counts_its_queue_
     assert written == ["m2"] and sub.backlog == 2 and not sub.evicted
     hub.publish("CA1", "m5")  # a third behind
     assert sub.evicted and sub.backlog == 0
+
+
+async def test_a_wait_writes_at_once_until_it_stops_and_wakes_when_something_is_queued() -> None:
+    """`wait(direct)` is `get`'s wait without a coroutine: `direct` takes what is offered
+    until `stop_waiting`; its future is done once `take` has something."""
+    hub = Hub(queue_limit=10)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    written: list[str] = []
+
+    def direct(text: str, arrived: float) -> bool:
+        written.append(text)
+        return len(written) < 2  # the second is refused: queued
+
+    assert sub.take() is None
+    waiter = sub.wait(direct)
+    hub.publish("CA1", "m0")
+    assert written == ["m0"] and not waiter.done()
+    hub.publish("CA1", "m1")
+    assert waiter.done() and sub.take() == "m1" and sub.take() is None
+    sub.stop_waiting()
+    hub.publish("CA1", "m2")
+    hub.end_call("CA1")
+    assert written == ["m0", "m1"]
+    assert [sub.take(), sub.take(), sub.take()] == ["m2", CALL_ENDED, CALL_ENDED]
