@@ -30,12 +30,13 @@ DirectSend = Callable[[Chunk], bool]
 class AudioBuffer:
     """Chunks in order; `get()` waits for the next one and returns None after `close()`.
 
-    While its consumer waits in `get(direct)` with nothing queued, `direct` is set: a chunk
-    put then is handed to it at once, in the producer's step, instead of waking the
+    While its consumer waits (`wait(direct)`, `get(direct)`) with nothing queued, `direct` is
+    set: a chunk put then is handed to it at once, in the producer's step, instead of waking the
     consumer's task.
 
-    One per call: slots, and a future only while `get()` waits (an asyncio.Event holds a
-    deque of its own, 0.8 KB)."""
+    One per call: slots, a deque only while chunks wait (an empty one is 0.75 KB; with
+    direct sends none waits) and a future only while `get()` waits (an asyncio.Event holds a
+    deque of its own)."""
 
     __slots__ = (
         "_chunks",
@@ -52,7 +53,7 @@ class AudioBuffer:
         self.max_bytes = max_bytes
         self.produced_bytes = 0  # the call's timeline so far
         self.dropped_bytes = 0  # oldest audio dropped to stay within max_bytes
-        self._chunks: deque[Chunk] = deque()
+        self._chunks: deque[Chunk] | None = None  # None while empty
         self._held = 0  # bytes in _chunks
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None  # while get() waits
@@ -65,19 +66,24 @@ class AudioBuffer:
             return
         chunk = Chunk(self.produced_bytes, data, since)
         self.produced_bytes += len(data)
-        direct = self.direct
-        if direct is not None and not self._chunks and direct(chunk):
-            return
-        self._chunks.append(chunk)
+        chunks = self._chunks
+        if chunks is None:
+            direct = self.direct
+            if direct is not None and direct(chunk):
+                return
+            chunks = self._chunks = deque()
+        chunks.append(chunk)
         self._held += len(data)
-        while self._held > self.max_bytes and len(self._chunks) > 1:
-            oldest = self._chunks.popleft()
+        while self._held > self.max_bytes and len(chunks) > 1:
+            oldest = chunks.popleft()
             self._held -= len(oldest.data)
             self.dropped_bytes += len(oldest.data)
         self._wake()
 
     def put_back(self, chunk: Chunk) -> None:
         """Return a chunk that was taken but not sent: it goes out first next time."""
+        if self._chunks is None:
+            self._chunks = deque()
         self._chunks.appendleft(chunk)
         self._held += len(chunk.data)
         self._wake()
@@ -92,20 +98,42 @@ class AudioBuffer:
         """Bytes waiting."""
         return self._held
 
+    @property
+    def closed(self) -> bool:
+        """No more audio will be put."""
+        return self._closed
+
+    def take(self) -> Chunk | None:
+        """The oldest waiting chunk, or None if none waits."""
+        chunks = self._chunks
+        if not chunks:
+            return None
+        chunk = chunks.popleft()
+        if not chunks:
+            self._chunks = None
+        self._held -= len(chunk.data)
+        return chunk
+
+    def wait(self, direct: DirectSend | None = None) -> asyncio.Future[None]:
+        """A future done once a chunk is put or the buffer closes; until then chunks put go to
+        `direct` (see the class). For one task at a time, which calls `stop_waiting` as its
+        wait ends, however it ends: a future, not a coroutine (no frame while waiting)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.direct = direct
+        return waiter
+
+    def stop_waiting(self) -> None:
+        """The wait has ended: chunks put are queued again."""
+        self._waiter = self.direct = None
+
     async def get(self, direct: DirectSend | None = None) -> Chunk | None:
         """The oldest waiting chunk, waiting for one if needed; None when closed and empty.
-        While it waits with nothing queued, chunks put go to `direct` (see the class)."""
-        while not self._chunks and not self._closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            self.direct = direct
+        While it waits with nothing queued, chunks put go to `direct` (as `wait`)."""
+        while (chunk := self.take()) is None and not self._closed:
             try:
-                await self._waiter
+                await self.wait(direct)
             finally:
-                self._waiter = self.direct = None
-        if not self._chunks:
-            return None
-        chunk = self._chunks.popleft()
-        self._held -= len(chunk.data)
+                self.stop_waiting()
         return chunk
 
     def _wake(self) -> None:

@@ -3,13 +3,15 @@
 Twilio's messages are taken as they arrive, without a task (`intake.StreamIntake`: order
 rules → mixer → audio buffer), and Deepgram's results are published likewise; with
 DIRECT_RECEIVE off, one task per connection reads them with `recv()` instead
-(`direct_connection.receiving`). Three tasks: `wait_for_twilio_end` (waits for the stream's
-end and answers bad input), and per Deepgram stream (`deepgram.DeepgramSession`)
-`deepgram_sender` (audio buffer → Deepgram, KeepAlive when idle, CloseStream at the end)
-and `wait_for_deepgram_end` (returns when Deepgram closes, after its last results reached
-the Hub). A normal end travels down the pipe: the intake flushes and closes the buffer, the
-sender sends CloseStream, the Deepgram stream ends when Deepgram closes. A Deepgram failure
-that reconnecting cannot mend cancels the rest and closes the call's connections.
+(`direct_connection.receiving`). The call's own task, the connection's handler, runs the
+Deepgram side (`deepgram.DeepgramSession`: per Deepgram stream, the sender of the audio
+buffer, KeepAlive when idle, CloseStream at the end, then the wait for Deepgram's close,
+after its last results reached the Hub). How Twilio's stream ended is answered from a
+callback: bad input by a refusal (a task made then), a bug by interrupting the Deepgram
+side (`interrupts.Interrupt`). A normal end travels down the pipe: the intake flushes and
+closes the buffer, the sender sends CloseStream, the Deepgram stream ends when Deepgram
+closes. A Deepgram failure that reconnecting cannot mend ends the call and closes the call's
+connections.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .exceptions import (
 )
 from .hub import CALL_ENDED, Ending, Hub
 from .intake import Log, StreamIntake
+from .interrupts import Interrupt
 from .logs import CallLog, get_logger
 from .observations import NO_OBSERVER, CallEnd, Observer, is_bad_input
 from .twilio_events import Start
@@ -178,6 +181,23 @@ async def _refuse(
 class CallSession:
     """The Deepgram side and the tasks of one call whose stream has started."""
 
+    __slots__ = (
+        "_refusal",
+        "_twilio_failed",
+        "audio",
+        "deepgram",
+        "ending",
+        "how",
+        "hub",
+        "intake",
+        "log",
+        "mixer",
+        "settings",
+        "start",
+        "started_at",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: ServerConnection,
@@ -203,7 +223,7 @@ class CallSession:
             settings,
             self.mixer.channels,
             self.audio,
-            lambda text: hub.publish(call_sid, text),
+            lambda text: hub.publish(call_sid, text),  # (a partial is 50 B more)
             log,
             pings=deepgram_pings,
             observer=hub.observer,
@@ -212,6 +232,9 @@ class CallSession:
         self.ending: Ending = CALL_ENDED
         self.how: CallEnd = "normal"  # how it ended, for the metrics
         self.started_at = time.monotonic()
+        # Twilio's side ending with a bug ends the Deepgram side (run in this task) with it.
+        self._twilio_failed = Interrupt()
+        self._refusal: asyncio.Task[None] | None = None  # refusing bad input, only then
 
     async def run(self) -> None:
         """Stream the call to Deepgram and its results to the Hub until the call ends."""
@@ -223,31 +246,52 @@ class CallSession:
             sorted(parameters),
         )
         self.log.debug("custom parameters: %s", redacted(parameters))
+        intake, twilio_end = self.intake, None
+        if intake.ended:  # with its start (held messages)
+            self._twilio_ended()
+        else:
+            twilio_end = intake.waiter()
+            twilio_end.add_done_callback(self._twilio_ended)
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.wait_for_twilio_end(), name="wait_for_twilio_end")
-                # Twilio's audio waits in the buffer while Deepgram accepts the stream.
-                tasks.create_task(self.deepgram.run(), name="deepgram")
-        except* ProxyError as group:
-            await self.fail(group.exceptions[0])
+            try:
+                with self._twilio_failed:
+                    # Twilio's audio waits in the buffer while Deepgram accepts the stream.
+                    await self.deepgram.run()
+            finally:  # (its stream has ended, unless the call fails: then no more word)
+                if twilio_end is not None:
+                    twilio_end.remove_done_callback(self._twilio_ended)
+            if self._refusal is not None:
+                await self._refusal
+        except ProxyError as exc:
+            await self._stop_refusal()
+            await self.fail(exc)
+        finally:
+            await self._stop_refusal()
 
-    async def wait_for_twilio_end(self) -> None:
-        """Wait for Twilio's stream to end, then answer how it ended.
+    def _twilio_ended(self, _: object = None) -> None:
+        """Answer how Twilio's stream ended, once it has (a callback of the intake's end).
 
         The messages themselves are taken by the intake as they arrive (`StreamIntake`), and
         it ends the audio buffer for the Deepgram sender: bad input ends the stream, but
-        what was said so far is still transcribed."""
-        await self.intake.wait_for_end()
+        what was said so far is still transcribed. A bug ends the call (1011)."""
         error = self.intake.error
         if isinstance(error, ProxyError):
             self.how = "bad_input"
-            await _refuse(self.ws, error, self.log, self.hub.observer)
+            refusing = _refuse(self.ws, error, self.log, self.hub.observer)
+            self._refusal = asyncio.get_running_loop().create_task(refusing)
         elif error is not None:
-            raise error  # a bug: handle_twilio ends this call with 1011
+            self._twilio_failed.fail(error)  # raised where the Deepgram side runs
         elif not self.intake.stopped:  # closed without `stop`: only worth a word if unclean
             closing = self.ws.protocol.close_exc
             if isinstance(closing, ConnectionClosedError):
                 self.log.warning("Twilio's connection dropped: %s", closing)
+
+    async def _stop_refusal(self) -> None:
+        """Cancel the refusal if it is under way, and wait for it to end."""
+        refusal = self._refusal
+        if refusal is not None and not refusal.done():
+            refusal.cancel()
+            await asyncio.wait((refusal,))
 
     def _count_reconnect(self) -> None:
         self.hub.counters.deepgram_reconnects += 1

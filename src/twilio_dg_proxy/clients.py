@@ -63,7 +63,6 @@ from .exceptions import (
 from .hub import (
     CLIENT_LEFT,
     CallWaiter,
-    DirectWrite,
     Ending,
     Hub,
     Outbox,
@@ -121,21 +120,32 @@ async def handle_client(
     callSid, or a phone number (`_subscribe_by_number`, with `numbers`).
 
     What the client sends goes to a `_Watcher` (`receiving`): on a direct connection from
-    the socket callbacks, so that a watcher costs one task, its handler's."""
-    watcher = _Watcher(ws)
+    the socket callbacks, so that a watcher costs one task, its handler's. While it
+    streams, this coroutine and `_stream`'s are all it awaits in."""
+    watcher = _Watcher(ws, hub)
     async with receiving(ws, watcher):
-        await _serve_watcher(ws, watcher, hub, choice_timeout_s, prepare, numbers)
+        sub = await _subscription(ws, watcher, hub, choice_timeout_s, prepare, numbers)
+        if sub is None:
+            return
+        peer = _peer(ws)
+        logger.info("client %s subscribed to %s", peer, sub.call_sid)
+        try:
+            await _stream(ws, watcher, sub, hub)
+        finally:
+            hub.unsubscribe(sub)
+            logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
 
 
-async def _serve_watcher(
+async def _subscription(
     ws: ServerConnection,
     watcher: _Watcher,
     hub: Hub,
     choice_timeout_s: float,
     prepare: Prepare,
     numbers: NumberOptions,
-) -> None:
-    peer = _peer(ws)
+) -> Subscription | None:
+    """Send the call list, take the client's choice and subscribe it; None if it left, or
+    was refused (then told why)."""
     try:
         options = client_protocol.parse_options(ws.request.path if ws.request else "")
         await ws.send(client_protocol.call_list(hub.active_calls()))
@@ -147,43 +157,64 @@ async def _serve_watcher(
                 f"no callSid chosen within {choice_timeout_s:.0f} s"
             ) from None
         if choice is None:
-            return  # it left (or sent invalid UTF-8: failed as recv() fails it)
+            return None  # it left (or sent invalid UTF-8: failed as recv() fails it)
         call_sid = client_protocol.parse_choice(choice)
         number = phone_numbers.parse(call_sid)  # never a callSid: those start with CA
         if number is None:
             await prepare(call_sid)
-            sub = hub.subscribe(call_sid, history=options.history)
-        else:
-            found = await _subscribe_by_number(ws, hub, number, options.history, numbers, prepare)
-            if found is None:
-                return  # it left while waiting
-            sub = found
+            return hub.subscribe(call_sid, history=options.history)
+        # None if it left while waiting.
+        return await _subscribe_by_number(ws, hub, number, options.history, numbers, prepare)
     except ConnectionClosed:
-        return
+        return None
     except ProxyError as exc:
         await _refuse(ws, hub, exc)
-        return
-    logger.info("client %s subscribed to %s", peer, sub.call_sid)
-    try:
-        await _stream(ws, watcher, sub, hub)
-    finally:
-        hub.unsubscribe(sub)
-        logger.info("client %s left %s (%s)", peer, sub.call_sid, _close_code(ws))
+        return None
 
 
-class _Watcher:
+class _Writer:
+    """Writes a text to a client's socket at once, as `ws.send` would when its buffer is not
+    full (`write_now`, a `DirectWrite`): an object with slots, not a closure and its cells
+    (0.4 KB per watcher)."""
+
+    __slots__ = ("_clock", "_observer", "_protocol", "_ws")
+
+    def __init__(self, ws: ServerConnection, hub: Hub) -> None:
+        self._ws, self._protocol = ws, ws.protocol
+        self._observer, self._clock = hub.observer, hub.clock
+
+    def write_now(self, text: str, arrived: float) -> bool:
+        """Write `text` (a Deepgram message that `arrived` then, or 0.0), and tell the
+        observer when it arrived; False (queue it) when the socket is backed up, closing, or a
+        send is under way."""
+        ws = self._ws
+        if ws.paused or ws.send_in_progress is not None or self._protocol.state is not State.OPEN:
+            return False
+        self._protocol.send_text(text.encode())
+        try:
+            ws.send_data()
+        except Exception:  # noqa: BLE001 - as websockets' send: the connection is lost
+            logger.debug("client %s: write failed", _peer(ws), exc_info=True)
+            ws.transport.abort()
+            return True
+        if arrived:
+            self._observer.result_delivered(self._clock() - arrived)
+        return True
+
+
+class _Watcher(_Writer):
     """What a /client client sends (its `MessageSink`): its first message is its choice of
     a call; the tutorial's protocol has nothing after it, so the rest is ignored, but text
     that is not UTF-8 fails the connection as websockets' recv() would (1007, its reason).
     Its close ends the subscription it has then (`outbox`).
 
     Instead of a task reading `recv()` and websockets' queue for it; a future only while
-    the choice is awaited."""
+    the choice is awaited. It writes to its client too (`_Writer`)."""
 
-    __slots__ = ("_choice", "_ws", "closer", "gone", "outbox")
+    __slots__ = ("_choice", "closer", "gone", "outbox")
 
-    def __init__(self, ws: ServerConnection) -> None:
-        self._ws = ws
+    def __init__(self, ws: ServerConnection, hub: Hub) -> None:
+        super().__init__(ws, hub)
         self._choice: asyncio.Future[str | bytes | None] | None = None
         self.outbox: Outbox | None = None  # told CLIENT_LEFT at the close
         self.gone = False  # the connection is closed
@@ -300,7 +331,7 @@ async def _stream(ws: ServerConnection, watcher: _Watcher, sub: Subscription, hu
         sub.end(CLIENT_LEFT)
     try:
         with _ClosedWhenEvicted(ws, sub, sub.call_sid, watcher.close_soon):
-            await _forward(ws, sub, hub)
+            await _forward(ws, sub, hub, watcher)
     except BaseException:
         if watcher.closer is not None:
             watcher.closer.cancel()
@@ -311,15 +342,21 @@ async def _stream(ws: ServerConnection, watcher: _Watcher, sub: Subscription, hu
         await watcher.closer  # as a task group would: the close is under way
 
 
-async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
+async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub, writer: _Writer) -> None:
     """Send what `outbox` gives until its ending; tell the hub's observer when each Deepgram
     message is written (the fan-out latency: from its arrival in the hub). While nothing is
-    queued, what the outbox is offered is written at once (`_writer`)."""
+    queued, what the outbox is offered is written at once (`writer`)."""
     observer, clock = hub.observer, hub.clock
-    write_now = _writer(ws, hub)
+    write_now = writer.write_now
     try:
         while True:
-            item = await outbox.get(write_now)  # writes at once only while this task waits
+            item = outbox.take()
+            if item is None:
+                try:
+                    await outbox.wait(write_now)  # writes at once only while this task waits
+                finally:
+                    outbox.stop_waiting()
+                continue
             if isinstance(item, Ending):
                 await _end(ws, item)
                 return
@@ -328,28 +365,6 @@ async def _forward(ws: ServerConnection, outbox: Outbox, hub: Hub) -> None:
                 observer.result_delivered(clock() - outbox.arrived)
     except ConnectionClosed:
         pass
-
-
-def _writer(ws: ServerConnection, hub: Hub) -> DirectWrite:
-    """Write a text to `ws` at once, as `ws.send` would when its buffer is not full: False
-    (queue it) when the socket is backed up, closing, or a send is under way."""
-    observer, clock, protocol = hub.observer, hub.clock, ws.protocol
-
-    def write_now(text: str, arrived: float) -> bool:
-        if ws.paused or ws.send_in_progress is not None or protocol.state is not State.OPEN:
-            return False
-        protocol.send_text(text.encode())
-        try:
-            ws.send_data()
-        except Exception:  # noqa: BLE001 - as websockets' send: the connection is lost
-            logger.debug("client %s: write failed", _peer(ws), exc_info=True)
-            ws.transport.abort()
-            return True
-        if arrived:
-            observer.result_delivered(clock() - arrived)
-        return True
-
-    return write_now
 
 
 async def _end(ws: ServerConnection, ending: Ending) -> None:
@@ -426,7 +441,7 @@ async def handle_viewer(
             joiner = tasks.create_task(_join_followed(ws, hub, viewer, prepare, follows))
             try:
                 with _ClosedWhenEvicted(ws, viewer, "the call list", tasks.create_task):
-                    await _forward(ws, viewer, hub)
+                    await _forward(ws, viewer, hub, _Writer(ws, hub))
             finally:
                 reader.cancel()
                 joiner.cancel()

@@ -2,12 +2,12 @@
 
 `DeepgramLink` is one WebSocket stream; its results are published as they arrive (from the
 socket callback, or with DIRECT_RECEIVE off from a task reading `recv()`). `DeepgramSession`
-is the Deepgram side of a call: per stream, `deepgram_sender` sends the call's audio
-(KeepAlive when idle, CloseStream at the end) and `wait_for_deepgram_end` waits for the
-stream to close and says whether it failed; when a stream fails in a retryable way
-it opens another after a jittered backoff, sends the audio that waited meanwhile first, and
-shifts the new stream's times so subscribers see one timeline. The pure parts are in
-`deepgram_protocol.py`.
+is the Deepgram side of a call, run by the call's task: per stream, `deepgram_sender` sends
+the call's audio (KeepAlive when idle, CloseStream at the end), then waits for the stream to
+close; the stream's failure (a close before CloseStream) interrupts the sender at once
+(`DeepgramLink.interrupting`). When a stream fails in a retryable way it opens another after
+a jittered backoff, sends the audio that waited meanwhile first, and shifts the new stream's
+times so subscribers see one timeline. The pure parts are in `deepgram_protocol.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -43,6 +44,7 @@ from .exceptions import (
     DeepgramRefused,
     DeepgramUnavailable,
 )
+from .interrupts import Interrupt
 from .observations import NO_OBSERVER, DeepgramFailure, Observer, deepgram_failure
 
 Log = logging.LoggerAdapter[logging.Logger]
@@ -68,17 +70,30 @@ DEFAULT_PINGS = Pings()
 class DeepgramLink:
     """One live-transcription stream. Audio and control go out; results come back."""
 
+    __slots__ = (
+        "_close_timeout",
+        "_closing",
+        "_ended",
+        "_error",
+        "_interrupt",
+        "_log",
+        "_publish",
+        "_ws",
+        "offset_s",
+    )
+
     def __init__(self, ws: ClientConnection, settings: Settings, log: Log) -> None:
         self._ws = ws
         self._close_timeout = settings.deepgram_close_timeout_s
         self._log = log
         self._closing = False  # True once CloseStream is sent: a close is then expected
         self.offset_s = 0.0  # where this stream's time 0 lies on the call's timeline
-        self._publish: Callable[[str], None] = lambda text: None
+        self._publish: Callable[[str], None] = _no_publish
         # Done when the stream is closed, or publishing failed: a future, not an
         # asyncio.Event (0.8 KB per call with its deque).
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: Exception | None = None  # a bug met while publishing
+        self._interrupt: Interrupt | None = None  # the sender's block (`interrupting`)
 
     @classmethod
     async def open(
@@ -159,22 +174,47 @@ class DeepgramLink:
             )
             await self.close()
 
-    async def forward_results(self, publish: Callable[[str], None]) -> None:
-        """Pass every message from Deepgram to `publish`, times shifted by `offset_s`, as it
-        arrives, until the stream closes. Raises `DeepgramClosed` unless it closes after
-        `finish()` (and what `publish` raised, if it did)."""
+    def publishing(self, publish: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        """Within the block, pass every message from Deepgram to `publish`, times shifted by
+        `offset_s`, as it arrives."""
         self._publish = publish
         # raw: with DIRECT_RECEIVE off too, any message is published whatever its kind or its
         # UTF-8, as the direct path does.
-        async with receiving(self._ws, self, raw=True):
-            await self._ended
-        if self._error is not None:
-            raise self._error
+        return receiving(self._ws, self, raw=True)
+
+    def interrupting(self) -> Interrupt:
+        """A block that raises the stream's failure (`failure()`) as soon as the stream ends
+        with one, cancelling what it awaits: for the sender, which runs in the call's task
+        (a task waiting for the stream's end, and a task group, cost 2 KB per call)."""
+        self._interrupt = Interrupt()
+        self._ended.add_done_callback(self._interrupt_on_failure)
+        return self._interrupt
+
+    async def ended(self) -> None:
+        """Return once the stream is closed after `finish()`; raise its `failure()` if it
+        had one (`DeepgramClosed` if it closed before)."""
+        await self._ended
+        failure = self.failure()
+        if failure is not None:
+            raise failure
         code, reason = self._ws.close_code, self._ws.close_reason or ""
-        if not self._closing:
-            raise DeepgramClosed(code, reason)
         if code not in (1000, None):
             self._log.warning("Deepgram closed with %s %s after CloseStream", code, reason)
+
+    def failure(self) -> Exception | None:
+        """Once the stream has ended, why it failed: the bug publishing met (`publish`
+        raised), `DeepgramClosed` if it closed before `finish()`; else None."""
+        if self._error is not None:
+            return self._error
+        if not self._closing:
+            return DeepgramClosed(self._ws.close_code, self._ws.close_reason or "")
+        return None
+
+    def _interrupt_on_failure(self, ended: asyncio.Future[None]) -> None:
+        # A callback of `_ended`, as a task awaiting it would wake: `_closing` is read then.
+        failure = self.failure()
+        if failure is not None and self._interrupt is not None:
+            self._interrupt.fail(failure)
 
     # The connection's MessageSink (`receiving`): never raising.
 
@@ -186,7 +226,7 @@ class DeepgramLink:
         try:
             message = data if isinstance(data, str) else data.decode(errors="replace")
             self._publish(shift_times(message, self.offset_s) if self.offset_s else message)
-        except Exception as exc:  # noqa: BLE001 - a bug: forward_results raises it
+        except Exception as exc:  # noqa: BLE001 - a bug: `failure()`, raised in the call's task
             self._error = exc
             self._end()
             self._ws.transport.abort()
@@ -217,6 +257,22 @@ class DeepgramSession:
     """The Deepgram side of one call: every chunk of `audio` goes to Deepgram once, across
     as many streams as it takes; every result reaches `publish` on the call's timeline."""
 
+    __slots__ = (
+        "audio",
+        "backoff",
+        "bytes_per_s",
+        "channels",
+        "log",
+        "observer",
+        "on_reconnect",
+        "pings",
+        "publish",
+        "results",
+        "sent_bytes",
+        "settings",
+        "streams",
+    )
+
     def __init__(
         self,
         settings: Settings,
@@ -240,7 +296,7 @@ class DeepgramSession:
         self.streams = 0
         self.sent_bytes = 0
         self.results = 0
-        self.on_reconnect: Callable[[], None] = lambda: None
+        self.on_reconnect: Callable[[], None] = _nothing
 
     async def run(self) -> None:
         """Stream until the audio ends and Deepgram has sent its last results.
@@ -282,12 +338,15 @@ class DeepgramSession:
             await self._wait_to_retry(failure, attempt, loop.time() - outage_start)
 
     async def _stream(self, link: DeepgramLink) -> DeepgramError | None:
-        """Run one stream's sender and wait for its end; the error that ended it, or None."""
+        """Send the call's audio on one stream until it closes, its results published as
+        they arrive; the error that ended it, or None. The sender runs in this task, and
+        the stream's failure interrupts it (`DeepgramLink.interrupting`)."""
         failure: DeepgramError | None = None
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.deepgram_sender(link), name="deepgram_sender")
-                tasks.create_task(self.wait_for_deepgram_end(link), name="wait_for_deepgram_end")
+            async with link.publishing(self._publish):
+                with link.interrupting():
+                    await self.deepgram_sender(link)
+                await link.ended()
         except* DeepgramError as group:
             failure = next(e for e in group.exceptions if isinstance(e, DeepgramError))
         finally:
@@ -323,7 +382,7 @@ class DeepgramSession:
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
-        stream = _StreamSend(now, last=now)
+        stream = _StreamSend(self, link, loop, now, last=now)
         # Only a reopened stream starts with a backlog worth pacing; the first one's is what
         # waited while it opened, and pacing it would slow down tests and fast simulations.
         pace = self.streams > 1
@@ -335,15 +394,16 @@ class DeepgramSession:
                 return
             if direct is None:  # this stream's time 0: this chunk's place on the timeline
                 link.offset_s = chunk.position / self.bytes_per_s
-                direct = self._writer(link, stream)
-            if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
-                await asyncio.sleep(wait)
+                direct = stream.send_now
             try:
+                if pace and (wait := replay_wait(stream.sent_s, loop.time() - stream.started)):
+                    await asyncio.sleep(wait)
                 await link.send_audio(chunk.data)
             except BaseException:
                 self.audio.put_back(chunk)  # not sent: it goes first on the next stream
                 raise
             self._sent(chunk, stream, loop.time())
+            del chunk  # not held while the next is awaited, for the call (1.6 KB)
 
     async def _next_chunk(
         self, link: DeepgramLink, stream: _StreamSend, direct: DirectSend | None
@@ -351,27 +411,19 @@ class DeepgramSession:
         """The next waiting chunk (None once the audio has ended). While none waits, chunks
         go to `direct` as they come, and KeepAlive goes after KEEPALIVE_INTERVAL without
         audio: one timer per wait, not one per chunk."""
-        audio, interval = self.audio, self.settings.keepalive_s
-        while True:
+        audio, interval, loop = self.audio, self.settings.keepalive_s, stream.loop
+        while (chunk := audio.take()) is None and not audio.closed:
             try:
                 async with asyncio.timeout_at(stream.last + interval):
-                    return await audio.get(direct)
+                    try:
+                        await audio.wait(direct)
+                    finally:
+                        audio.stop_waiting()
             except TimeoutError:
-                if stream.last + interval <= asyncio.get_running_loop().time():
+                if stream.last + interval <= loop.time():
                     await link.keepalive()
-                    stream.last = asyncio.get_running_loop().time()
-
-    def _writer(self, link: DeepgramLink, stream: _StreamSend) -> DirectSend:
-        """Write a chunk to `link` at once if its socket takes it (see `_next_chunk`)."""
-        loop = asyncio.get_running_loop()
-
-        def send_now(chunk: Chunk) -> bool:
-            if not link.write_audio_now(chunk.data):
-                return False
-            self._sent(chunk, stream, loop.time())
-            return True
-
-        return send_now
+                    stream.last = loop.time()
+        return chunk
 
     def _sent(self, chunk: Chunk, stream: _StreamSend, now: float) -> None:
         size = len(chunk.data)
@@ -382,22 +434,35 @@ class DeepgramSession:
         waited = time.monotonic() - chunk.since if chunk.since else None
         self.observer.audio_sent(size, waited)
 
-    async def wait_for_deepgram_end(self, link: DeepgramLink) -> None:
-        """Return when the stream closes after CloseStream; raise `DeepgramClosed` if it
-        closes before. Meanwhile every Deepgram message of the stream is published as it
-        arrives, verbatim but for the time shift."""
-        await link.forward_results(self._publish)
-
     def _publish(self, text: str) -> None:
         self.results += 1
         self.publish(text)
 
 
+def _no_publish(text: str) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
 @dataclass(slots=True)
 class _StreamSend:
     """What one stream's sender has sent: since `started`, `sent_s` seconds of audio, the
-    last message (audio or KeepAlive) at `last` (the loop's clock)."""
+    last message (audio or KeepAlive) at `last` (`loop`'s clock). `send_now` is its direct
+    write (see `_next_chunk`)."""
 
+    session: DeepgramSession
+    link: DeepgramLink
+    loop: asyncio.AbstractEventLoop
     started: float
     last: float
     sent_s: float = 0.0
+
+    def send_now(self, chunk: Chunk) -> bool:
+        """Write `chunk` to the stream at once if its socket takes it (a `DirectSend`)."""
+        if not self.link.write_audio_now(chunk.data):
+            return False
+        self.session._sent(chunk, self, self.loop.time())
+        return True

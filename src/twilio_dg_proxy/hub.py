@@ -62,12 +62,14 @@ class Outbox:
     `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
     client asked for it, and only falling behind the live messages is too slow.
 
-    While its sender waits in `get(direct)` with nothing queued (so nothing is being sent),
-    `direct` is set: a text offered then is written at once, in the caller's step, instead
-    of waking the sender's task for it; the queue is kept for a socket that is backed up.
+    While its sender waits (`wait(direct)`, `get(direct)`) with nothing queued (so nothing
+    is being sent), `direct` is set: a text offered then is written at once, in the caller's
+    step, instead of waking the sender's task for it; the queue is kept for a socket that is
+    backed up.
 
-    Small, as there is one per watcher: slots, one deque, and a future only while `get()`
-    waits (an asyncio.Event holds a deque of its own); eviction calls `on_evicted`."""
+    Small, as there is one per watcher: slots, a deque and a future only while something
+    is queued and while `get()` waits (an empty deque is 0.75 KB, an asyncio.Event holds
+    one); eviction calls `on_evicted`."""
 
     __slots__ = (
         "_ending",
@@ -85,8 +87,10 @@ class Outbox:
         self._limit = limit
         # Each text with when it arrived from Deepgram (the hub's clock), 0.0 for the others
         # (the replay, viewer events): the fan-out latency is measured when it is sent.
-        self._items: deque[tuple[str, float]] = deque((text, 0.0) for text in replay)
-        self._replay = len(self._items)  # how many of the first items are the replay
+        # None while empty: direct writes leave it so (see the class).
+        self._items: deque[tuple[str, float]] | None = None
+        self._replay = 0  # how many of the first items are the replay
+        self._queue_first([(text, 0.0) for text in replay])
         self.arrived = 0.0  # the arrival of the item `get()` returned last (0.0: none)
         self._ending: Ending | None = None
         self._waiter: asyncio.Future[None] | None = None  # while get() waits
@@ -99,10 +103,7 @@ class Outbox:
         what a call had sent before this client's feed could follow it."""
         if self._ending is not None and not self._items:
             return  # already ended (or evicted): nothing more for this client
-        items = [(text, 0.0) for text in texts]
-        self._items.extendleft(reversed(items))
-        self._replay += len(items)
-        if items:
+        if self._queue_first([(text, 0.0) for text in texts]):
             self._wake()
 
     def offer(self, text: str, arrived: float = 0.0) -> bool:
@@ -112,8 +113,11 @@ class Outbox:
             return True
         if self.direct is not None and not self._items and self._write_now(text, arrived):
             return True
-        if len(self._items) - self._replay >= self._limit:
-            self._items.clear()
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        if len(items) - self._replay >= self._limit:
+            self._items = None
             self._replay = 0
             self.end(Ending(CloseCode.TRY_AGAIN_LATER, f"too slow: {self._limit} messages behind"))
             self.evicted = True
@@ -123,7 +127,7 @@ class Outbox:
                 except Exception:  # a bug of one client's layer: never the publisher's
                     logger.exception("closing a client that fell behind failed")
             return False
-        self._items.append((text, arrived))
+        items.append((text, arrived))
         self._wake()
         return True
 
@@ -141,25 +145,53 @@ class Outbox:
     @property
     def backlog(self) -> int:
         """Messages queued and not yet taken."""
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
-    async def get(self, direct: DirectWrite | None = None) -> str | Ending:
-        """The next message, or the ending once every message has been taken. While it
-        waits with nothing queued, `direct` writes what is offered (see the class)."""
-        while not self._items and self._ending is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            self.direct = direct
-            try:
-                await self._waiter
-            finally:
-                self._waiter = self.direct = None
-        if not self._items:
-            assert self._ending is not None  # the loop ends on an item or an ending
+    def take(self) -> str | Ending | None:
+        """The next message, or the ending once every message has been taken; None while
+        neither has come (`wait` for them)."""
+        items = self._items
+        if not items:
             return self._ending
         if self._replay:
             self._replay -= 1
-        text, self.arrived = self._items.popleft()
+        text, self.arrived = items.popleft()
+        if not items:
+            self._items = None
         return text
+
+    def wait(self, direct: DirectWrite | None = None) -> asyncio.Future[None]:
+        """A future done once `take` has something to give; until then `direct` writes what
+        is offered (see the class). For one task at a time, which calls `stop_waiting` as
+        its wait ends, however it ends: a future, not a coroutine (no frame while waiting)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.direct = direct
+        return waiter
+
+    def stop_waiting(self) -> None:
+        """The wait has ended: `direct` writes no more."""
+        self._waiter = self.direct = None
+
+    async def get(self, direct: DirectWrite | None = None) -> str | Ending:
+        """The next message, or the ending once every message has been taken, waiting for
+        it (with `direct`, as `wait`)."""
+        while (item := self.take()) is None:
+            try:
+                await self.wait(direct)
+            finally:
+                self.stop_waiting()
+        return item
+
+    def _queue_first(self, items: list[tuple[str, float]]) -> bool:
+        """Put `items` before everything queued, as a replay; whether there were any."""
+        if not items:
+            return False
+        if self._items is None:
+            self._items = deque(items)
+        else:
+            self._items.extendleft(reversed(items))
+        self._replay += len(items)
+        return True
 
     def _write_now(self, text: str, arrived: float) -> bool:
         """`direct`, which must not raise into the publisher (a Deepgram stream's socket
@@ -238,11 +270,21 @@ class _Call:
     history: History
     remote: bool  # streamed by another instance: mirrored here for the watchers of this one
     subscribers: set[Subscription] = field(default_factory=set)
-    viewers: set[ViewerFeed] = field(default_factory=set)
+    # Made for the first viewer: most calls have none (an empty set is 0.2 KB).
+    viewers: set[ViewerFeed] | None = None
 
     @property
     def watchers(self) -> int:
-        return len(self.subscribers) + len(self.viewers)
+        return len(self.subscribers) + (len(self.viewers) if self.viewers else 0)
+
+    def add_viewer(self, viewer: ViewerFeed) -> None:
+        if self.viewers is None:
+            self.viewers = set()
+        self.viewers.add(viewer)
+
+    def discard_viewer(self, viewer: ViewerFeed) -> None:
+        if self.viewers:
+            self.viewers.discard(viewer)
 
 
 @dataclass(slots=True)
@@ -360,7 +402,7 @@ class Hub:
             return 0
         for sub in call.subscribers:
             sub.end(ending)
-        for viewer in call.viewers:
+        for viewer in call.viewers or ():
             viewer.following.discard(call_sid)
         if self._viewers:
             self._tell_viewers(viewer_protocol.call_ended(call_sid, ending.code, ending.reason))
@@ -516,7 +558,7 @@ class Hub:
             return
         if not following:
             viewer.following.add(call_sid)
-            call.viewers.add(viewer)
+            call.add_viewer(viewer)
             self.counters.subscriptions += 1
 
     def unfollow(self, viewer: ViewerFeed, call_sid: str) -> None:
@@ -525,7 +567,7 @@ class Hub:
         viewer.following.discard(call_sid)
         call = self._calls.get(call_sid)
         if call is not None:
-            call.viewers.discard(viewer)
+            call.discard_viewer(viewer)
         self._offer(viewer, viewer_protocol.unsubscribed(call_sid))
 
     def tell(self, viewer: ViewerFeed, text: str) -> None:
@@ -572,5 +614,5 @@ class Hub:
         for call_sid in viewer.following:
             call = self._calls.get(call_sid)
             if call is not None:
-                call.viewers.discard(viewer)
+                call.discard_viewer(viewer)
         viewer.following.clear()

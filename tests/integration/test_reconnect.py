@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from twilio_dg_proxy.deepgram import Pings
+from twilio_dg_proxy.deepgram_protocol import REPLAY_BURST_S
 from twilio_dg_proxy.engine.synthetic import SyntheticStream
 from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
@@ -217,3 +218,31 @@ async def test_audio_beyond_the_buffer_during_an_outage_is_dropped_and_counted()
     received = sum(s.audio_bytes for s in deepgram.streams)
     assert dropped > 0
     assert received + dropped == len(interleaved(audio))
+
+
+async def test_a_stream_failing_while_it_paces_a_backlog_loses_no_audio() -> None:
+    """A reopened stream sends its backlog no faster than Deepgram takes it, waiting between
+    chunks; if it fails during such a wait, the chunk it had taken goes first on the next."""
+    async with FakeDeepgram(result_ms=100) as deepgram:
+        async with running_proxy(deepgram.url) as proxy:
+            call = SimulatedCall()
+            audio = both_tracks(4.0)
+            frames = call.frames(audio)  # type: ignore[arg-type]
+            async with TwilioPeer.started(proxy, call) as twilio:
+                watcher = await Watcher.join(proxy, call.call_sid)
+                first = await deepgram.next_stream()
+                await twilio.send_all(frames[:10])
+                await until(lambda: first.audio_bytes > 0)
+                await deepgram.drop(first)
+                await twilio.send_all(frames[10:])  # at once: a backlog of nearly 4 s
+                second = await deepgram.next_stream(timeout=15 * S)
+                # Past its first REPLAY_BURST_S, the stream waits before each chunk.
+                paced = 2 * SECOND * (REPLAY_BURST_S + 0.3)
+                await until(lambda: second.audio_bytes >= paced)
+                await deepgram.drop(second)
+                third = await deepgram.next_stream(timeout=15 * S)
+                await twilio.stop()
+                await watcher.transcript(within=20 * S)
+            assert proxy.server.hub.counters.deepgram_reconnects == 2
+    assert deepgram.streams == [first, second, third]
+    assert b"".join(bytes(s.audio) for s in deepgram.streams) == interleaved(audio)

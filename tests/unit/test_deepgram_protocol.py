@@ -197,3 +197,49 @@ async def test_a_chunk_put_while_nothing_waits_goes_to_direct_if_it_takes_it() -
     assert taken == [Chunk(0, b"ab", 1.0), Chunk(2, b"cd")]
     assert [await buffer.get() for _ in range(3)] == [Chunk(4, b"ef"), Chunk(6, b"gh"), None]
     assert (buffer.produced_bytes, buffer.held_bytes, buffer.dropped_bytes) == (8, 0, 0)
+
+
+async def test_a_buffer_that_empties_hands_chunks_to_direct_again_and_takes_one_put_back() -> None:
+    """It holds a queue only while chunks wait: once emptied, a chunk put goes to `direct`
+    again, and one put back after that still goes out first."""
+    buffer = AudioBuffer(max_bytes=100)
+    taken: list[Chunk] = []
+    buffer.put(b"ab")  # nothing waits: queued
+    assert await buffer.get() == Chunk(0, b"ab") and buffer.held_bytes == 0
+
+    def direct(chunk: Chunk) -> bool:
+        taken.append(chunk)
+        return True
+
+    buffer.direct = direct
+    buffer.put(b"cd")
+    assert taken == [Chunk(2, b"cd")] and buffer.held_bytes == 0
+    buffer.put_back(taken[0])
+    buffer.put(b"ef")  # behind the chunk put back: queued, not written ahead of it
+    buffer.close()
+    assert [await buffer.get() for _ in range(3)] == [Chunk(2, b"cd"), Chunk(4, b"ef"), None]
+    assert taken == [Chunk(2, b"cd")]
+
+
+async def test_a_wait_hands_chunks_to_direct_until_it_stops_and_wakes_at_a_chunk_or_the_end() -> (
+    None
+):
+    buffer = AudioBuffer(max_bytes=100)
+    taken: list[Chunk] = []
+
+    def direct(chunk: Chunk) -> bool:
+        taken.append(chunk)
+        return len(taken) < 2  # the second is refused: queued
+
+    assert buffer.take() is None
+    waiter = buffer.wait(direct)
+    buffer.put(b"ab")
+    assert taken == [Chunk(0, b"ab")] and not waiter.done()
+    buffer.put(b"cd")
+    assert waiter.done() and buffer.take() == Chunk(2, b"cd") and buffer.take() is None
+    buffer.stop_waiting()
+    buffer.put(b"ef")
+    assert len(taken) == 2 and buffer.take() == Chunk(4, b"ef")
+    waiter = buffer.wait(direct)
+    buffer.close()
+    assert waiter.done() and buffer.closed and buffer.take() is None

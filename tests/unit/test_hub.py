@@ -199,3 +199,57 @@ async def test_a_client_layer_that_raises_never_reaches_the_publisher(
     assert got == ["m0", "m1", "m2"]
     assert "writing to a client at once failed" in caplog.text
     assert "closing a client that fell behind failed" in caplog.text
+
+
+async def test_an_outbox_that_empties_writes_at_once_again_and_counts_its_queue_afresh() -> None:
+    """Its queue exists only while something waits in it: once emptied, what is offered is
+    written at once again, and a backlog built later is bounded as the first one was."""
+    hub = Hub(queue_limit=2)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    written: list[str] = []
+    accept = False
+
+    def direct(text: str, arrived: float) -> bool:
+        if accept:
+            written.append(text)
+        return accept
+
+    sub.direct = direct
+    hub.publish("CA1", "m0")
+    hub.publish("CA1", "m1")  # two behind: at the limit, not over it
+    assert [await sub.get(), await sub.get()] == ["m0", "m1"]
+    assert sub.backlog == 0 and not sub.evicted
+    sub.direct, accept = direct, True  # (get() hands `direct` over only while it waits)
+    hub.publish("CA1", "m2")
+    accept = False
+    for i in (3, 4):
+        hub.publish("CA1", f"m{i}")
+    assert written == ["m2"] and sub.backlog == 2 and not sub.evicted
+    hub.publish("CA1", "m5")  # a third behind
+    assert sub.evicted and sub.backlog == 0
+
+
+async def test_a_wait_writes_at_once_until_it_stops_and_wakes_when_something_is_queued() -> None:
+    """`wait(direct)` is `get`'s wait without a coroutine: `direct` takes what is offered
+    until `stop_waiting`; its future is done once `take` has something."""
+    hub = Hub(queue_limit=10)
+    hub.open_call("CA1")
+    sub = hub.subscribe("CA1")
+    written: list[str] = []
+
+    def direct(text: str, arrived: float) -> bool:
+        written.append(text)
+        return len(written) < 2  # the second is refused: queued
+
+    assert sub.take() is None
+    waiter = sub.wait(direct)
+    hub.publish("CA1", "m0")
+    assert written == ["m0"] and not waiter.done()
+    hub.publish("CA1", "m1")
+    assert waiter.done() and sub.take() == "m1" and sub.take() is None
+    sub.stop_waiting()
+    hub.publish("CA1", "m2")
+    hub.end_call("CA1")
+    assert written == ["m0", "m1"]
+    assert [sub.take(), sub.take(), sub.take()] == ["m2", CALL_ENDED, CALL_ENDED]

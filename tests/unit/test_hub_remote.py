@@ -70,6 +70,7 @@ def test_a_replaced_history_is_filtered_and_bounded_as_published_ones_are() -> N
     viewer = hub.add_viewer(now_ms=0)
     hub.follow(viewer, "CA1")
     assert viewer.backlog == 2  # the call list, then `subscribed`
+    assert viewer._items is not None
     viewer._items.popleft()
     snapshot = json.loads(viewer._items.popleft()[0])
     assert snapshot["historyTruncated"] is True

@@ -37,6 +37,7 @@ def taken(viewer: ViewerFeed) -> list[Any]:
     """Everything queued for `viewer`, decoded (an Ending as itself)."""
     out: list[Any] = []
     while viewer.backlog:
+        assert viewer._items is not None
         item, _ = viewer._items.popleft()
         out.append(json.loads(item))
     if viewer.ending is not None:
