@@ -417,9 +417,9 @@ def test_a_rest_never_holds_a_chunk_whose_last_frame_keeps_the_best_pace_so_far(
         read_at = max(arrivals[k], resting_until)
         batch = [j for j in range(k, len(arrivals)) if arrivals[j] <= read_at]
         clock.now = read_at / 1000
-        chunks_before = len(taker.audio._chunks)
+        made_before = taker.audio.produced_bytes
         feed(taker, *(frames[2 * j + t] for j in batch for t in (0, 1)))
-        if len(taker.audio._chunks) > chunks_before:  # a chunk made by this read
+        if taker.audio.produced_bytes > made_before:  # a chunk made by this read
             last = batch[-1]
             beaten_by = max(best_delay - (arrivals[last] - (last + 1) * 20.0), 0.0)
             assert read_at - arrivals[last] <= beaten_by + 1e-6
