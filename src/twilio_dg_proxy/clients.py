@@ -60,6 +60,7 @@ from .exceptions import (
     UnknownCall,
     close_frame_for,
 )
+from .http_responses import peer_address
 from .hub import (
     CLIENT_LEFT,
     CallWaiter,
@@ -127,7 +128,7 @@ async def handle_client(
         sub = await _subscription(ws, watcher, hub, choice_timeout_s, prepare, numbers)
         if sub is None:
             return
-        peer = _peer(ws)
+        peer = peer_address(ws)
         logger.info("client %s subscribed to %s", peer, sub.call_sid)
         try:
             await _stream(ws, watcher, sub, hub)
@@ -194,7 +195,7 @@ class _Writer:
         try:
             ws.send_data()
         except Exception:  # noqa: BLE001 - as websockets' send: the connection is lost
-            logger.debug("client %s: write failed", _peer(ws), exc_info=True)
+            logger.debug("client %s: write failed", peer_address(ws), exc_info=True)
             ws.transport.abort()
             return True
         if arrived:
@@ -264,7 +265,7 @@ async def _subscribe_by_number(
     """Subscribe to the newest active call with `number`, or else to the next one to start
     (from its first message); None if the client left while waiting. Raises NoCallInTime
     after `numbers.wait_s`, and what `hub.subscribe` and `prepare` raise."""
-    peer = _peer(ws)
+    peer = peer_address(ws)
     newest = phone_numbers.newest_with(hub.call_infos(), number, numbers.parameters)
     if newest is not None:
         logger.debug("client %s chose %s: newest call %s", peer, number, newest.call_sid)
@@ -312,7 +313,7 @@ async def _refuse(ws: ServerConnection, hub: Hub, exc: ProxyError) -> None:
     """Say why in a text (`client_protocol.refusal`), then close with the code and reason
     of `exc`."""
     code, reason = close_frame_for(exc)
-    logger.info("client %s refused (%d): %s", _peer(ws), code, exc)
+    logger.info("client %s refused (%d): %s", peer_address(ws), code, exc)
     if is_bad_input(exc):
         hub.observer.refused_bad_input()
     active = hub.active_calls() if isinstance(exc, UnknownCall) else None
@@ -412,7 +413,7 @@ class _ClosedWhenEvicted:
 async def _close_evicted(ws: ServerConnection, outbox: Outbox, watching: str) -> None:
     ending = outbox.ending
     assert ending is not None  # eviction always sets one
-    logger.warning("client %s of %s disconnected: %s", _peer(ws), watching, ending.reason)
+    logger.warning("client %s of %s disconnected: %s", peer_address(ws), watching, ending.reason)
     try:
         async with asyncio.timeout(_EVICTION_GRACE_S):
             await ws.close(ending.code, ending.reason)
@@ -430,7 +431,7 @@ async def handle_viewer(
 ) -> None:
     """Serve one /viewer/ws connection: the call list, then the calls it subscribes to,
     and those with the numbers it follows (found with `numbers`)."""
-    peer = _peer(ws)
+    peer = peer_address(ws)
     viewer = hub.add_viewer(now_ms=int(time.time() * 1000))
     follows = NumberFollows(numbers.parameters)
     hub.add_listener(follows.call_opened)
@@ -488,7 +489,7 @@ async def _read_commands(
     follows: NumberFollows,
 ) -> None:
     """Apply the viewer's commands until it leaves; a malformed one closes it (1008)."""
-    peer = _peer(ws)
+    peer = peer_address(ws)
     try:
         async for message in ws:
             command = viewer_protocol.parse_command(message)
@@ -551,8 +552,10 @@ def _follow_number(
         for info in hub.call_infos():
             follows.call_opened(info, hub.is_remote(info.call_sid))
         # The number itself only at DEBUG: it is personal data, as the calls' parameters are.
-        logger.info("viewer %s follows a number (%d in all)", _peer(ws), len(follows.numbers))
-        logger.debug("viewer %s follows %s", _peer(ws), number)
+        logger.info(
+            "viewer %s follows a number (%d in all)", peer_address(ws), len(follows.numbers)
+        )
+        logger.debug("viewer %s follows %s", peer_address(ws), number)
         return
     hub.tell(
         viewer, viewer_protocol.number_error(command.number, CloseCode.POLICY_VIOLATION, problem)
@@ -576,7 +579,9 @@ async def _join_followed(
         if info.call_sid not in hub.active_calls():
             continue
         if await _join(hub, viewer, prepare, info.call_sid):
-            logger.info("viewer %s subscribed to %s (a followed number)", _peer(ws), info.call_sid)
+            logger.info(
+                "viewer %s subscribed to %s (a followed number)", peer_address(ws), info.call_sid
+            )
 
 
 def _close_code(ws: ServerConnection) -> int | None:
@@ -584,8 +589,3 @@ def _close_code(ws: ServerConnection) -> int | None:
     sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
     first = sent if ws.protocol.close_rcvd_then_sent is not True else received
     return first.code if first is not None else None
-
-
-def _peer(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    return f"{address[0]}:{address[1]}" if address else "?"

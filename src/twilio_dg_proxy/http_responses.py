@@ -42,7 +42,7 @@ def path_of(target: str) -> str:
     return urlsplit(target).path
 
 
-def peer(ws: ServerConnection) -> str:
+def peer_address(ws: ServerConnection) -> str:
     """The client's address as host:port, for logs ("?" when unknown)."""
     address = ws.remote_address
     return f"{address[0]}:{address[1]}" if address else "?"

@@ -41,7 +41,7 @@ from .direct_connection import (
     forget_handshake_headers,
 )
 from .exceptions import ConfigError
-from .http_responses import path_of, peer, respond, respond_json
+from .http_responses import path_of, peer_address, respond, respond_json
 from .hub import Hub
 from .listening import bound_port as bound_port
 from .logs import get_logger
@@ -296,7 +296,9 @@ class ProxyServer:
             request.headers.get(SIGNATURE_HEADER, "")
         ):
             counters.refused_unauthorized += 1
-            logger.warning("refused a /twilio upgrade from %s: bad or missing signature", peer(ws))
+            logger.warning(
+                "refused a /twilio upgrade from %s: bad or missing signature", peer_address(ws)
+            )
             return ws.respond(
                 HTTPStatus.FORBIDDEN, "Forbidden: bad or missing X-Twilio-Signature\n"
             )
@@ -304,7 +306,7 @@ class ProxyServer:
             counters.refused_pending += 1
             logger.warning(
                 "refused a /twilio upgrade from %s: MAX_PENDING_STREAMS (%d) not started yet",
-                peer(ws),
+                peer_address(ws),
                 self.settings.max_pending_streams,
             )
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Too many pending streams\n")
@@ -334,7 +336,7 @@ class ProxyServer:
             logger.warning(
                 "refused a %s upgrade from %s: bad or missing token",
                 path_of(request.path),
-                peer(ws),
+                peer_address(ws),
             )
             response = ws.respond(
                 HTTPStatus.UNAUTHORIZED, "Unauthorized: a client token is required\n"
@@ -358,7 +360,7 @@ class ProxyServer:
         allowed = not tokens or token_allowed(token, tokens)
         if not allowed and token:  # without one, the page is only asking whether it needs one
             self.hub.counters.refused_unauthorized += 1
-            logger.warning("refused a viewer token from %s", peer(ws))
+            logger.warning("refused a viewer token from %s", peer_address(ws))
         body = {"authorized": allowed, "tokenRequired": bool(tokens)}
         response = respond_json(ws, body, HTTPStatus.OK if allowed else HTTPStatus.UNAUTHORIZED)
         response.headers["Cache-Control"] = "no-store"
@@ -408,13 +410,13 @@ class ProxyServer:
         path = path_of(ws.request.path) if ws.request else "?"
         if limit == "control_frames":
             counters.control_floods += 1
-            logger.warning("closing %s from %s: too many control frames", path, peer(ws))
+            logger.warning("closing %s from %s: too many control frames", path, peer_address(ws))
         else:
             counters.write_buffer_overflows += 1
             logger.warning(
                 "dropping %s from %s: over %d bytes waiting to be sent",
                 path,
-                peer(ws),
+                peer_address(ws),
                 self.settings.write_buffer_max_bytes,
             )
 
