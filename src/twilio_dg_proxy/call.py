@@ -179,7 +179,7 @@ async def _refuse(
 
 
 class CallSession:
-    """The Deepgram side and the tasks of one call whose stream has started."""
+    """The Deepgram side of one call whose stream has started, run by the call's task."""
 
     __slots__ = (
         "_refusal",

@@ -142,9 +142,10 @@ class StreamIntake:
         of each other (a track behind may catch up at once): the time until the next chunk
         at Twilio's pace (`StereoMixer.ms_to_next_chunk`), less `READ_LIVE_MS` so that the
         frame completing it is read as it comes, and less how far the stream is behind its
-        best pace so far (its backlog may come at any speed). What arrives meanwhile waits
-        in the socket and is read in one go; only a frame that beats the best pace seen so
-        far may wait, by no more than it beat it."""
+        best pace seen (its backlog may come at any speed). What arrives meanwhile waits in
+        the socket and is read in one go; a chunk's last frame waits only if it arrives more
+        than `READ_LIVE_MS` sooner after its audio than any read so far, and no longer than
+        that."""
         mixer = self.mixer
         if mixer is None or self.ended:
             return 0.0

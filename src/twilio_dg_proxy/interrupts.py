@@ -21,7 +21,11 @@ class Interrupt:
     never runs); given after it, it is ignored.
 
     If the task is also cancelled from outside, the cancellation wins, as with a task
-    group: the block raises `CancelledError`. One block per `Interrupt`."""
+    group: the block raises `CancelledError`, unless the block itself swallows that
+    cancellation (the call's Deepgram side does not). `fail()` is for callbacks and other
+    tasks of a loop without eager tasks: on Python 3.12 an eager task failing the block
+    from within the block's step would leave a cancellation pending after it (`uncancel`
+    clears one only from 3.13). One block per `Interrupt`."""
 
     __slots__ = ("_cancelled", "_error", "_over", "_task")
 
