@@ -87,7 +87,7 @@ async def handle_twilio(
             buffer_s=settings.audio_buffer_s,
             log=logger,
         )
-        async with receiving(ws, intake, pacing=intake.rest_after_read):
+        async with receiving(ws, intake):
             if intake.start is None and not intake.ended:  # (held messages may hold both)
                 waiter = intake.waiter()
                 start_deadlines.add(waiter)

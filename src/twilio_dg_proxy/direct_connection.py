@@ -69,13 +69,6 @@ class MessageSink(Protocol):
         """The connection is closed: no message will follow."""
 
 
-# How long a direct connection may leave its socket unread after a read (`receiving`), in
-# seconds: what arrives meanwhile is read in one go.
-Pacing = Callable[[], float]
-# Rests end on this grid (seconds): one wake-up of the event loop reads on many connections.
-REST_GRID_S = 0.005
-
-
 class _HeadFirst(Connection):
     """Hands websockets the handshake's HTTP head on its own, and what follows it to
     `_frames_received`: on a client at once, on a server only once its response is sent.
@@ -362,18 +355,7 @@ class GuardedConnection(_HeadFirst, ServerConnection):
 
 # The attributes of `_Direct`, as slots of each concrete class: slots in `_Direct` itself
 # and in `GuardedConnection` could not be combined in `DirectConnection` (two layouts).
-_DIRECT_SLOTS = (
-    "_failed",
-    "_held",
-    "_lost",
-    "_pacing",
-    "_parts",
-    "_rest_timer",
-    "_sink",
-    "_splitter",
-    "_text",
-    "direct",
-)
+_DIRECT_SLOTS = ("_failed", "_held", "_lost", "_parts", "_sink", "_splitter", "_text", "direct")
 
 
 class _Direct(_HeadFirst):
@@ -393,18 +375,11 @@ class _Direct(_HeadFirst):
         self._lost = False
         self._failed = False  # failed the connection itself: take nothing more
         self._splitter: FrameSplitter | None = None  # set for direct connections
-        self._pacing: Pacing | None = None
-        self._rest_timer: asyncio.TimerHandle | None = None
 
-    def attach(self, sink: MessageSink, pacing: Pacing | None = None) -> None:
-        """Deliver to `sink` the messages held so far, then each one as it comes; after
-        each read, pause reading for the seconds `pacing()` returns, if positive."""
+    def attach(self, sink: MessageSink) -> None:
+        """Deliver to `sink` the messages held so far, then each one as it comes."""
         assert self.direct and self._sink is None
         self._sink = sink
-        # Paused, a TLS transport still reads and decrypts, and drops what it holds if the
-        # connection is lost then: what Twilio sent last would be lost with it.
-        if self.transport.get_extra_info("ssl_object") is None:
-            self._pacing = pacing
         held, self._held = self._held, None
         for data, text in held or ():
             sink.message(data, text)
@@ -448,25 +423,6 @@ class _Direct(_HeadFirst):
             else:
                 super()._frames_received(piece.data)  # a control frame may start the closing
                 taking = protocol.state is State.OPEN
-        if self._pacing is not None and taking and self._sink is not None:
-            self._rest(self._pacing())
-
-    def _rest(self, rest_s: float) -> None:
-        """Leave the socket unread for up to `rest_s` (`attach`'s pacing): until the last
-        moment of `REST_GRID_S`'s grid within it, so that the connections that rest at
-        about the same time read on in the same turn of the event loop."""
-        loop = self.loop
-        now = loop.time()
-        until = (now + rest_s) // REST_GRID_S * REST_GRID_S
-        if until - now >= REST_GRID_S:  # else not worth a pause
-            self.transport.pause_reading()
-            self._rest_timer = loop.call_at(until, self._read_on)
-
-    def _read_on(self) -> None:
-        """The end of a rest (`attach`'s pacing)."""
-        self._rest_timer = None
-        if not self._lost and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def _take(self, frame: Frame) -> None:
         """Assemble a message from frames websockets parsed (it has checked their order and
@@ -515,9 +471,6 @@ class _Direct(_HeadFirst):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._lost = True
-        if self._rest_timer is not None:  # else it would hold the connection until then
-            self._rest_timer.cancel()
-            self._rest_timer = None
         if self._sink is not None:
             self._sink.closed()
 
@@ -623,7 +576,7 @@ def forget_handshake_headers(ws: Connection) -> None:
 
 
 def receiving(
-    ws: Connection, sink: MessageSink, *, raw: bool = False, pacing: Pacing | None = None
+    ws: Connection, sink: MessageSink, *, raw: bool = False
 ) -> AbstractAsyncContextManager[None]:
     """Give `sink` the messages of `ws`, in order, and `closed()` when the connection closes,
     for the time of an `async with` block: from the socket callbacks if `ws` is direct (the
@@ -634,11 +587,9 @@ def receiving(
     The fallback gives text as str: websockets has checked its UTF-8 and refuses bad UTF-8
     itself (1007, with its own reason), where a direct connection leaves that to the sink.
     `raw` (fallback only) gives every message as bytes, unchecked and with `text` False, for
-    a sink to which the kind does not matter, so that it sees what the direct path gives.
-    `pacing` (direct only; the fallback's `recv()` reads on) is asked after each read how
-    long to leave the socket unread: see `StreamIntake.rest_after_read`."""
+    a sink to which the kind does not matter, so that it sees what the direct path gives."""
     if isinstance(ws, _Direct) and ws.direct:
-        ws.attach(sink, pacing)
+        ws.attach(sink)
         return _ATTACHED
     return _reading(ws, sink, raw)
 

@@ -26,10 +26,6 @@ Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 _MAX_UNKNOWN_NAMES = 10  # unknown event names warned about, per stream
 _NO_NAMES: frozenset[str] = frozenset()  # one for all: an empty set is 0.2 KB
-# What `rest_after_read` leaves before the next chunk is due: one of Twilio's 20 ms frames,
-# read as it comes, and 5 ms for the timer and the event loop.
-FRAME_MS = 20
-READ_LIVE_MS = FRAME_MS + 5
 
 
 class StreamIntake:
@@ -44,8 +40,6 @@ class StreamIntake:
     """
 
     __slots__ = (
-        "_best_delay_ms",
-        "_chunk_done",
         "_chunk_since",
         "_clock",
         "_waiter",
@@ -87,9 +81,6 @@ class StreamIntake:
         self._waiter: asyncio.Future[None] | None = None
         self._clock = clock
         self._chunk_since = 0.0  # when the first frame of the chunk being filled arrived
-        self._chunk_done = False  # a chunk was made since the last `rest_after_read`
-        # The least time between the end of a frame's audio and its read: Twilio's pace.
-        self._best_delay_ms = float("inf")
 
     @property
     def start(self) -> Start | None:
@@ -127,39 +118,9 @@ class StreamIntake:
                 for chunk in mixer.pop_chunks():
                     audio.put(chunk, since)
                     self._chunk_since = 0.0
-                    self._chunk_done = True
         except Exception as exc:  # noqa: BLE001 - a ProxyError or a bug: the call's task decides
             self.error = exc
             self._end()
-
-    def rest_after_read(self) -> float:
-        """How long, in seconds, Twilio's messages may be left unread after the read just
-        taken: none is needed before the next chunk is nearly due. A stream is then read a
-        few times per chunk instead of once per message (Twilio sends each track's 20 ms on
-        its own): fewer reads, wake-ups and calls (docs/performance.md).
-
-        Only after a read that made a chunk, and only while both tracks are within a frame
-        of each other (a track behind may catch up at once): the time until the next chunk
-        at Twilio's pace (`StereoMixer.ms_to_next_chunk`), less `READ_LIVE_MS` so that the
-        frame completing it is read as it comes, and less how far the stream is behind its
-        best pace seen (its backlog may come at any speed). What arrives meanwhile waits in
-        the socket and is read in one go; a chunk's last frame waits only if it arrives more
-        than `READ_LIVE_MS` sooner after its audio than any read so far, and no longer than
-        that."""
-        mixer = self.mixer
-        if mixer is None or self.ended:
-            return 0.0
-        slowest, fastest = mixer.track_ends_ms()
-        delay = self._clock() * 1000 - slowest
-        if delay < self._best_delay_ms:
-            self._best_delay_ms = delay
-        if not self._chunk_done:
-            return 0.0
-        self._chunk_done = False
-        if fastest - slowest > FRAME_MS:
-            return 0.0
-        behind = delay - self._best_delay_ms
-        return max(mixer.ms_to_next_chunk() - READ_LIVE_MS - behind, 0.0) / 1000
 
     def _other(self, event: TwilioEvent) -> None:
         """Any event but media."""

@@ -140,17 +140,6 @@ class StereoMixer:
         """Samples buffered on the longest track: the mixer's memory, in bytes per track."""
         return max(len(state.buf) for state in self._buffers.values())
 
-    def track_ends_ms(self) -> tuple[float, float]:
-        """Where the slowest and the fastest track's audio end on the timeline, in ms."""
-        lengths = [len(state.buf) for state in self._buffers.values()]
-        emitted = self.emitted
-        return (emitted + min(lengths)) / SAMPLES_PER_MS, (emitted + max(lengths)) / SAMPLES_PER_MS
-
-    def ms_to_next_chunk(self) -> float:
-        """How much audio, in ms, the tracks still need before a chunk is ready (0 if one
-        is): at Twilio's real-time pace, how long until the next chunk."""
-        return max(self.chunk_samples - self._ready_samples(), 0) / SAMPLES_PER_MS
-
     def _ready_samples(self) -> int:
         """How many samples from `emitted` can be handed out now."""
         lengths = [len(state.buf) for state in self._buffers.values()]

@@ -14,7 +14,6 @@ from typing import Any, TypedDict
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server
 from websockets.exceptions import ConnectionClosed
 
 from twilio_dg_proxy.backoff import Backoff
@@ -43,7 +42,6 @@ class RunningProxy:
 
     server: ProxyServer
     port: int
-    listening: Server  # its connections: the server side of each
 
     @property
     def twilio_url(self) -> str:
@@ -75,7 +73,7 @@ async def running_proxy(
     )
     proxy = ProxyServer(settings, **(options or {}))
     async with proxy.running() as server:
-        yield RunningProxy(proxy, bound_port(server), server)
+        yield RunningProxy(proxy, bound_port(server))
 
 
 async def until(condition: Callable[[], bool], within: float = 5 * S) -> None:

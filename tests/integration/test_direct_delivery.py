@@ -9,15 +9,12 @@ import asyncio
 import base64
 import gc
 import os
-import ssl
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -35,15 +32,7 @@ from twilio_dg_proxy.fakes.deepgram import FakeDeepgram
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
-from .helpers import (
-    RunningProxy,
-    TwilioPeer,
-    Watcher,
-    both_receive_modes,
-    results,
-    running_proxy,
-    until,
-)
+from .helpers import RunningProxy, Watcher, both_receive_modes, results, until
 from .raw_peer import PING, PONG, RawPeer, frame, upgrade_request
 
 # websockets' default, which the proxy keeps: how long it waits for a peer's close frame
@@ -454,79 +443,3 @@ async def test_a_held_keepalive_starts_when_released() -> None:
                 opcode, _ = await peer.frame()
     assert scheduled == [False, False, True]
     assert opcode == PING
-
-
-async def test_once_a_read_makes_a_chunk_the_stream_rests_until_the_next_is_nearly_due(
-    deepgram: FakeDeepgram,
-) -> None:
-    """Pacing (`StreamIntake.rest_after_read`): a read that makes a chunk leaves Twilio's
-    socket unread until the next chunk is nearly due (CHUNK_MS=1000: 975 ms); what comes
-    meanwhile (here `stop`) waits in the socket and is read after it. Nothing is lost."""
-    async with running_proxy(deepgram.url, CHUNK_MS="1000") as proxy:
-        call = SimulatedCall()
-        audio, frames = a_second_of_both_tracks(call)  # exactly one chunk
-        async with TwilioPeer.started(proxy, call) as twilio:
-            [stream] = proxy.listening.connections
-            reading = stream.transport.is_reading
-            assert reading()
-            await twilio.send_all([(0.0, frame) for frame in frames])
-            await until(lambda: not reading())  # the chunk is made: resting
-            # ... and it went to Deepgram as it was made, not after the rest.
-            await until(lambda: len(deepgram.streams) == 1)
-            await until(lambda: len(deepgram.streams[0].audio) == 2 * N)
-            await twilio.stop()  # read once the rest is over
-            await heard(deepgram, audio)
-            assert reading() or stream.state is State.CLOSED
-        await until(lambda: proxy.server.health()["calls"] == 0)
-
-
-async def test_a_stream_dropped_while_it_rests_ends_its_call_with_the_audio_it_sent(
-    deepgram: FakeDeepgram,
-) -> None:
-    """Twilio's end, unseen while the socket rests, is read when the rest is over."""
-    async with running_proxy(deepgram.url, CHUNK_MS="1000") as proxy:
-        call = SimulatedCall()
-        audio, frames = a_second_of_both_tracks(call)
-        async with TwilioPeer.started(proxy, call) as twilio:
-            [stream] = proxy.listening.connections
-            await twilio.send_all([(0.0, frame) for frame in frames])
-            await until(lambda: not stream.transport.is_reading())
-            twilio.ws.transport.abort()  # no close frame, no stop: the TCP connection drops
-            await heard(deepgram, audio)
-        await until(lambda: proxy.server.health()["calls"] == 0)
-
-
-async def test_a_tls_stream_is_not_paced_and_loses_nothing_when_it_drops(
-    deepgram: FakeDeepgram, tmp_path: Path
-) -> None:
-    """Paused, a TLS transport still reads and decrypts, and drops what it holds if the
-    connection is lost then: a stream served over TLS_CERT is read as it comes."""
-    authority = trustme.CA()
-    certificate = authority.issue_cert("127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certificate.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    certificate.private_key_pem.write_to_path(str(key))
-    trusting = ssl.create_default_context()
-    authority.configure_trust(trusting)
-    env = {"CHUNK_MS": "1000", "TLS_CERT": str(cert), "TLS_KEY": str(key)}
-    async with running_proxy(deepgram.url, **env) as proxy:
-        call = SimulatedCall()
-        n = 3 * N // 2  # a chunk, and half of the next
-        audio = {"inbound": pattern("inbound", n), "outbound": pattern("outbound", n)}
-        frames = [m for _, m in call.frames(audio)]  # type: ignore[arg-type]
-        url = f"wss://127.0.0.1:{proxy.port}/twilio"
-        async with connect(url, proxy=None, ssl=trusting) as twilio:
-            await twilio.send(call.connected())
-            await twilio.send(call.start())
-            await until(lambda: proxy.server.hub.counters.calls == 1)
-            [stream] = proxy.listening.connections
-            for frame in frames[: len(frames) * 2 // 3]:  # the chunk
-                await twilio.send(frame)
-            await until(lambda: len(deepgram.streams) == 1)
-            await until(lambda: len(deepgram.streams[0].audio) == 2 * N)
-            assert stream.transport.is_reading()  # not resting after the chunk
-            for frame in frames[len(frames) * 2 // 3 :]:
-                await twilio.send(frame)
-            twilio.transport.abort()  # no close frame, no stop: the TCP connection drops
-        await heard(deepgram, audio)
-        await until(lambda: proxy.server.health()["calls"] == 0)

@@ -7,7 +7,7 @@ import json
 import logging
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from twilio_dg_proxy.exceptions import (
@@ -16,7 +16,7 @@ from twilio_dg_proxy.exceptions import (
     UnexpectedEvent,
     UnsupportedFrame,
 )
-from twilio_dg_proxy.intake import READ_LIVE_MS, StreamIntake
+from twilio_dg_proxy.intake import StreamIntake
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
@@ -285,148 +285,3 @@ def test_the_fast_path_of_media_changes_nothing_but_the_cost(steps: list[str | i
         fast.closed()
         full.closed()
         assert audio_of(fast) == audio_of(full)
-
-
-# Pacing: how long the connection may leave Twilio's messages unread after a read.
-
-
-def test_no_rest_until_a_read_makes_a_chunk_then_the_time_to_the_next_one_less_one_frame() -> None:
-    call = SimulatedCall(tracks=("inbound",))
-    taker = intake(chunk_ms=100)
-    feed(taker, call.start())
-    assert taker.rest_after_read() == 0.0
-    frames = [m for _, m in call.frames({"inbound": pattern("inbound", 1600)})]
-    feed(taker, *frames[:4])
-    assert taker.rest_after_read() == 0.0  # read the next frames as they come
-    feed(taker, frames[4])  # the chunk is made: nothing is due for 100 ms
-    assert taker.rest_after_read() == pytest.approx((100 - READ_LIVE_MS) / 1000)
-    assert taker.rest_after_read() == 0.0  # once per chunk made
-    feed(taker, *frames[5:8])  # 60 ms of the next chunk, read in one go after the rest
-    assert taker.rest_after_read() == 0.0
-    feed(taker, *frames[8:10])
-    assert taker.rest_after_read() == pytest.approx((100 - READ_LIVE_MS) / 1000)
-
-
-def test_a_read_that_makes_a_chunk_and_more_rests_only_until_the_next_is_nearly_due() -> None:
-    call = SimulatedCall()
-    taker = intake(chunk_ms=100)
-    feed(taker, call.start())
-    audio = {"inbound": pattern("inbound", 1920), "outbound": pattern("outbound", 1920)}
-    frames = [m for _, m in call.frames(audio)]  # type: ignore[arg-type]
-    feed(taker, *frames[:16])  # 160 ms of both tracks in one read: a chunk, and 60 ms more
-    assert taker.rest_after_read() == pytest.approx((40 - READ_LIVE_MS) / 1000)
-    feed(taker, *frames[16:])  # 240 ms in all: two chunks made, 40 ms left
-    assert taker.rest_after_read() == pytest.approx((60 - READ_LIVE_MS) / 1000)
-
-
-def test_no_rest_while_a_track_is_more_than_a_frame_behind_the_other() -> None:
-    """The track behind may catch up at once (a stalled track's backlog): read live."""
-    call = SimulatedCall()
-    taker = intake(chunk_ms=100)
-    feed(taker, call.start())
-    inbound = [m for _, m in call.frames({"inbound": pattern("inbound", 1600)})]
-    outbound = [m for _, m in call.frames({"outbound": pattern("outbound", 1600)})]
-    feed(taker, *inbound[:7], *outbound[:5])  # a chunk; inbound 40 ms into the next
-    assert taker.rest_after_read() == 0.0
-    feed(taker, *inbound[7:10], *outbound[5:10])  # a chunk, the tracks level again
-    assert taker.rest_after_read() == pytest.approx((100 - READ_LIVE_MS) / 1000)
-
-
-@pytest.mark.parametrize("chunk_ms", [20, READ_LIVE_MS])
-def test_chunks_as_short_as_a_frame_and_its_margin_are_read_as_they_come(chunk_ms: int) -> None:
-    call = SimulatedCall(tracks=("inbound",))
-    taker = intake(chunk_ms=chunk_ms)
-    feed(taker, call.start())
-    feed(taker, *(m for _, m in call.frames({"inbound": pattern("inbound", 800)})))
-    assert taker.rest_after_read() == 0.0
-
-
-def test_no_rest_once_the_stream_has_ended() -> None:
-    call = SimulatedCall(tracks=("inbound",))
-    taker = intake(chunk_ms=100)
-    feed(taker, call.start(), *(m for _, m in call.frames({"inbound": pattern("inbound", 800)})))
-    feed(taker, call.stop())
-    assert taker.rest_after_read() == 0.0
-
-
-class Clock:
-    """The intake's clock, moved by the test (seconds)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def paced_intake(clock: Clock) -> tuple[StreamIntake, list[str]]:
-    """An intake at 100 ms chunks on `clock`, started, and its call's frames (both tracks,
-    20 s, in Twilio's order: inbound then outbound of each 20 ms)."""
-    call = SimulatedCall()
-    taker = StreamIntake(chunk_ms=100, max_lag_ms=300, buffer_s=30, log=LOG, clock=clock)
-    feed(taker, call.start())
-    audio = {"inbound": pattern("inbound", 160_000), "outbound": pattern("outbound", 160_000)}
-    return taker, [m for _, m in call.frames(audio)]  # type: ignore[arg-type]
-
-
-def test_behind_its_best_pace_the_stream_rests_less_by_as_much() -> None:
-    """A stream that fell behind (a stall) may send its backlog at any speed: the rest is
-    shortened by how far behind it is, to none."""
-    clock = Clock()
-    taker, frames = paced_intake(clock)
-    for tick in range(10):  # 200 ms at Twilio's pace, each pair read 2 ms after its audio
-        clock.now = 1000.0 + (tick + 1) * 0.020 + 0.002
-        feed(taker, *frames[2 * tick : 2 * tick + 2])
-        rest = taker.rest_after_read()
-    assert rest == pytest.approx((100 - READ_LIVE_MS) / 1000)
-    clock.now += 0.200 + 0.040  # a 200 ms stall: the next two frame pairs come 40 ms late
-    feed(taker, *frames[20:28])  # ... with the rest of the chunk
-    feed(taker, *frames[28:30])
-    assert taker.rest_after_read() == 0.0  # 140 ms behind: no rest
-    clock.now += 0.002
-    feed(taker, *frames[30:44])  # the backlog 2 ms later, to 440 ms: a chunk, 2 ms behind
-    assert taker.rest_after_read() == pytest.approx((60 - READ_LIVE_MS - 2) / 1000)
-
-
-@settings(deadline=None)
-@given(
-    jitter_ms=st.lists(st.floats(min_value=0, max_value=60), min_size=20, max_size=150),
-    stall=st.tuples(st.integers(min_value=0, max_value=120), st.floats(0, 500)),
-)
-# Frames read in a batch after a rest came sooner than any read showed: the proxy cannot know.
-@example(jitter_ms=[51, 0, 51, 0, 31, 12, 0, 0, 0, 26, 7] + [0] * 9, stall=(0, 0.0))
-def test_a_rest_never_holds_a_chunk_whose_last_frame_keeps_the_best_pace_seen(
-    jitter_ms: list[float], stall: tuple[int, float]
-) -> None:
-    """An oracle apart from the policy: Twilio sends each 20 ms frame pair when its audio
-    ends; the network delays each by some jitter (and one stall delays all from frame k on),
-    in order, as TCP keeps them. The proxy reads a frame when it comes, or at the end of a
-    rest, and sees only when it read what: the best pace it has seen is the least time
-    between the end of a read's audio and that read. A chunk may be made late only if its
-    last frame came more than READ_LIVE_MS sooner after its audio than that best, and then
-    by no more than the difference."""
-    clock = Clock()
-    taker, frames = paced_intake(clock)
-    assert taker.audio is not None
-    stall_at, stall_ms = stall
-    arrivals: list[float] = []
-    for k, jitter in enumerate(jitter_ms):
-        sent = (k + 1) * 20.0
-        delay = jitter + (stall_ms if k >= stall_at else 0.0)
-        arrivals.append(max(sent + delay, arrivals[-1] if arrivals else 0.0))
-    resting_until = 0.0
-    best_seen = float("inf")
-    k = 0
-    while k < len(arrivals):
-        read_at = max(arrivals[k], resting_until)
-        batch = [j for j in range(k, len(arrivals)) if arrivals[j] <= read_at]
-        last = batch[-1]
-        clock.now = read_at / 1000
-        made_before = taker.audio.produced_bytes
-        feed(taker, *(frames[2 * j + t] for j in batch for t in (0, 1)))
-        if taker.audio.produced_bytes > made_before:  # a chunk made by this read
-            beaten_by = best_seen - READ_LIVE_MS - (arrivals[last] - (last + 1) * 20.0)
-            assert read_at - arrivals[last] <= max(beaten_by, 0.0) + 1e-6
-        best_seen = min(best_seen, read_at - (last + 1) * 20.0)
-        resting_until = read_at + taker.rest_after_read() * 1000
-        k = batch[-1] + 1
