@@ -28,14 +28,15 @@ DirectSend = Callable[[Chunk], bool]
 
 
 class AudioBuffer:
-    """Chunks in order; `get()` waits for the next one and returns None after `close()`.
+    """Chunks in order, for one reader: `take()` the next, `wait()` while there is none;
+    after `close()` and the last chunk, `take()` returns None and `closed` is true.
 
-    While its consumer waits (`wait(direct)`, `get(direct)`) with nothing queued, `direct` is
+    While its consumer waits (`wait(direct)`) with nothing queued, `direct` is
     set: a chunk put then is handed to it at once, in the producer's step, instead of waking the
     consumer's task.
 
     One per call: slots, a deque only while chunks wait (an empty one is 0.75 KB; with
-    direct sends none waits) and a future only while `get()` waits (an asyncio.Event holds a
+    direct sends none waits) and a future only while its reader waits (an asyncio.Event holds a
     deque of its own)."""
 
     __slots__ = (
@@ -56,7 +57,7 @@ class AudioBuffer:
         self._chunks: deque[Chunk] | None = None  # None while empty
         self._held = 0  # bytes in _chunks
         self._closed = False
-        self._waiter: asyncio.Future[None] | None = None  # while get() waits
+        self._waiter: asyncio.Future[None] | None = None  # while its reader waits
         self.direct: DirectSend | None = None
 
     def put(self, data: bytes, since: float = 0.0) -> None:
@@ -89,7 +90,7 @@ class AudioBuffer:
         self._wake()
 
     def close(self) -> None:
-        """No more audio will come; `get()` returns None once the rest is taken."""
+        """No more audio will come; `take()` returns None once the rest is taken."""
         self._closed = True
         self._wake()
 
@@ -125,16 +126,6 @@ class AudioBuffer:
     def stop_waiting(self) -> None:
         """The wait has ended: chunks put are queued again."""
         self._waiter = self.direct = None
-
-    async def get(self, direct: DirectSend | None = None) -> Chunk | None:
-        """The oldest waiting chunk, waiting for one if needed; None when closed and empty.
-        While it waits with nothing queued, chunks put go to `direct` (as `wait`)."""
-        while (chunk := self.take()) is None and not self._closed:
-            try:
-                await self.wait(direct)
-            finally:
-                self.stop_waiting()
-        return chunk
 
     def _wake(self) -> None:
         waiter = self._waiter

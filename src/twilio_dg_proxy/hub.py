@@ -62,13 +62,13 @@ class Outbox:
     `replay` (e.g. a call's history) goes first and does not count towards `limit`: the
     client asked for it, and only falling behind the live messages is too slow.
 
-    While its sender waits (`wait(direct)`, `get(direct)`) with nothing queued (so nothing
+    While its sender waits (`wait(direct)`) with nothing queued (so nothing
     is being sent), `direct` is set: a text offered then is written at once, in the caller's
     step, instead of waking the sender's task for it; the queue is kept for a socket that is
     backed up.
 
     Small, as there is one per watcher: slots, a deque and a future only while something
-    is queued and while `get()` waits (an empty deque is 0.75 KB, an asyncio.Event holds
+    is queued and while its sender waits (an empty deque is 0.75 KB, an asyncio.Event holds
     one); eviction calls `on_evicted`."""
 
     __slots__ = (
@@ -91,9 +91,9 @@ class Outbox:
         self._items: deque[tuple[str, float]] | None = None
         self._replay = 0  # how many of the first items are the replay
         self._queue_first([(text, 0.0) for text in replay])
-        self.arrived = 0.0  # the arrival of the item `get()` returned last (0.0: none)
+        self.arrived = 0.0  # the arrival of the item `take()` returned last (0.0: none)
         self._ending: Ending | None = None
-        self._waiter: asyncio.Future[None] | None = None  # while get() waits
+        self._waiter: asyncio.Future[None] | None = None  # while its sender waits
         self.evicted = False  # too slow: the client layer must close now
         self.on_evicted: Callable[[], None] | None = None  # the client layer's, told once
         self.direct: DirectWrite | None = None
@@ -171,16 +171,6 @@ class Outbox:
     def stop_waiting(self) -> None:
         """The wait has ended: `direct` writes no more."""
         self._waiter = self.direct = None
-
-    async def get(self, direct: DirectWrite | None = None) -> str | Ending:
-        """The next message, or the ending once every message has been taken, waiting for
-        it (with `direct`, as `wait`)."""
-        while (item := self.take()) is None:
-            try:
-                await self.wait(direct)
-            finally:
-                self.stop_waiting()
-        return item
 
     def _queue_first(self, items: list[tuple[str, float]]) -> bool:
         """Put `items` before everything queued, as a replay; whether there were any."""

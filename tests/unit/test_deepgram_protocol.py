@@ -26,6 +26,8 @@ from twilio_dg_proxy.exceptions import (
     DeepgramUnavailable,
 )
 
+from .readers import next_chunk
+
 
 @pytest.mark.parametrize(
     ("exc", "retryable"),
@@ -144,7 +146,7 @@ async def test_buffer_hands_out_chunks_in_order_with_their_timeline_positions() 
     buffer.put(b"")  # nothing to send: ignored
     buffer.put(b"cde")
     buffer.close()
-    assert [await buffer.get() for _ in range(3)] == [Chunk(0, b"ab"), Chunk(2, b"cde"), None]
+    assert [await next_chunk(buffer) for _ in range(3)] == [Chunk(0, b"ab"), Chunk(2, b"cde"), None]
 
 
 async def test_buffer_drops_the_oldest_beyond_its_bound_and_counts() -> None:
@@ -152,22 +154,22 @@ async def test_buffer_drops_the_oldest_beyond_its_bound_and_counts() -> None:
     for data in (b"aa", b"bb", b"cc"):
         buffer.put(data)
     assert (buffer.dropped_bytes, buffer.held_bytes, buffer.produced_bytes) == (2, 4, 6)
-    assert await buffer.get() == Chunk(2, b"bb")
+    assert await next_chunk(buffer) == Chunk(2, b"bb")
 
 
 async def test_a_chunk_put_back_goes_out_first() -> None:
     buffer = AudioBuffer(max_bytes=100)
     buffer.put(b"aa")
     buffer.put(b"bb")
-    first = await buffer.get()
+    first = await next_chunk(buffer)
     assert first is not None
     buffer.put_back(first)
-    assert await buffer.get() == Chunk(0, b"aa")
+    assert await next_chunk(buffer) == Chunk(0, b"aa")
 
 
 async def test_get_waits_for_audio() -> None:
     buffer = AudioBuffer(max_bytes=100)
-    waiting = asyncio.create_task(buffer.get())
+    waiting = asyncio.create_task(next_chunk(buffer))
     await asyncio.sleep(0)
     assert not waiting.done()
     buffer.put(b"x")
@@ -195,7 +197,7 @@ async def test_a_chunk_put_while_nothing_waits_goes_to_direct_if_it_takes_it() -
     buffer.put(b"gh")  # behind a queued chunk: queued too, never written ahead of it
     buffer.close()
     assert taken == [Chunk(0, b"ab", 1.0), Chunk(2, b"cd")]
-    assert [await buffer.get() for _ in range(3)] == [Chunk(4, b"ef"), Chunk(6, b"gh"), None]
+    assert [await next_chunk(buffer) for _ in range(3)] == [Chunk(4, b"ef"), Chunk(6, b"gh"), None]
     assert (buffer.produced_bytes, buffer.held_bytes, buffer.dropped_bytes) == (8, 0, 0)
 
 
@@ -205,7 +207,7 @@ async def test_a_buffer_that_empties_hands_chunks_to_direct_again_and_takes_one_
     buffer = AudioBuffer(max_bytes=100)
     taken: list[Chunk] = []
     buffer.put(b"ab")  # nothing waits: queued
-    assert await buffer.get() == Chunk(0, b"ab") and buffer.held_bytes == 0
+    assert await next_chunk(buffer) == Chunk(0, b"ab") and buffer.held_bytes == 0
 
     def direct(chunk: Chunk) -> bool:
         taken.append(chunk)
@@ -217,7 +219,7 @@ async def test_a_buffer_that_empties_hands_chunks_to_direct_again_and_takes_one_
     buffer.put_back(taken[0])
     buffer.put(b"ef")  # behind the chunk put back: queued, not written ahead of it
     buffer.close()
-    assert [await buffer.get() for _ in range(3)] == [Chunk(2, b"cd"), Chunk(4, b"ef"), None]
+    assert [await next_chunk(buffer) for _ in range(3)] == [Chunk(2, b"cd"), Chunk(4, b"ef"), None]
     assert taken == [Chunk(2, b"cd")]
 
 

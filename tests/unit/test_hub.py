@@ -10,6 +10,8 @@ from websockets.frames import CloseCode
 from twilio_dg_proxy.exceptions import DuplicateCall, UnknownCall
 from twilio_dg_proxy.hub import CALL_ENDED, CLIENT_LEFT, Ending, Hub, Subscription
 
+from .readers import next_message
+
 
 async def test_every_subscriber_gets_every_message_in_order_then_the_ending() -> None:
     hub = Hub(queue_limit=10)
@@ -19,7 +21,9 @@ async def test_every_subscriber_gets_every_message_in_order_then_the_ending() ->
         hub.publish("CA1", f"m{i}")
     assert hub.end_call("CA1") == 3
     for sub in subs:
-        assert [await sub.get() for _ in range(6)] == [f"m{i}" for i in range(5)] + [CALL_ENDED]
+        assert [await next_message(sub) for _ in range(6)] == [f"m{i}" for i in range(5)] + [
+            CALL_ENDED
+        ]
 
 
 async def test_messages_of_one_call_never_reach_another() -> None:
@@ -29,7 +33,7 @@ async def test_messages_of_one_call_never_reach_another() -> None:
     one, two = hub.subscribe("CA1"), hub.subscribe("CA2")
     hub.publish("CA1", "for one")
     hub.end_call("CA2")
-    assert await two.get() == CALL_ENDED
+    assert await next_message(two) == CALL_ENDED
     assert one.backlog == 1
 
 
@@ -39,9 +43,9 @@ async def test_a_subscriber_too_far_behind_is_evicted_and_others_are_not() -> No
     slow, fast = hub.subscribe("CA1"), hub.subscribe("CA1")
     for i in range(4):
         hub.publish("CA1", f"m{i}")
-        assert await fast.get() == f"m{i}"
+        assert await next_message(fast) == f"m{i}"
     assert slow.evicted
-    ending = await slow.get()
+    ending = await next_message(slow)
     assert isinstance(ending, Ending) and ending.code == CloseCode.TRY_AGAIN_LATER
     assert not ending.say_close
     assert hub.subscriber_count() == 1
@@ -53,7 +57,7 @@ async def test_get_waits_for_the_next_message() -> None:
     hub.open_call("CA1")
     sub = hub.subscribe("CA1")
 
-    waiter = asyncio.create_task(sub.get())
+    waiter = asyncio.create_task(next_message(sub))
     await asyncio.sleep(0)
     assert not waiter.done()
     hub.publish("CA1", "hello")
@@ -78,7 +82,7 @@ async def test_unsubscribed_client_gets_no_more_messages() -> None:
     sub = hub.subscribe("CA1")
     hub.unsubscribe(sub)
     hub.publish("CA1", "late")
-    assert await sub.get() == CLIENT_LEFT
+    assert await next_message(sub) == CLIENT_LEFT
     assert hub.subscriber_count() == 0
 
 
@@ -96,7 +100,7 @@ async def test_the_first_ending_wins() -> None:
     failure = Ending(CloseCode.BAD_GATEWAY, "Deepgram closed")
     hub.end_call("CA1", failure)
     sub.end(CALL_ENDED)
-    assert await sub.get() == failure
+    assert await next_message(sub) == failure
 
 
 def final(text: str) -> str:
@@ -109,7 +113,7 @@ async def taken(sub: Subscription) -> list[str | Ending]:
     """What `sub` delivers up to and including its ending."""
     items: list[str | Ending] = []
     while not items or not isinstance(items[-1], Ending):
-        items.append(await sub.get())
+        items.append(await next_message(sub))
     return items
 
 
@@ -133,12 +137,12 @@ async def test_the_history_does_not_count_towards_the_queue_limit() -> None:
         hub.publish("CA1", final(f"w{i}"))
     sub = hub.subscribe("CA1", history=True)
     hub.publish("CA1", "live 1")
-    assert await sub.get() == final("w0")  # taking the history frees no room for live ones
+    assert await next_message(sub) == final("w0")  # taking the history frees no room for live ones
     hub.publish("CA1", "live 2")
     assert not sub.evicted and sub.backlog == 6
     hub.publish("CA1", "live 3")  # a third live message waiting is one too many
     assert sub.evicted and sub.backlog == 0
-    ending = await sub.get()
+    ending = await next_message(sub)
     assert isinstance(ending, Ending) and ending.code == CloseCode.TRY_AGAIN_LATER
 
 
@@ -167,7 +171,7 @@ async def test_an_idle_outbox_writes_at_once_and_queues_behind_a_refusal() -> No
     hub.end_call("CA1")
     assert [text for text, _ in written] == [f"m{i}" for i in range(5)]
     assert all(arrived > 0 for _, arrived in written)
-    assert [await sub.get() for _ in range(3)] == ["m5", "m6", CALL_ENDED]
+    assert [await next_message(sub) for _ in range(3)] == ["m5", "m6", CALL_ENDED]
 
 
 async def test_a_client_layer_that_raises_never_reaches_the_publisher(
@@ -218,7 +222,7 @@ async def test_an_outbox_that_empties_writes_at_once_again_and_counts_its_queue_
     sub.direct = direct
     hub.publish("CA1", "m0")
     hub.publish("CA1", "m1")  # two behind: at the limit, not over it
-    assert [await sub.get(), await sub.get()] == ["m0", "m1"]
+    assert [await next_message(sub), await next_message(sub)] == ["m0", "m1"]
     assert sub.backlog == 0 and not sub.evicted
     sub.direct, accept = direct, True  # (get() hands `direct` over only while it waits)
     hub.publish("CA1", "m2")

@@ -6,6 +6,8 @@ from twilio_dg_proxy.exceptions import TooManySubscribers
 from twilio_dg_proxy.hub import CALL_ENDED, Hub, Subscription
 from twilio_dg_proxy.viewer_protocol import CallInfo
 
+from .readers import next_message
+
 FINAL = '{"type": "Results", "is_final": true, "speech_final": true, "channel": {}}'
 
 
@@ -24,7 +26,7 @@ async def test_a_waiter_is_subscribed_as_the_call_opens_and_gets_its_first_messa
     assert waiter.found.is_set()
     sub = waiter.result
     assert isinstance(sub, Subscription) and sub.call_sid == "CA1" and not sub.catch_up
-    assert [await sub.get(), await sub.get()] == ["first", CALL_ENDED]
+    assert [await next_message(sub), await next_message(sub)] == ["first", CALL_ENDED]
 
 
 async def test_a_waiter_gets_one_call_only() -> None:
@@ -63,7 +65,7 @@ async def test_a_waiter_on_a_remote_call_catches_up_with_the_loaded_stream_first
     # What the call sent before it was followed here: more than the queue's limit, a replay.
     hub.replace_history("CA1", ["interim", FINAL, "interim 2"], truncated=False)
     assert not sub.catch_up and not sub.evicted
-    assert [await sub.get() for _ in range(4)] == ["interim", FINAL, "interim 2", "live"]
+    assert [await next_message(sub) for _ in range(4)] == ["interim", FINAL, "interim 2", "live"]
     assert list(hub._calls["CA1"].history.messages) == [FINAL]
 
 
@@ -73,7 +75,7 @@ async def test_a_subscriber_that_did_not_wait_is_not_replayed_to() -> None:
     sub = hub.subscribe("CA1")
     hub.replace_history("CA1", ["old"], truncated=False)
     hub.publish("CA1", "live")
-    assert await sub.get() == "live"
+    assert await next_message(sub) == "live"
 
 
 def test_listeners_hear_of_each_call_opening_until_removed() -> None:

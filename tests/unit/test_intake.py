@@ -20,6 +20,7 @@ from twilio_dg_proxy.intake import StreamIntake
 from twilio_dg_proxy.twilio_simulator import SimulatedCall, pattern
 
 from ..timing import S
+from .readers import next_chunk
 
 LOG = logging.getLogger("test_intake")
 N = 8000  # one second per track
@@ -41,7 +42,7 @@ def audio_of(taker: StreamIntake) -> bytes:
     async def take() -> bytes:
         assert taker.audio is not None
         parts = []
-        while (chunk := await taker.audio.get()) is not None:
+        while (chunk := await next_chunk(taker.audio)) is not None:
             parts.append(chunk.data)
         return b"".join(parts)
 
