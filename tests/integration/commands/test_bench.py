@@ -194,16 +194,17 @@ async def test_a_small_run_delivers_everything_with_sane_figures() -> None:
 
 
 @pytest.mark.parametrize("side", ["proxy", "baseline"])
-async def test_tracks_arriving_apart_hold_real_time_byte_exact_with_nothing_lost(
+async def test_tracks_arriving_apart_reach_deepgram_byte_exact_with_nothing_lost(
     side: Side,
 ) -> None:
     """`--arrival apart`, as Twilio times it: each track its own write, the calls in four
     phases. The proxy, and the tutorial baseline its figures are compared with, take it
-    whole: every call byte-exact and complete, every result delivered, in real time."""
+    whole: every call byte-exact and complete, every result delivered. (Whether it held
+    real time is a latency: the bench's to measure, not a test's to assert.)"""
     options = BenchOptions(calls=4, subscribers=2, duration_s=2.0, warmup_s=0.5, arrival="apart")
     report = await run_side(options, side)
     assert report.arrival == "apart"
-    assert report.complete and report.held, report
+    assert report.complete, report
     assert report.calls_exact == 4 and report.calls_failed == 0
     assert report.audio_received == report.audio_sent > 0
     assert report.deliveries == report.expected_deliveries > 0
